@@ -1,0 +1,74 @@
+"""The `cip` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cip_pipeline.months import parse_month
+from cip_pipeline.paths import data_dir
+
+
+def _months(text: str) -> list[str]:
+    try:
+        return [parse_month(m) for m in text.split(",") if m.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from cip_pipeline.generator import generate
+
+    out = args.out or data_dir() / "raw"
+    report = generate(args.events, seed=args.seed, months=args.months, out=out, compress=args.gzip)
+    for path, (month, rows) in zip(report.files, report.rows.items(), strict=True):
+        print(f"{month}  {rows:>12,} rows  {path}")
+    print(f"{sum(report.rows.values()):,} rows in {report.seconds:.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cip", description="Customer Intelligence Platform")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write REES46-format sample files, one per month")
+    gen.add_argument(
+        "--events",
+        type=_count,
+        required=True,
+        help="about how many rows in all (1e6 and 110000000 are accepted)",
+    )
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument(
+        "--months",
+        type=_months,
+        default=["2019-10", "2019-11"],
+        help="comma-separated, e.g. 2019-10,2019-11 (the default)",
+    )
+    gen.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: $CIP_DATA_DIR/raw)"
+    )
+    gen.add_argument("--gzip", action="store_true", help="write .csv.gz")
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

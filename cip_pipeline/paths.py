@@ -1,0 +1,26 @@
+"""Where the project keeps its files: everything under `CIP_DATA_DIR` (default `./data`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("CIP_DATA_DIR", "data")).resolve()
+
+
+def raw_dir() -> Path:
+    return data_dir() / "raw"
+
+
+def lake_dir() -> Path:
+    return data_dir() / "lake"
+
+
+def warehouse_path() -> Path:
+    return data_dir() / "warehouse" / "cip.duckdb"
+
+
+def dagster_home() -> Path:
+    return data_dir() / "dagster_home"

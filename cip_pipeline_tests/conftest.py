@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cip_pipeline.generator import generate
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_HEAD = REPO.parent / "shared" / "reference" / "real_samples" / "2019-Oct-head.csv"
+
+
+@pytest.fixture(scope="session")
+def million_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 1 M generated events over October and November 2019."""
+    out = tmp_path_factory.mktemp("million")
+    generate(1_000_000, seed=42, out=out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_head() -> Path:
+    if not REAL_HEAD.exists():
+        pytest.skip("the shared reference sample is not beside this checkout")
+    return REAL_HEAD
