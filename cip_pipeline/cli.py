@@ -39,6 +39,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from cip_pipeline.runner import run_pipeline
+
+    return run_pipeline(args.months)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cip", description="Customer Intelligence Platform")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--gzip", action="store_true", help="write .csv.gz")
     gen.set_defaults(func=cmd_generate)
+
+    run = sub.add_parser("run", help="materialize every asset the raw files allow")
+    run.add_argument("--months", type=_months, default=None,
+                     help="comma-separated months (default: every month in $CIP_DATA_DIR/raw)")
+    run.set_defaults(func=cmd_run)
     return parser
 
 

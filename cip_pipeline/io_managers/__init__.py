@@ -1,0 +1,6 @@
+"""Typed IO managers: each stored type decides how it lands in the DuckDB warehouse."""
+
+from cip_pipeline.io_managers.polars_io_manager import DuckDBPolarsIOManager
+from cip_pipeline.io_managers.sql_io_manager import DuckDBSqlIOManager, SqlQuery, SqlTable
+
+__all__ = ["DuckDBPolarsIOManager", "DuckDBSqlIOManager", "SqlQuery", "SqlTable"]

@@ -1,0 +1,54 @@
+"""The SQL type: an asset returns a query over upstream tables or lake files; the warehouse
+runs it and stores the result. Downstream assets receive a reference, never rows."""
+
+from dataclasses import dataclass
+
+import dagster as dg
+
+from cip_pipeline.io_managers.tables import TableName, TimeSlice, replace_rows, time_slice
+from cip_pipeline.resources import WarehouseResource
+
+
+@dataclass(frozen=True)
+class SqlQuery:
+    """A SELECT that DuckDB runs inside the warehouse to produce an asset's rows."""
+
+    sql: str
+
+
+@dataclass(frozen=True)
+class SqlTable:
+    """A table, or one partition of it, for downstream SQL to select from."""
+
+    schema: str
+    table: str
+    where: str | None = None
+
+    @property
+    def qualified(self) -> str:
+        return f'"{self.schema}"."{self.table}"'
+
+    def select(self, columns: str = "*") -> str:
+        """A subquery over the referenced rows."""
+        where = f" WHERE {self.where}" if self.where else ""
+        return f"(SELECT {columns} FROM {self.qualified}{where})"
+
+
+class DuckDBSqlIOManager(dg.ConfigurableIOManager):
+    """Materializes `SqlQuery` outputs as warehouse tables, replacing exactly the partition."""
+
+    warehouse: dg.ResourceDependency[WarehouseResource]
+
+    def handle_output(self, context: dg.OutputContext, obj: SqlQuery) -> None:
+        if not isinstance(obj, SqlQuery):
+            raise dg.DagsterInvariantViolationError(
+                f"{context.asset_key.to_user_string()} must return SqlQuery, got {type(obj)}")
+        with self.warehouse.connect() as con:
+            metadata = replace_rows(con, TableName.of(context.asset_key), obj.sql,
+                                    time_slice(context))
+        context.add_output_metadata(metadata)
+
+    def load_input(self, context: dg.InputContext) -> SqlTable:
+        name = TableName.of(context.asset_key)
+        part: TimeSlice | None = time_slice(context)
+        return SqlTable(name.schema, name.table, part.predicate() if part else None)

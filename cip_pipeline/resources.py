@@ -1,0 +1,90 @@
+"""Warehouse and lake settings as Dagster resources."""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from pydantic import Field
+
+from cip_pipeline import paths, sql
+
+# DuckDB's own memory limit; the process also holds Python, Polars and Arrow buffers, so the
+# default leaves room under a 2 GiB step budget.
+DEFAULT_MEMORY_LIMIT = "1400MB"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (a container or taskset may give fewer than the host)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB warehouse file and the budget every connection to it runs under."""
+
+    path: str = Field(default_factory=lambda: str(paths.warehouse_path()),
+                      description="DuckDB database file")
+    memory_limit: str = Field(default=DEFAULT_MEMORY_LIMIT, description="DuckDB memory_limit")
+    threads: int = Field(default=0, description="DuckDB threads; 0 = the cores the step has")
+    spill_dir: str = Field(default="", description="temp_directory; default beside the file")
+
+    def effective_threads(self) -> int:
+        return self.threads or available_cores()
+
+    def _config(self) -> dict[str, str | int]:
+        spill = Path(self.spill_dir) if self.spill_dir else Path(self.path).parent / "spill"
+        spill.mkdir(parents=True, exist_ok=True)
+        return {"memory_limit": self.memory_limit, "threads": self.effective_threads(),
+                "temp_directory": str(spill)}
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The warehouse file. Writers must hold the warehouse pool (one at a time)."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(self.path, read_only=read_only, config=self._config())
+        try:
+            if not read_only:
+                con.execute(sql.statement("warehouse", "create_types"))
+            yield con
+        finally:
+            con.close()
+
+    def scratch(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB under the same budget, for work that needs no warehouse lock."""
+        return duckdb.connect(":memory:", config=self._config())
+
+
+class LakeResource(dg.ConfigurableResource):
+    """Where raw files are read and the Parquet lake is written."""
+
+    raw_dir: str = Field(default_factory=lambda: str(paths.raw_dir()))
+    lake_dir: str = Field(default_factory=lambda: str(paths.lake_dir()))
+
+    def events_path(self, month: str) -> Path:
+        return Path(self.lake_dir) / "events" / f"month={month}" / "events.parquet"
+
+    def quarantine_path(self, month: str) -> Path:
+        return Path(self.lake_dir) / "quarantine" / f"month={month}" / "quarantine.parquet"
+
+    def raw_file(self, month: str) -> Path | None:
+        """The month's raw file; `.csv` wins over `.csv.gz` when both exist."""
+        from cip_pipeline.months import raw_file_name
+
+        for suffix in (".csv", ".csv.gz"):
+            candidate = Path(self.raw_dir) / (raw_file_name(month) + suffix)
+            if candidate.exists():
+                return candidate
+        return None
+
+    def raw_months(self) -> list[str]:
+        from cip_pipeline.months import month_of_raw_file
+
+        root = Path(self.raw_dir)
+        if not root.is_dir():
+            return []
+        return sorted({m for p in root.iterdir() if (m := month_of_raw_file(p.name))})

@@ -1,0 +1,148 @@
+"""`cip run`: materialize every partition of every asset the raw data allows, through Dagster
+(so the runs, materializations and check results show in the UI), and print a summary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import TextIO
+
+import dagster as dg
+
+from cip_pipeline import definitions, paths
+from cip_pipeline.months import partition_key
+from cip_pipeline.resources import LakeResource
+
+SAMPLE_EVENTS = 2_000_000
+SAMPLE_MONTHS = ("2019-10", "2019-11")
+# Dagster's console logger would print every event; the summary says what matters, and the
+# full log stays in the instance for the UI.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def ensure_instance() -> dg.DagsterInstance:
+    """The persistent instance under `$CIP_DATA_DIR/dagster_home`, with the project's config."""
+    home = paths.dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        shutil.copyfile(str(files("cip_pipeline").joinpath("instance/dagster.yaml")), config)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+@dataclass
+class StepLine:
+    asset: str
+    rows: int | None
+    seconds: float
+
+
+@dataclass
+class RunSummary:
+    label: str
+    run_id: str
+    success: bool
+    seconds: float
+    steps: list[StepLine] = field(default_factory=list)
+    checks_passed: int = 0
+    check_problems: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def _summarize(label: str, result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance,
+               seconds: float) -> RunSummary:
+    run_id = result.run_id
+    summary = RunSummary(label, run_id, result.success, seconds)
+    durations = {s.step_key: (s.end_time or 0) - (s.start_time or 0)
+                 for s in instance.get_run_step_stats(run_id)}
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        rows = mat.metadata.get("dagster/row_count")
+        summary.steps.append(StepLine(mat.asset_key.to_user_string(),
+                                      int(rows.value) if rows is not None else None,
+                                      durations.get(event.step_key or "", 0.0)))
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.passed:
+            summary.checks_passed += 1
+        else:
+            severity = evaluation.severity.value.lower()
+            summary.check_problems.append(
+                f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} ({severity})")
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error is not None and error.cause is not None:  # the user code's own error
+                error = error.cause
+            message = error.message.strip().splitlines()[0] if error else "unknown error"
+            summary.failures.append(f"{event.step_key}: {message}")
+    return summary
+
+
+def print_summary(summary: RunSummary, out: TextIO = sys.stdout) -> None:
+    status = "ok" if summary.success else "FAILED"
+    print(f"{summary.label}  [{status}, {summary.seconds:.1f} s, run {summary.run_id[:8]}]",
+          file=out)
+    for step in summary.steps:
+        rows = f"{step.rows:>12,} rows" if step.rows is not None else " " * 17
+        print(f"  {step.asset:<28} {rows}  {step.seconds:6.2f} s", file=out)
+    checks = f"  checks: {summary.checks_passed} passed"
+    if summary.check_problems:
+        checks += f", {len(summary.check_problems)} not passed: " + ", ".join(
+            summary.check_problems)
+    print(checks, file=out)
+    for failure in summary.failures:
+        print(f"  FAILED {failure}", file=out)
+
+
+def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+    """Materialize the partitions of `months` (default: every month with a raw file), then
+    the assets over all months. Returns the process exit code."""
+    instance = ensure_instance()
+    lake = LakeResource()
+    if months is None and not lake.raw_months():
+        from cip_pipeline.generator import generate
+
+        print(f"{lake.raw_dir} holds no raw files: generating the built-in sample "
+              f"({SAMPLE_EVENTS:,} events, {', '.join(SAMPLE_MONTHS)})", file=out)
+        generate(SAMPLE_EVENTS, months=SAMPLE_MONTHS, out=Path(lake.raw_dir))
+    available = set(lake.raw_months())
+    wanted = sorted(months or available)
+    for month in wanted:
+        if month not in available:
+            print(f"skipped {month}: no raw file in {lake.raw_dir}", file=out)
+    todo = [m for m in wanted if m in available]
+    resources = definitions.resources()
+    failed: list[RunSummary] = []
+    t_all = time.perf_counter()
+    for month in todo:
+        t0 = time.perf_counter()
+        result = dg.materialize(
+            [*definitions.PARTITIONED_ASSETS, *definitions.PARTITIONED_CHECKS],
+            partition_key=partition_key(month), instance=instance, resources=resources,
+            raise_on_error=False, tags={"cip/trigger": "cip run"}, run_config=QUIET)
+        summary = _summarize(month, result, instance, time.perf_counter() - t0)
+        print_summary(summary, out)
+        if not summary.success:
+            failed.append(summary)
+    if definitions.UNPARTITIONED_ASSETS and todo and not failed:
+        t0 = time.perf_counter()
+        result = dg.materialize(
+            [*definitions.UNPARTITIONED_ASSETS, *definitions.UNPARTITIONED_CHECKS],
+            instance=instance, resources=resources, raise_on_error=False,
+            tags={"cip/trigger": "cip run"}, run_config=QUIET)
+        summary = _summarize("all months", result, instance, time.perf_counter() - t0)
+        print_summary(summary, out)
+        if not summary.success:
+            failed.append(summary)
+    print(f"total {time.perf_counter() - t_all:.1f} s; Dagster home {paths.dagster_home()}",
+          file=out)
+    for summary in failed:
+        print(f"run {summary.run_id} failed ({summary.label}); its full log: "
+              f"`dagster dev -w workspace.yaml`, then Runs -> {summary.run_id}", file=out)
+    return 1 if failed else 0

@@ -1,0 +1,35 @@
+"""The project's SQL, one file per domain. Each file holds named statements:
+
+    -- name: load_events
+    SELECT ...
+
+Placeholders in braces (`{events_parquet}`) are identifiers or file paths that DuckDB cannot
+bind as parameters; they are filled by the project, never from user text. Values use `$name`
+parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib.resources import files
+
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+@cache
+def _statements(domain: str) -> dict[str, str]:
+    text = files(__package__).joinpath(f"{domain}.sql").read_text()
+    parts = _NAME.split(text)
+    return {parts[i]: parts[i + 1].strip().rstrip(";") for i in range(1, len(parts), 2)}
+
+
+def statement(domain: str, name: str, **identifiers: str) -> str:
+    """The named statement of a domain's SQL file, with its identifiers filled in."""
+    sql = _statements(domain)[name]
+    return sql.format(**identifiers) if identifiers else sql
+
+
+def quote_path(path: object) -> str:
+    """A file path as a SQL string literal."""
+    return "'" + str(path).replace("'", "''") + "'"

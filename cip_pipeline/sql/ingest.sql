@@ -1,0 +1,71 @@
+-- Ingest: from the month's validated Parquet to the warehouse.
+
+-- name: duplicate_rows
+-- Exact duplicates (all nine fields equal): every copy after the first, by Parquet row.
+-- Hashing first keeps the exact comparison to the few rows whose hash repeats.
+WITH hashed AS (
+    SELECT file_row_number,
+           hash(event_time, event_type, product_id, category_id, category_code, brand,
+                price, user_id, user_session) AS h
+    FROM read_parquet({events_parquet}, file_row_number = true)
+),
+repeated AS (
+    SELECT h FROM hashed GROUP BY h HAVING count(*) > 1
+),
+candidates AS (
+    SELECT e.*
+    FROM read_parquet({events_parquet}, file_row_number = true) AS e
+    SEMI JOIN (SELECT file_row_number FROM hashed WHERE h IN (SELECT h FROM repeated)) AS c
+        USING (file_row_number)
+),
+ranked AS (
+    SELECT *, row_number() OVER (
+        PARTITION BY event_time, event_type, product_id, category_id, category_code, brand,
+                     price, user_id, user_session
+        ORDER BY file_row_number) AS copy_number
+    FROM candidates
+)
+SELECT file_row_number AS parquet_row,
+       concat_ws(',', strftime(event_time, '%Y-%m-%d %H:%M:%S UTC'), event_type,
+                 product_id, category_id, coalesce(category_code, ''), coalesce(brand, ''),
+                 price, user_id, coalesce(user_session::UUID::VARCHAR, '')) AS raw_line
+FROM ranked
+WHERE copy_number > 1
+
+-- name: load_events
+-- The month's events as the warehouse stores them, duplicates left out.
+SELECT event_time,
+       event_type::event_type AS event_type,
+       product_id,
+       category_id,
+       category_code,
+       brand,
+       price,
+       user_id,
+       user_session::UUID AS user_session
+FROM read_parquet({events_parquet}, file_row_number = true)
+ANTI JOIN (
+    SELECT parquet_row FROM read_parquet({quarantine_parquet}) WHERE reason = 'duplicate'
+) AS d ON d.parquet_row = file_row_number
+
+-- name: events_partition_profile
+-- What the core/events checks need of one month, in one scan of the partition.
+SELECT count(*) AS rows,
+       count(*) FILTER (WHERE event_time IS NULL OR event_type IS NULL OR product_id IS NULL
+                        OR category_id IS NULL OR user_id IS NULL OR price IS NULL)
+           AS null_keys,
+       count(*) FILTER (WHERE event_type::VARCHAR NOT IN
+                        ('view', 'cart', 'purchase', 'remove_from_cart')) AS bad_types,
+       count(*) FILTER (WHERE price < 0) AS negative_prices
+FROM core.events
+WHERE event_time >= $start AND event_time < $end
+
+-- name: parquet_time_range
+-- The time range of the rows a month's load came from (answered from Parquet statistics).
+SELECT min(event_time), max(event_time) FROM read_parquet({events_parquet})
+
+-- name: events_columns
+SELECT column_name, data_type
+FROM information_schema.columns
+WHERE table_schema = 'core' AND table_name = 'events'
+ORDER BY ordinal_position
