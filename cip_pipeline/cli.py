@@ -70,8 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     run = sub.add_parser("run", help="materialize every asset the raw files allow")
-    run.add_argument("--months", type=_months, default=None,
-                     help="comma-separated months (default: every month in $CIP_DATA_DIR/raw)")
+    run.add_argument(
+        "--months",
+        type=_months,
+        default=None,
+        help="comma-separated months (default: every month in $CIP_DATA_DIR/raw)",
+    )
     run.set_defaults(func=cmd_run)
     return parser
 

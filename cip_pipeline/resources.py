@@ -27,8 +27,9 @@ def available_cores() -> int:
 class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB warehouse file and the budget every connection to it runs under."""
 
-    path: str = Field(default_factory=lambda: str(paths.warehouse_path()),
-                      description="DuckDB database file")
+    path: str = Field(
+        default_factory=lambda: str(paths.warehouse_path()), description="DuckDB database file"
+    )
     memory_limit: str = Field(default=DEFAULT_MEMORY_LIMIT, description="DuckDB memory_limit")
     threads: int = Field(default=0, description="DuckDB threads; 0 = the cores the step has")
     spill_dir: str = Field(default="", description="temp_directory; default beside the file")
@@ -39,8 +40,11 @@ class WarehouseResource(dg.ConfigurableResource):
     def _config(self) -> dict[str, str | int]:
         spill = Path(self.spill_dir) if self.spill_dir else Path(self.path).parent / "spill"
         spill.mkdir(parents=True, exist_ok=True)
-        return {"memory_limit": self.memory_limit, "threads": self.effective_threads(),
-                "temp_directory": str(spill)}
+        return {
+            "memory_limit": self.memory_limit,
+            "threads": self.effective_threads(),
+            "temp_directory": str(spill),
+        }
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -55,25 +55,33 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
 
 
-def _summarize(label: str, result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance,
-               seconds: float) -> RunSummary:
+def _summarize(
+    label: str, result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance, seconds: float
+) -> RunSummary:
     run_id = result.run_id
     summary = RunSummary(label, run_id, result.success, seconds)
-    durations = {s.step_key: (s.end_time or 0) - (s.start_time or 0)
-                 for s in instance.get_run_step_stats(run_id)}
+    durations = {
+        s.step_key: (s.end_time or 0) - (s.start_time or 0)
+        for s in instance.get_run_step_stats(run_id)
+    }
     for event in result.get_asset_materialization_events():
         mat = event.materialization
         rows = mat.metadata.get("dagster/row_count")
-        summary.steps.append(StepLine(mat.asset_key.to_user_string(),
-                                      int(rows.value) if rows is not None else None,
-                                      durations.get(event.step_key or "", 0.0)))
+        summary.steps.append(
+            StepLine(
+                mat.asset_key.to_user_string(),
+                int(rows.value) if rows is not None else None,
+                durations.get(event.step_key or "", 0.0),
+            )
+        )
     for evaluation in result.get_asset_check_evaluations():
         if evaluation.passed:
             summary.checks_passed += 1
         else:
             severity = evaluation.severity.value.lower()
             summary.check_problems.append(
-                f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} ({severity})")
+                f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} ({severity})"
+            )
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
@@ -86,15 +94,17 @@ def _summarize(label: str, result: dg.ExecuteInProcessResult, instance: dg.Dagst
 
 def print_summary(summary: RunSummary, out: TextIO = sys.stdout) -> None:
     status = "ok" if summary.success else "FAILED"
-    print(f"{summary.label}  [{status}, {summary.seconds:.1f} s, run {summary.run_id[:8]}]",
-          file=out)
+    print(
+        f"{summary.label}  [{status}, {summary.seconds:.1f} s, run {summary.run_id[:8]}]", file=out
+    )
     for step in summary.steps:
         rows = f"{step.rows:>12,} rows" if step.rows is not None else " " * 17
         print(f"  {step.asset:<28} {rows}  {step.seconds:6.2f} s", file=out)
     checks = f"  checks: {summary.checks_passed} passed"
     if summary.check_problems:
         checks += f", {len(summary.check_problems)} not passed: " + ", ".join(
-            summary.check_problems)
+            summary.check_problems
+        )
     print(checks, file=out)
     for failure in summary.failures:
         print(f"  FAILED {failure}", file=out)
@@ -108,8 +118,11 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
     if months is None and not lake.raw_months():
         from cip_pipeline.generator import generate
 
-        print(f"{lake.raw_dir} holds no raw files: generating the built-in sample "
-              f"({SAMPLE_EVENTS:,} events, {', '.join(SAMPLE_MONTHS)})", file=out)
+        print(
+            f"{lake.raw_dir} holds no raw files: generating the built-in sample "
+            f"({SAMPLE_EVENTS:,} events, {', '.join(SAMPLE_MONTHS)})",
+            file=out,
+        )
         generate(SAMPLE_EVENTS, months=SAMPLE_MONTHS, out=Path(lake.raw_dir))
     available = set(lake.raw_months())
     wanted = sorted(months or available)
@@ -124,8 +137,13 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
         t0 = time.perf_counter()
         result = dg.materialize(
             [*definitions.PARTITIONED_ASSETS, *definitions.PARTITIONED_CHECKS],
-            partition_key=partition_key(month), instance=instance, resources=resources,
-            raise_on_error=False, tags={"cip/trigger": "cip run"}, run_config=QUIET)
+            partition_key=partition_key(month),
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            tags={"cip/trigger": "cip run"},
+            run_config=QUIET,
+        )
         summary = _summarize(month, result, instance, time.perf_counter() - t0)
         print_summary(summary, out)
         if not summary.success:
@@ -134,15 +152,23 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
         t0 = time.perf_counter()
         result = dg.materialize(
             [*definitions.UNPARTITIONED_ASSETS, *definitions.UNPARTITIONED_CHECKS],
-            instance=instance, resources=resources, raise_on_error=False,
-            tags={"cip/trigger": "cip run"}, run_config=QUIET)
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            tags={"cip/trigger": "cip run"},
+            run_config=QUIET,
+        )
         summary = _summarize("all months", result, instance, time.perf_counter() - t0)
         print_summary(summary, out)
         if not summary.success:
             failed.append(summary)
-    print(f"total {time.perf_counter() - t_all:.1f} s; Dagster home {paths.dagster_home()}",
-          file=out)
+    print(
+        f"total {time.perf_counter() - t_all:.1f} s; Dagster home {paths.dagster_home()}", file=out
+    )
     for summary in failed:
-        print(f"run {summary.run_id} failed ({summary.label}); its full log: "
-              f"`dagster dev -w workspace.yaml`, then Runs -> {summary.run_id}", file=out)
+        print(
+            f"run {summary.run_id} failed ({summary.label}); its full log: "
+            f"`dagster dev -w workspace.yaml`, then Runs -> {summary.run_id}",
+            file=out,
+        )
     return 1 if failed else 0

@@ -27,7 +27,8 @@ def _raw_file(lake: LakeResource, partition_key: str) -> Path:
     if raw is None:
         raise dg.Failure(
             description=f"no raw file for {month} in {lake.raw_dir}",
-            metadata={"expected": f"{raw_file_name(month)}.csv or {raw_file_name(month)}.csv.gz"})
+            metadata={"expected": f"{raw_file_name(month)}.csv or {raw_file_name(month)}.csv.gz"},
+        )
     return raw
 
 
@@ -41,63 +42,82 @@ def _parquet_schema(path: Path) -> dg.TableSchema:
     group_name="ingest",
     kinds={"polars", "parquet"},
     description="The month's raw REES46 file, every row validated, typed and written as ZSTD "
-                "Parquet in the lake; rejected rows go to the quarantine with a reason.",
+    "Parquet in the lake; rejected rows go to the quarantine with a reason.",
 )
-def events_parquet(context: dg.AssetExecutionContext, lake: LakeResource,
-                   warehouse: WarehouseResource) -> dg.MaterializeResult:
+def events_parquet(
+    context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
     month = month_of_partition(context.partition_key)
     raw = _raw_file(lake, context.partition_key)
     start, end = month_window(context.partition_key)
     events_out, quarantine_out = lake.events_path(month), lake.quarantine_path(month)
     try:
-        result = reader.ingest_month(raw, start, end, events_out, quarantine_out,
-                                     warehouse.scratch)
+        result = reader.ingest_month(raw, start, end, events_out, quarantine_out, warehouse.scratch)
     except reader.RawFileError as exc:
         raise dg.Failure(description=str(exc)) from exc
     raw_bytes = raw.stat().st_size
     parquet_bytes = events_out.stat().st_size
-    context.log.info(f"{month}: {result.rows_in:,} rows in, {result.rows_loaded:,} to load, "
-                     f"{sum(result.quarantined.values()):,} quarantined, "
-                     f"{result.duplicates:,} duplicates, {result.seconds:.1f} s")
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": dg.MetadataValue.int(result.rows_valid),
-        "dagster/column_schema": _parquet_schema(events_out),
-        "rows_in": dg.MetadataValue.int(result.rows_in),
-        "rows_valid": dg.MetadataValue.int(result.rows_valid),
-        "rows_loaded": dg.MetadataValue.int(result.rows_loaded),
-        "rows_quarantined": dg.MetadataValue.int(sum(result.quarantined.values())),
-        "rows_duplicate": dg.MetadataValue.int(result.duplicates),
-        "quarantine_by_reason": dg.MetadataValue.json(result.quarantined),
-        "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
-        "rows_per_second": dg.MetadataValue.int(round(result.rows_in / max(result.seconds, 1e-9))),
-        "raw_file": dg.MetadataValue.path(str(raw)),
-        "raw_bytes": dg.MetadataValue.int(raw_bytes),
-        "parquet": dg.MetadataValue.path(str(events_out)),
-        "parquet_bytes": dg.MetadataValue.int(parquet_bytes),
-        "size_reduction": dg.MetadataValue.float(round(1 - parquet_bytes / max(raw_bytes, 1), 4)),
-    })
+    context.log.info(
+        f"{month}: {result.rows_in:,} rows in, {result.rows_loaded:,} to load, "
+        f"{sum(result.quarantined.values()):,} quarantined, "
+        f"{result.duplicates:,} duplicates, {result.seconds:.1f} s"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(result.rows_valid),
+            "dagster/column_schema": _parquet_schema(events_out),
+            "rows_in": dg.MetadataValue.int(result.rows_in),
+            "rows_valid": dg.MetadataValue.int(result.rows_valid),
+            "rows_loaded": dg.MetadataValue.int(result.rows_loaded),
+            "rows_quarantined": dg.MetadataValue.int(sum(result.quarantined.values())),
+            "rows_duplicate": dg.MetadataValue.int(result.duplicates),
+            "quarantine_by_reason": dg.MetadataValue.json(result.quarantined),
+            "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
+            "rows_per_second": dg.MetadataValue.int(
+                round(result.rows_in / max(result.seconds, 1e-9))
+            ),
+            "raw_file": dg.MetadataValue.path(str(raw)),
+            "raw_bytes": dg.MetadataValue.int(raw_bytes),
+            "parquet": dg.MetadataValue.path(str(events_out)),
+            "parquet_bytes": dg.MetadataValue.int(parquet_bytes),
+            "size_reduction": dg.MetadataValue.float(
+                round(1 - parquet_bytes / max(raw_bytes, 1), 4)
+            ),
+        }
+    )
 
 
-def _spec(name: str, asset: dg.AssetKey | dg.AssetsDefinition, description: str,
-          blocking: bool = False) -> dg.AssetCheckSpec:
+def _spec(
+    name: str, asset: dg.AssetKey | dg.AssetsDefinition, description: str, blocking: bool = False
+) -> dg.AssetCheckSpec:
     with warnings.catch_warnings():
         # Month-partitioned checks are a preview feature of the Dagster range we pin and test.
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        return dg.AssetCheckSpec(name, asset=asset, description=description,
-                                 blocking=blocking, partitions_def=monthly)
+        return dg.AssetCheckSpec(
+            name, asset=asset, description=description, blocking=blocking, partitions_def=monthly
+        )
 
 
 @dg.multi_asset_check(
     specs=[
-        _spec("row_accounting", events_parquet, "Raw rows (counted from the file's bytes) = "
-              "rows in the Parquet + invalid rows in the quarantine.", blocking=True),
+        _spec(
+            "row_accounting",
+            events_parquet,
+            "Raw rows (counted from the file's bytes) = "
+            "rows in the Parquet + invalid rows in the quarantine.",
+            blocking=True,
+        ),
         _spec("schema_and_types", events_parquet, "The Parquet has the typed schema."),
-        _spec("quarantine_rate", events_parquet, "Invalid rows (duplicates counted apart): "
-              "warn above 0.1%, fail above 5%."),
+        _spec(
+            "quarantine_rate",
+            events_parquet,
+            "Invalid rows (duplicates counted apart): warn above 0.1%, fail above 5%.",
+        ),
     ],
 )
-def events_parquet_checks(context: dg.AssetCheckExecutionContext,
-                          lake: LakeResource) -> Iterator[dg.AssetCheckResult]:
+def events_parquet_checks(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource
+) -> Iterator[dg.AssetCheckResult]:
     month = month_of_partition(context.partition_key)
     events, quarantine = lake.events_path(month), lake.quarantine_path(month)
     raw_rows = reader.count_raw_rows(_raw_file(lake, context.partition_key))
@@ -106,16 +126,26 @@ def events_parquet_checks(context: dg.AssetCheckExecutionContext,
     invalid = int((reasons != reader.DUPLICATE).sum())
     duplicates = int((reasons == reader.DUPLICATE).sum())
     yield dg.AssetCheckResult(
-        check_name="row_accounting", passed=raw_rows == parquet_rows + invalid,
-        metadata={"raw_rows": raw_rows, "parquet_rows": parquet_rows, "quarantined": invalid,
-                  "duplicates": duplicates})
+        check_name="row_accounting",
+        passed=raw_rows == parquet_rows + invalid,
+        metadata={
+            "raw_rows": raw_rows,
+            "parquet_rows": parquet_rows,
+            "quarantined": invalid,
+            "duplicates": duplicates,
+        },
+    )
 
     actual = pl.read_parquet_schema(events)
-    mismatched = [f"{name}: {actual.get(name, 'missing')} != {dtype}"
-                  for name, dtype in reader.EVENTS_SCHEMA.items() if actual.get(name) != dtype]
+    mismatched = [
+        f"{name}: {actual.get(name, 'missing')} != {dtype}"
+        for name, dtype in reader.EVENTS_SCHEMA.items()
+        if actual.get(name) != dtype
+    ]
     mismatched += [f"{name}: unexpected" for name in actual if name not in reader.EVENTS_SCHEMA]
-    yield dg.AssetCheckResult(check_name="schema_and_types", passed=not mismatched,
-                              metadata={"mismatched": mismatched})
+    yield dg.AssetCheckResult(
+        check_name="schema_and_types", passed=not mismatched, metadata={"mismatched": mismatched}
+    )
 
     share = invalid / max(raw_rows, 1)
     if share > QUARANTINE_FAIL_SHARE:
@@ -125,9 +155,14 @@ def events_parquet_checks(context: dg.AssetCheckExecutionContext,
     else:
         severity, passed = dg.AssetCheckSeverity.WARN, True
     yield dg.AssetCheckResult(
-        check_name="quarantine_rate", passed=passed, severity=severity,
-        metadata={"quarantine_share": round(share, 6),
-                  "duplicate_share": round(duplicates / max(raw_rows, 1), 6)})
+        check_name="quarantine_rate",
+        passed=passed,
+        severity=severity,
+        metadata={
+            "quarantine_share": round(share, 6),
+            "duplicate_share": round(duplicates / max(raw_rows, 1), 6),
+        },
+    )
 
 
 @dg.asset(
@@ -140,14 +175,18 @@ def events_parquet_checks(context: dg.AssetCheckExecutionContext,
     pool=WAREHOUSE_POOL,
     metadata={PARTITION_EXPR: "event_time"},
     description="The month's events in the warehouse, loaded by DuckDB from the lake's Parquet "
-                "with exact duplicate rows left out.",
+    "with exact duplicate rows left out.",
 )
 def core_events(context: dg.AssetExecutionContext, lake: LakeResource) -> SqlQuery:
     month = month_of_partition(context.partition_key)
-    return SqlQuery(sql.statement(
-        "ingest", "load_events",
-        events_parquet=sql.quote_path(lake.events_path(month)),
-        quarantine_parquet=sql.quote_path(lake.quarantine_path(month))))
+    return SqlQuery(
+        sql.statement(
+            "ingest",
+            "load_events",
+            events_parquet=sql.quote_path(lake.events_path(month)),
+            quarantine_parquet=sql.quote_path(lake.quarantine_path(month)),
+        )
+    )
 
 
 CORE_EVENTS_COLUMNS = {
@@ -165,49 +204,87 @@ CORE_EVENTS_COLUMNS = {
 
 @dg.multi_asset_check(
     specs=[
-        _spec("row_accounting", core_events.key, "Rows in the partition = rows in the Parquet "
-              "- duplicates in the quarantine."),
+        _spec(
+            "row_accounting",
+            core_events.key,
+            "Rows in the partition = rows in the Parquet - duplicates in the quarantine.",
+        ),
         _spec("schema_and_types", core_events.key, "Columns and types as designed."),
-        _spec("non_null_keys", core_events.key,
-              "event_time, event_type, product_id, category_id, user_id, price never null."),
-        _spec("event_time_in_month", core_events.key,
-              "Every event the month's load came from lies in the month."),
-        _spec("event_type_domain", core_events.key,
-              "event_type in view, cart, purchase, remove_from_cart."),
+        _spec(
+            "non_null_keys",
+            core_events.key,
+            "event_time, event_type, product_id, category_id, user_id, price never null.",
+        ),
+        _spec(
+            "event_time_in_month",
+            core_events.key,
+            "Every event the month's load came from lies in the month.",
+        ),
+        _spec(
+            "event_type_domain",
+            core_events.key,
+            "event_type in view, cart, purchase, remove_from_cart.",
+        ),
         _spec("price_non_negative", core_events.key, "price >= 0."),
     ],
     pool=WAREHOUSE_POOL,
 )
-def core_events_checks(context: dg.AssetCheckExecutionContext, lake: LakeResource,
-                       warehouse: WarehouseResource) -> Iterator[dg.AssetCheckResult]:
+def core_events_checks(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource, warehouse: WarehouseResource
+) -> Iterator[dg.AssetCheckResult]:
     month = month_of_partition(context.partition_key)
     start, end = month_window(context.partition_key)
     parquet_rows = pq.ParquetFile(lake.events_path(month)).metadata.num_rows
-    duplicates = int((pl.read_parquet(lake.quarantine_path(month), columns=["reason"])["reason"]
-                      == reader.DUPLICATE).sum())
+    duplicates = int(
+        (
+            pl.read_parquet(lake.quarantine_path(month), columns=["reason"])["reason"]
+            == reader.DUPLICATE
+        ).sum()
+    )
     with warehouse.connect(read_only=True) as con:
-        stats = con.execute(sql.statement("ingest", "events_partition_profile"),
-                            {"start": start, "end": end}).fetchone()
+        stats = con.execute(
+            sql.statement("ingest", "events_partition_profile"), {"start": start, "end": end}
+        ).fetchone()
         columns = dict(con.execute(sql.statement("ingest", "events_columns")).fetchall())
-        min_time, max_time = con.execute(sql.statement(
-            "ingest", "parquet_time_range",
-            events_parquet=sql.quote_path(lake.events_path(month)))).fetchone()
+        min_time, max_time = con.execute(
+            sql.statement(
+                "ingest",
+                "parquet_time_range",
+                events_parquet=sql.quote_path(lake.events_path(month)),
+            )
+        ).fetchone()
     rows, null_keys, bad_types, negative = stats
     yield dg.AssetCheckResult(
-        check_name="row_accounting", passed=rows == parquet_rows - duplicates,
-        metadata={"rows": rows, "parquet_rows": parquet_rows, "duplicates": duplicates})
-    yield dg.AssetCheckResult(check_name="schema_and_types", passed=columns == CORE_EVENTS_COLUMNS,
-                              metadata={"columns": json.dumps(columns)})
-    yield dg.AssetCheckResult(check_name="non_null_keys", passed=null_keys == 0,
-                              metadata={"rows_with_null_key": null_keys})
+        check_name="row_accounting",
+        passed=rows == parquet_rows - duplicates,
+        metadata={"rows": rows, "parquet_rows": parquet_rows, "duplicates": duplicates},
+    )
+    yield dg.AssetCheckResult(
+        check_name="schema_and_types",
+        passed=columns == CORE_EVENTS_COLUMNS,
+        metadata={"columns": json.dumps(columns)},
+    )
+    yield dg.AssetCheckResult(
+        check_name="non_null_keys",
+        passed=null_keys == 0,
+        metadata={"rows_with_null_key": null_keys},
+    )
     in_month = min_time is None or (min_time >= start and max_time < end)
     yield dg.AssetCheckResult(
-        check_name="event_time_in_month", passed=bool(in_month),
-        metadata={"min": str(min_time), "max": str(max_time)})
-    yield dg.AssetCheckResult(check_name="event_type_domain", passed=bad_types == 0,
-                              metadata={"rows_outside_domain": bad_types})
-    yield dg.AssetCheckResult(check_name="price_non_negative", passed=negative == 0,
-                              metadata={"negative_prices": negative})
+        check_name="event_time_in_month",
+        passed=bool(in_month),
+        metadata={"min": str(min_time), "max": str(max_time)},
+    )
+    yield dg.AssetCheckResult(
+        check_name="event_type_domain",
+        passed=bad_types == 0,
+        metadata={"rows_outside_domain": bad_types},
+    )
+    yield dg.AssetCheckResult(
+        check_name="price_non_negative",
+        passed=negative == 0,
+        metadata={"negative_prices": negative},
+    )
 
 
 @dg.asset(
@@ -220,23 +297,31 @@ def core_events_checks(context: dg.AssetCheckExecutionContext, lake: LakeResourc
     pool=WAREHOUSE_POOL,
     metadata={PARTITION_EXPR: "month"},
     description="Row accounting of the month: rows in, loaded, duplicates and quarantined rows "
-                "by reason (one row per outcome).",
+    "by reason (one row per outcome).",
 )
 def ingest_audit(context: dg.AssetExecutionContext, lake: LakeResource) -> pl.DataFrame:
     month = month_of_partition(context.partition_key)
     start, _ = month_window(context.partition_key)
     parquet_rows = pq.ParquetFile(lake.events_path(month)).metadata.num_rows
-    reasons = (pl.read_parquet(lake.quarantine_path(month), columns=["reason"])
-               .group_by("reason").agg(pl.len().alias("rows")))
+    reasons = (
+        pl.read_parquet(lake.quarantine_path(month), columns=["reason"])
+        .group_by("reason")
+        .agg(pl.len().alias("rows"))
+    )
     duplicates = int(reasons.filter(pl.col("reason") == reader.DUPLICATE)["rows"].sum())
-    outcomes = pl.concat([
-        pl.DataFrame({"reason": ["loaded"], "rows": [parquet_rows - duplicates]}),
-        reasons,
-    ], how="vertical_relaxed")
+    outcomes = pl.concat(
+        [
+            pl.DataFrame({"reason": ["loaded"], "rows": [parquet_rows - duplicates]}),
+            reasons,
+        ],
+        how="vertical_relaxed",
+    )
     return outcomes.select(
         pl.lit(start).cast(pl.Datetime("us")).alias("month"),
-        pl.when(pl.col("reason").is_in(["loaded", reader.DUPLICATE])).then(pl.col("reason"))
-        .otherwise(pl.lit("quarantined")).alias("outcome"),
+        pl.when(pl.col("reason").is_in(["loaded", reader.DUPLICATE]))
+        .then(pl.col("reason"))
+        .otherwise(pl.lit("quarantined"))
+        .alias("outcome"),
         "reason",
         pl.col("rows").cast(pl.Int64),
     ).sort("outcome", "reason")

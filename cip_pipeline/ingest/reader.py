@@ -10,10 +10,10 @@ from __future__ import annotations
 import gzip
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Callable
 
 import duckdb
 import polars as pl
@@ -21,8 +21,17 @@ import pyarrow.parquet as pq
 
 from cip_pipeline import sql
 
-RAW_COLUMNS = ("event_time", "event_type", "product_id", "category_id", "category_code",
-               "brand", "price", "user_id", "user_session")
+RAW_COLUMNS = (
+    "event_time",
+    "event_type",
+    "product_id",
+    "category_id",
+    "category_code",
+    "brand",
+    "price",
+    "user_id",
+    "user_session",
+)
 HEADER = ",".join(RAW_COLUMNS)
 EVENT_TYPES = ("view", "cart", "purchase", "remove_from_cart")
 EVENT_TYPE = pl.Enum(EVENT_TYPES)
@@ -43,23 +52,27 @@ REASONS = (
 )
 DUPLICATE = "duplicate"  # counted apart: an exact copy of an earlier row
 
-EVENTS_SCHEMA = pl.Schema({
-    "event_time": pl.Datetime("us"),
-    "event_type": EVENT_TYPE,
-    "product_id": pl.Int32,
-    "category_id": pl.Int64,
-    "category_code": pl.String,
-    "brand": pl.String,
-    "price": PRICE,
-    "user_id": pl.Int32,
-    "user_session": pl.Binary,  # 16 bytes
-})
-QUARANTINE_SCHEMA = pl.Schema({
-    "line": pl.Int64,  # 1-based line in the raw file (the header is line 1)
-    "parquet_row": pl.Int64,  # for duplicates: the copy's row in the events Parquet
-    "reason": pl.String,
-    "raw_line": pl.String,
-})
+EVENTS_SCHEMA = pl.Schema(
+    {
+        "event_time": pl.Datetime("us"),
+        "event_type": EVENT_TYPE,
+        "product_id": pl.Int32,
+        "category_id": pl.Int64,
+        "category_code": pl.String,
+        "brand": pl.String,
+        "price": PRICE,
+        "user_id": pl.Int32,
+        "user_session": pl.Binary,  # 16 bytes
+    }
+)
+QUARANTINE_SCHEMA = pl.Schema(
+    {
+        "line": pl.Int64,  # 1-based line in the raw file (the header is line 1)
+        "parquet_row": pl.Int64,  # for duplicates: the copy's row in the events Parquet
+        "reason": pl.String,
+        "raw_line": pl.String,
+    }
+)
 
 
 class RawFileError(ValueError):
@@ -92,8 +105,14 @@ def read_header(path: Path) -> str:
 def _lines(path: Path) -> pl.LazyFrame:
     # A separator and quote that never occur, so each physical line is one field.
     return pl.scan_csv(
-        path, has_header=False, skip_rows=1, separator="\x1f", quote_char=None,
-        schema={"raw_line": pl.String}, row_index_name="line", row_index_offset=2,
+        path,
+        has_header=False,
+        skip_rows=1,
+        separator="\x1f",
+        quote_char=None,
+        schema={"raw_line": pl.String},
+        row_index_name="line",
+        row_index_offset=2,
     ).with_columns(pl.col("line").cast(pl.Int64), pl.col("raw_line").str.strip_suffix("\r"))
 
 
@@ -101,13 +120,16 @@ def classify(lines: pl.LazyFrame, month_start: datetime, month_end: datetime) ->
     """Typed fields plus a `reason` column (null for a row that is good)."""
     fields = lines.with_columns(
         pl.col("raw_line").str.count_matches(",", literal=True).alias("n_commas"),
-        pl.col("raw_line").str.split_exact(",", len(RAW_COLUMNS) - 1)
-        .struct.rename_fields([f"{c}_raw" for c in RAW_COLUMNS]).alias("f"),
+        pl.col("raw_line")
+        .str.split_exact(",", len(RAW_COLUMNS) - 1)
+        .struct.rename_fields([f"{c}_raw" for c in RAW_COLUMNS])
+        .alias("f"),
     ).unnest("f")
     raw = {c: pl.col(f"{c}_raw") for c in RAW_COLUMNS}
     session_hex = raw["user_session"].str.replace_all("-", "", literal=True)
     typed = fields.with_columns(
-        raw["event_time"].str.strptime(pl.Datetime("us"), TIME_FORMAT, strict=False)
+        raw["event_time"]
+        .str.strptime(pl.Datetime("us"), TIME_FORMAT, strict=False)
         .alias("event_time"),
         raw["event_type"].cast(EVENT_TYPE, strict=False).alias("event_type"),
         raw["product_id"].cast(pl.Int32, strict=False).alias("product_id"),
@@ -118,30 +140,41 @@ def classify(lines: pl.LazyFrame, month_start: datetime, month_end: datetime) ->
         raw["user_id"].cast(pl.Int32, strict=False).alias("user_id"),
         # 36 characters, of which 32 hex digits: a UUID, kept as its 16 bytes.
         pl.when((raw["user_session"].str.len_bytes() == 36) & (session_hex.str.len_bytes() == 32))
-        .then(session_hex.str.decode("hex", strict=False)).alias("user_session"),
+        .then(session_hex.str.decode("hex", strict=False))
+        .alias("user_session"),
     )
     col = pl.col
     reason = (
-        pl.when(col("n_commas") != len(RAW_COLUMNS) - 1).then(pl.lit("wrong_column_count"))
-        .when(col("event_time").is_null()).then(pl.lit("unparsable_timestamp"))
+        pl.when(col("n_commas") != len(RAW_COLUMNS) - 1)
+        .then(pl.lit("wrong_column_count"))
+        .when(col("event_time").is_null())
+        .then(pl.lit("unparsable_timestamp"))
         .when((col("event_time") < month_start) | (col("event_time") >= month_end))
         .then(pl.lit("timestamp_outside_month"))
-        .when(col("event_type").is_null()).then(pl.lit("unknown_event_type"))
+        .when(col("event_type").is_null())
+        .then(pl.lit("unknown_event_type"))
         .when((raw["product_id"] == "") | (raw["user_id"] == ""))
         .then(pl.lit("missing_user_or_product"))
-        .when(col("product_id").is_null() | col("category_id").is_null()
-              | col("user_id").is_null()).then(pl.lit("non_numeric_id"))
-        .when(col("price").is_null()).then(pl.lit("invalid_price"))
-        .when(col("price") < 0).then(pl.lit("negative_price"))
+        .when(col("product_id").is_null() | col("category_id").is_null() | col("user_id").is_null())
+        .then(pl.lit("non_numeric_id"))
+        .when(col("price").is_null())
+        .then(pl.lit("invalid_price"))
+        .when(col("price") < 0)
+        .then(pl.lit("negative_price"))
         .when((raw["user_session"] != "") & col("user_session").is_null())
         .then(pl.lit("malformed_session"))
     )
     return typed.with_columns(reason.alias("reason"))
 
 
-def ingest_month(raw: Path, month_start: datetime, month_end: datetime, events_out: Path,
-                 quarantine_out: Path, scratch: Callable[[], duckdb.DuckDBPyConnection]
-                 ) -> IngestResult:
+def ingest_month(
+    raw: Path,
+    month_start: datetime,
+    month_end: datetime,
+    events_out: Path,
+    quarantine_out: Path,
+    scratch: Callable[[], duckdb.DuckDBPyConnection],
+) -> IngestResult:
     """Write the month's good rows to `events_out` and the rest to `quarantine_out`, with
     every extra copy of an exact duplicate row listed in the quarantine as `duplicate`.
 
@@ -156,28 +189,39 @@ def ingest_month(raw: Path, month_start: datetime, month_end: datetime, events_o
     rows = classify(_lines(raw), month_start, month_end)
     good = rows.filter(pl.col("reason").is_null()).select(list(EVENTS_SCHEMA))
     bad = rows.filter(pl.col("reason").is_not_null()).select(
-        "line", pl.lit(None, pl.Int64).alias("parquet_row"), "reason", "raw_line")
+        "line", pl.lit(None, pl.Int64).alias("parquet_row"), "reason", "raw_line"
+    )
     for out in (events_out, quarantine_out):
         out.parent.mkdir(parents=True, exist_ok=True)
     events_tmp = events_out.with_name(events_out.name + ".tmp")
     quarantine_tmp = quarantine_out.with_name(quarantine_out.name + ".tmp")
     try:
         # One scan feeds both sinks.
-        pl.collect_all([
-            good.sink_parquet(events_tmp, compression="zstd", compression_level=1,
-                              statistics=True, lazy=True),
-            bad.sink_parquet(quarantine_tmp, compression="zstd", lazy=True),
-        ], engine="streaming")
+        pl.collect_all(
+            [
+                good.sink_parquet(
+                    events_tmp, compression="zstd", compression_level=1, statistics=True, lazy=True
+                ),
+                bad.sink_parquet(quarantine_tmp, compression="zstd", lazy=True),
+            ],
+            engine="streaming",
+        )
         with scratch() as con:
-            duplicates = con.sql(sql.statement(
-                "ingest", "duplicate_rows", events_parquet=sql.quote_path(events_tmp))).pl()
+            duplicates = con.sql(
+                sql.statement("ingest", "duplicate_rows", events_parquet=sql.quote_path(events_tmp))
+            ).pl()
         invalid = pl.read_parquet(quarantine_tmp)
-        quarantine = pl.concat([
-            invalid,
-            duplicates.select(pl.lit(None, pl.Int64).alias("line"),
-                              pl.col("parquet_row").cast(pl.Int64),
-                              pl.lit(DUPLICATE).alias("reason"), "raw_line"),
-        ]).cast(dict(QUARANTINE_SCHEMA))
+        quarantine = pl.concat(
+            [
+                invalid,
+                duplicates.select(
+                    pl.lit(None, pl.Int64).alias("line"),
+                    pl.col("parquet_row").cast(pl.Int64),
+                    pl.lit(DUPLICATE).alias("reason"),
+                    "raw_line",
+                ),
+            ]
+        ).cast(dict(QUARANTINE_SCHEMA))
         quarantine.write_parquet(quarantine_tmp, compression="zstd")
         rows_valid = pq.ParquetFile(events_tmp).metadata.num_rows
         os.replace(events_tmp, events_out)
@@ -187,9 +231,13 @@ def ingest_month(raw: Path, month_start: datetime, month_end: datetime, events_o
         quarantine_tmp.unlink(missing_ok=True)
     counts = dict(quarantine["reason"].value_counts().iter_rows())
     duplicates_n = counts.pop(DUPLICATE, 0)
-    return IngestResult(rows_in=rows_valid + sum(counts.values()), rows_valid=rows_valid,
-                        quarantined=counts, duplicates=duplicates_n,
-                        seconds=time.perf_counter() - t0)
+    return IngestResult(
+        rows_in=rows_valid + sum(counts.values()),
+        rows_valid=rows_valid,
+        quarantined=counts,
+        duplicates=duplicates_n,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def count_raw_rows(path: Path, chunk: int = 1 << 24) -> int:

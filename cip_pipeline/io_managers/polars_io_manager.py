@@ -15,12 +15,17 @@ class DuckDBPolarsIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         if not isinstance(obj, pl.DataFrame):
             raise dg.DagsterInvariantViolationError(
-                f"{context.asset_key.to_user_string()} must return a polars DataFrame")
+                f"{context.asset_key.to_user_string()} must return a polars DataFrame"
+            )
         with self.warehouse.connect() as con:
             con.register("_frame", obj.to_arrow())
             try:
-                metadata = replace_rows(con, TableName.of(context.asset_key),
-                                        "SELECT * FROM _frame", time_slice(context))
+                metadata = replace_rows(
+                    con,
+                    TableName.of(context.asset_key),
+                    "SELECT * FROM _frame",
+                    time_slice(context),
+                )
             finally:
                 con.unregister("_frame")
         context.add_output_metadata(metadata)

@@ -42,10 +42,12 @@ class DuckDBSqlIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: SqlQuery) -> None:
         if not isinstance(obj, SqlQuery):
             raise dg.DagsterInvariantViolationError(
-                f"{context.asset_key.to_user_string()} must return SqlQuery, got {type(obj)}")
+                f"{context.asset_key.to_user_string()} must return SqlQuery, got {type(obj)}"
+            )
         with self.warehouse.connect() as con:
-            metadata = replace_rows(con, TableName.of(context.asset_key), obj.sql,
-                                    time_slice(context))
+            metadata = replace_rows(
+                con, TableName.of(context.asset_key), obj.sql, time_slice(context)
+            )
         context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> SqlTable:

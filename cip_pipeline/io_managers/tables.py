@@ -23,7 +23,8 @@ class TableName:
     def of(cls, key: dg.AssetKey) -> TableName:
         if len(key.path) != 2:
             raise dg.DagsterInvariantViolationError(
-                f"warehouse assets are keyed schema/table, got {key.to_user_string()}")
+                f"warehouse assets are keyed schema/table, got {key.to_user_string()}"
+            )
         return cls(*key.path)
 
     @property
@@ -40,8 +41,10 @@ class TimeSlice:
     end: datetime
 
     def predicate(self) -> str:
-        return (f"{self.column} >= TIMESTAMP '{self.start:%Y-%m-%d %H:%M:%S}' AND "
-                f"{self.column} < TIMESTAMP '{self.end:%Y-%m-%d %H:%M:%S}'")
+        return (
+            f"{self.column} >= TIMESTAMP '{self.start:%Y-%m-%d %H:%M:%S}' AND "
+            f"{self.column} < TIMESTAMP '{self.end:%Y-%m-%d %H:%M:%S}'"
+        )
 
 
 def time_slice(context: dg.OutputContext | dg.InputContext) -> TimeSlice | None:
@@ -54,13 +57,15 @@ def time_slice(context: dg.OutputContext | dg.InputContext) -> TimeSlice | None:
     if not column:
         raise dg.DagsterInvariantViolationError(
             f"{context.asset_key.to_user_string()} is partitioned but declares no "
-            f"'{PARTITION_EXPR}' metadata")
+            f"'{PARTITION_EXPR}' metadata"
+        )
     window = context.asset_partitions_time_window
     return TimeSlice(column, window.start.replace(tzinfo=None), window.end.replace(tzinfo=None))
 
 
-def replace_rows(con: duckdb.DuckDBPyConnection, name: TableName, select_sql: str,
-                 part: TimeSlice | None) -> dict[str, dg.RawMetadataValue]:
+def replace_rows(
+    con: duckdb.DuckDBPyConnection, name: TableName, select_sql: str, part: TimeSlice | None
+) -> dict[str, dg.RawMetadataValue]:
     """Make `name` (or its partition) hold exactly the rows of `select_sql`, atomically.
 
     A failure anywhere rolls back to the previous version of the table or partition.
@@ -72,18 +77,24 @@ def replace_rows(con: duckdb.DuckDBPyConnection, name: TableName, select_sql: st
         if part is None:
             con.execute(f"CREATE OR REPLACE TABLE {name.qualified} AS {select_sql}")
         else:
-            con.execute(f"CREATE TABLE IF NOT EXISTS {name.qualified} AS "
-                        f"SELECT * FROM ({select_sql}) LIMIT 0")
-            outside = (f"SELECT count(*) FILTER (WHERE ({part.predicate()}) IS NOT TRUE) "
-                       f"FROM {name.qualified}")
+            con.execute(
+                f"CREATE TABLE IF NOT EXISTS {name.qualified} AS "
+                f"SELECT * FROM ({select_sql}) LIMIT 0"
+            )
+            outside = (
+                f"SELECT count(*) FILTER (WHERE ({part.predicate()}) IS NOT TRUE) "
+                f"FROM {name.qualified}"
+            )
             before = con.execute(outside).fetchone()[0]
             con.execute(f"DELETE FROM {name.qualified} WHERE {part.predicate()}")
             con.execute(f"INSERT INTO {name.qualified} BY NAME {select_sql}")
             stray = con.execute(outside).fetchone()[0] - before
             if stray:
                 # Such rows would never be replaced by a later run of this partition.
-                raise dg.Failure(f"{name.qualified}: the query returned {stray} rows outside "
-                                 f"the partition ({part.predicate()})")
+                raise dg.Failure(
+                    f"{name.qualified}: the query returned {stray} rows outside "
+                    f"the partition ({part.predicate()})"
+                )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -93,11 +104,11 @@ def replace_rows(con: duckdb.DuckDBPyConnection, name: TableName, select_sql: st
     columns = con.execute(
         "SELECT column_name, data_type FROM information_schema.columns "
         "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
-        [name.schema, name.table]).fetchall()
+        [name.schema, name.table],
+    ).fetchall()
     return {
         "dagster/row_count": dg.MetadataValue.int(int(rows)),
-        "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(c, t) for c, t in columns]),
+        "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns]),
         "dagster/table_name": f"{name.schema}.{name.table}",
         "write_seconds": dg.MetadataValue.float(round(time.perf_counter() - t0, 3)),
     }
