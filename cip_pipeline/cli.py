@@ -45,6 +45,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_pipeline(args.months)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cip_pipeline.bench import run_bench, to_markdown, write_report
+
+    report = run_bench(args.events, seed=args.seed, repeat=args.repeat, refresh=args.refresh)
+    print(to_markdown(report))
+    json_path, md_path = write_report(report)
+    print(f"written: {json_path} and {md_path}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+
+    from cip_pipeline.runner import ensure_instance
+
+    ensure_instance()  # sets DAGSTER_HOME to the project's and writes its dagster.yaml
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    command = ["dagster", "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
+    os.execvp(command[0], command)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cip", description="Customer Intelligence Platform")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated months (default: every month in $CIP_DATA_DIR/raw)",
     )
     run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="time the whole pipeline per asset (wall, rows/s, RSS)")
+    bench.add_argument("--events", type=_count, required=True, help="e.g. 1e6, 1e7, 1.1e8")
+    bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--repeat", type=_count, default=1, help="runs; reports median and range")
+    bench.add_argument(
+        "--refresh",
+        action="store_true",
+        help="also time the nightly case: the newest month and its dependents",
+    )
+    bench.set_defaults(func=cmd_bench)
+
+    ui = sub.add_parser("ui", help="the Dagster UI on the project's Dagster home")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 

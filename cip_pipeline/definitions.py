@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from cip_pipeline import automation
 from cip_pipeline.assets import ingest
 from cip_pipeline.io_managers import DuckDBPolarsIOManager, DuckDBSqlIOManager
 from cip_pipeline.resources import LakeResource, WarehouseResource
@@ -26,9 +27,18 @@ def resources() -> dict[str, object]:
 
 
 def build_definitions() -> dg.Definitions:
+    sensors: list[dg.SensorDefinition] = [automation.raw_file_sensor]
+    if UNPARTITIONED_ASSETS:
+        sensors.append(automation.downstream_automation(UNPARTITIONED_ASSETS))
     return dg.Definitions(
         assets=[*PARTITIONED_ASSETS, *UNPARTITIONED_ASSETS],
         asset_checks=[*PARTITIONED_CHECKS, *UNPARTITIONED_CHECKS],
+        jobs=automation.build_jobs(
+            [*PARTITIONED_ASSETS, *PARTITIONED_CHECKS],
+            [*UNPARTITIONED_ASSETS, *UNPARTITIONED_CHECKS],
+        ),
+        schedules=[automation.nightly_refresh],
+        sensors=sensors,
         resources=resources(),
     )
 

@@ -1,6 +1,5 @@
 """Warehouse and lake settings as Dagster resources."""
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,18 +9,7 @@ import duckdb
 from pydantic import Field
 
 from cip_pipeline import paths, sql
-
-# DuckDB's own memory limit; the process also holds Python, Polars and Arrow buffers, so the
-# default leaves room under a 2 GiB step budget.
-DEFAULT_MEMORY_LIMIT = "1400MB"
-
-
-def available_cores() -> int:
-    """Cores this process may run on (a container or taskset may give fewer than the host)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+from cip_pipeline.budget import Budget
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -30,12 +18,15 @@ class WarehouseResource(dg.ConfigurableResource):
     path: str = Field(
         default_factory=lambda: str(paths.warehouse_path()), description="DuckDB database file"
     )
-    memory_limit: str = Field(default=DEFAULT_MEMORY_LIMIT, description="DuckDB memory_limit")
-    threads: int = Field(default=0, description="DuckDB threads; 0 = the cores the step has")
+    memory_limit: str = Field(
+        default_factory=lambda: Budget.from_env().duckdb_memory_limit,
+        description="DuckDB memory_limit; default: its share of the run's memory budget",
+    )
+    threads: int = Field(default=0, description="DuckDB threads; 0 = the run's share of cores")
     spill_dir: str = Field(default="", description="temp_directory; default beside the file")
 
     def effective_threads(self) -> int:
-        return self.threads or available_cores()
+        return self.threads or Budget.from_env().threads_per_run
 
     def _config(self) -> dict[str, str | int]:
         spill = Path(self.spill_dir) if self.spill_dir else Path(self.path).parent / "spill"

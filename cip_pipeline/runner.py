@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,7 +14,10 @@ from typing import TextIO
 import dagster as dg
 
 from cip_pipeline import definitions, paths
+from cip_pipeline.automation import ALL_MONTHS_JOB, MONTHLY_JOB
+from cip_pipeline.budget import Budget
 from cip_pipeline.months import partition_key
+from cip_pipeline.observability import reset_peak_rss, step_peaks
 from cip_pipeline.resources import LakeResource
 
 SAMPLE_EVENTS = 2_000_000
@@ -25,13 +27,32 @@ SAMPLE_MONTHS = ("2019-10", "2019-11")
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+MANAGED = "# managed by cip"
+
+
+def write_instance_config(home: Path, budget: Budget) -> Path:
+    """The project's dagster.yaml in `home`, sized by the memory budget. A file whose first
+    line is not the managed marker was edited by hand and is left alone."""
+    config = home / "dagster.yaml"
+    if config.exists() and not config.read_text().startswith(MANAGED):
+        return config
+    template = files("cip_pipeline").joinpath("instance/dagster.yaml").read_text()
+    config.write_text(
+        template.format(
+            marker=MANAGED,
+            max_concurrent_runs=budget.concurrent_runs,
+            total=budget.total_bytes >> 20,
+            per_run=budget.run_bytes >> 20,
+        )
+    )
+    return config
+
+
 def ensure_instance() -> dg.DagsterInstance:
     """The persistent instance under `$CIP_DATA_DIR/dagster_home`, with the project's config."""
     home = paths.dagster_home()
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        shutil.copyfile(str(files("cip_pipeline").joinpath("instance/dagster.yaml")), config)
+    write_instance_config(home, Budget.from_env())
     os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
 
@@ -41,6 +62,7 @@ class StepLine:
     asset: str
     rows: int | None
     seconds: float
+    peak_rss: int | None = None
 
 
 @dataclass
@@ -72,6 +94,7 @@ def _summarize(
                 mat.asset_key.to_user_string(),
                 int(rows.value) if rows is not None else None,
                 durations.get(event.step_key or "", 0.0),
+                step_peaks.get(event.step_key or ""),
             )
         )
     for evaluation in result.get_asset_check_evaluations():
@@ -99,7 +122,8 @@ def print_summary(summary: RunSummary, out: TextIO = sys.stdout) -> None:
     )
     for step in summary.steps:
         rows = f"{step.rows:>12,} rows" if step.rows is not None else " " * 17
-        print(f"  {step.asset:<28} {rows}  {step.seconds:6.2f} s", file=out)
+        rss = f"  {step.peak_rss / 2**20:7,.0f} MiB peak" if step.peak_rss else ""
+        print(f"  {step.asset:<28} {rows}  {step.seconds:6.2f} s{rss}", file=out)
     checks = f"  checks: {summary.checks_passed} passed"
     if summary.check_problems:
         checks += f", {len(summary.check_problems)} not passed: " + ", ".join(
@@ -108,6 +132,27 @@ def print_summary(summary: RunSummary, out: TextIO = sys.stdout) -> None:
     print(checks, file=out)
     for failure in summary.failures:
         print(f"  FAILED {failure}", file=out)
+
+
+def execute(
+    defs: dg.Definitions,
+    job_name: str,
+    instance: dg.DagsterInstance,
+    label: str,
+    partition: str | None = None,
+) -> RunSummary:
+    """Run one of the project's jobs in this process and summarize it."""
+    step_peaks.clear()
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        partition_key=partition,
+        instance=instance,
+        raise_on_error=False,
+        tags={"cip/trigger": "cip run"},
+        run_config=QUIET,
+    )
+    return _summarize(label, result, instance, time.perf_counter() - t0)
 
 
 def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> int:
@@ -130,35 +175,16 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
         if month not in available:
             print(f"skipped {month}: no raw file in {lake.raw_dir}", file=out)
     todo = [m for m in wanted if m in available]
-    resources = definitions.resources()
+    defs = definitions.build_definitions()
     failed: list[RunSummary] = []
     t_all = time.perf_counter()
     for month in todo:
-        t0 = time.perf_counter()
-        result = dg.materialize(
-            [*definitions.PARTITIONED_ASSETS, *definitions.PARTITIONED_CHECKS],
-            partition_key=partition_key(month),
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-            tags={"cip/trigger": "cip run"},
-            run_config=QUIET,
-        )
-        summary = _summarize(month, result, instance, time.perf_counter() - t0)
+        summary = execute(defs, MONTHLY_JOB, instance, month, partition_key(month))
         print_summary(summary, out)
         if not summary.success:
             failed.append(summary)
     if definitions.UNPARTITIONED_ASSETS and todo and not failed:
-        t0 = time.perf_counter()
-        result = dg.materialize(
-            [*definitions.UNPARTITIONED_ASSETS, *definitions.UNPARTITIONED_CHECKS],
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-            tags={"cip/trigger": "cip run"},
-            run_config=QUIET,
-        )
-        summary = _summarize("all months", result, instance, time.perf_counter() - t0)
+        summary = execute(defs, ALL_MONTHS_JOB, instance, "all months")
         print_summary(summary, out)
         if not summary.success:
             failed.append(summary)
@@ -168,7 +194,7 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
     for summary in failed:
         print(
             f"run {summary.run_id} failed ({summary.label}); its full log: "
-            f"`dagster dev -w workspace.yaml`, then Runs -> {summary.run_id}",
+            f"`cip ui`, then Runs -> {summary.run_id}",
             file=out,
         )
     return 1 if failed else 0

@@ -1,0 +1,138 @@
+"""Jobs, the nightly schedule, the raw-file sensor and the automation of downstream assets."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+
+from cip_pipeline.months import month_of_raw_file, parse_month, partition_key
+from cip_pipeline.observability import STEP_HOOKS
+from cip_pipeline.resources import LakeResource
+
+MONTHLY_JOB = "monthly_refresh"
+ALL_MONTHS_JOB = "all_months_refresh"
+
+
+def build_jobs(
+    partitioned: Sequence[dg.AssetsDefinition | dg.AssetChecksDefinition],
+    unpartitioned: Sequence[dg.AssetsDefinition | dg.AssetChecksDefinition],
+) -> list[dg.UnresolvedAssetJobDefinition]:
+    """One job for a month's partitioned chain, one for the assets over all months."""
+    from cip_pipeline.partitions import monthly
+
+    def selection(
+        items: Sequence[dg.AssetsDefinition | dg.AssetChecksDefinition],
+    ) -> dg.AssetSelection:
+        assets = [a for a in items if not isinstance(a, dg.AssetChecksDefinition)]
+        checks = [c for c in items if isinstance(c, dg.AssetChecksDefinition)]
+        return dg.AssetSelection.assets(*assets) | dg.AssetSelection.checks(*checks)
+
+    jobs = [
+        dg.define_asset_job(
+            MONTHLY_JOB,
+            selection=selection(partitioned),
+            partitions_def=monthly,
+            hooks=STEP_HOOKS,
+            description="Refresh one month: raw file -> lake -> warehouse.",
+        )
+    ]
+    if unpartitioned:
+        jobs.append(
+            dg.define_asset_job(
+                ALL_MONTHS_JOB,
+                selection=selection(unpartitioned),
+                hooks=STEP_HOOKS,
+                description="Refresh the assets over all months.",
+            )
+        )
+    return jobs
+
+
+def raw_files(lake: LakeResource) -> dict[str, Path]:
+    root = Path(lake.raw_dir)
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if month_of_raw_file(p.name)}
+
+
+def current_month(lake: LakeResource) -> str | None:
+    """`CIP_CURRENT_MONTH` when set, else the month of the most recently written raw file."""
+    configured = os.environ.get("CIP_CURRENT_MONTH")
+    if configured:
+        return parse_month(configured)
+    files = raw_files(lake)
+    if not files:
+        return None
+    newest = max(files.values(), key=lambda p: p.stat().st_mtime_ns)
+    return month_of_raw_file(newest.name)
+
+
+@dg.schedule(
+    cron_schedule="0 2 * * *",
+    job_name=MONTHLY_JOB,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="02:00 UTC: refresh the current month (late data arrives daily).",
+)
+def nightly_refresh(
+    context: dg.ScheduleEvaluationContext, lake: LakeResource
+) -> dg.RunRequest | dg.SkipReason:
+    month = current_month(lake)
+    if month is None:
+        return dg.SkipReason(f"no raw file in {lake.raw_dir}")
+    return dg.RunRequest(
+        partition_key=partition_key(month), tags={"cip/trigger": "nightly schedule"}
+    )
+
+
+def _file_state(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+@dg.sensor(
+    job_name=MONTHLY_JOB,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="A new or changed raw file requests a run for exactly its month, once "
+    "its size and mtime have held still for one tick (no half-copied file).",
+)
+def raw_file_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    seen: dict[str, list[int]] = cursor.get("seen", {})
+    requested: dict[str, list[int]] = cursor.get("requested", {})
+    now = {name: _file_state(path) for name, path in raw_files(lake).items()}
+    runs = []
+    for name, state in now.items():
+        if seen.get(name) == state and requested.get(name) != state:
+            month = month_of_raw_file(name)
+            runs.append(
+                dg.RunRequest(
+                    partition_key=partition_key(month),
+                    run_key=f"{name}:{state[0]}:{state[1]}",
+                    tags={"cip/trigger": "raw file sensor", "cip/raw_file": name},
+                )
+            )
+            requested[name] = state
+    requested = {k: v for k, v in requested.items() if k in now}
+    return dg.SensorResult(
+        run_requests=runs, cursor=json.dumps({"seen": now, "requested": requested})
+    )
+
+
+def downstream_automation(
+    unpartitioned: Sequence[dg.AssetsDefinition],
+) -> dg.AutomationConditionSensorDefinition:
+    """Assets over all months follow their upstream months declaratively: eager means
+    'materialize after any upstream partition updates', with no second schedule."""
+    return dg.AutomationConditionSensorDefinition(
+        "downstream_automation",
+        target=dg.AssetSelection.assets(*unpartitioned),
+        default_condition=dg.AutomationCondition.eager(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=60,
+    )

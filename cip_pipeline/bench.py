@@ -1,0 +1,189 @@
+"""`cip bench`: the whole pipeline through Dagster into a fresh warehouse, timed per asset.
+
+Sample data is generated once per (events, seed) and cached. Each repetition starts from an
+empty lake, warehouse and Dagster home, runs the month jobs and the all-months job in this
+process (so each step's peak RSS is this process's high-water mark for that step), and
+optionally times the nightly case: the newest month again and what depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from cip_pipeline import definitions, paths
+from cip_pipeline.automation import ALL_MONTHS_JOB, MONTHLY_JOB
+from cip_pipeline.months import month_of_raw_file, partition_key
+from cip_pipeline.runner import ensure_instance, execute
+
+
+@dataclass
+class AssetFigures:
+    asset: str
+    rows: int | None
+    seconds: list[float] = field(default_factory=list)
+    peak_rss: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BenchReport:
+    events: int
+    seed: int
+    repeat: int
+    started: str
+    raw_bytes: int
+    totals: list[float] = field(default_factory=list)
+    refresh_totals: list[float] = field(default_factory=list)
+    peak_rss: list[int] = field(default_factory=list)
+    parquet_bytes: int = 0
+    warehouse_bytes: int = 0
+    assets: dict[str, AssetFigures] = field(default_factory=dict)
+
+
+def cached_raw(events: int, seed: int, out: TextIO) -> Path:
+    from cip_pipeline.generator import generate
+
+    folder = paths.data_dir() / "bench" / "raw" / f"{events}-seed{seed}"
+    done = folder / ".complete"
+    if not done.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"generating {events:,} events (seed {seed}) into {folder}", file=out)
+        generate(events, seed=seed, out=folder)
+        done.write_text("ok\n")
+    return folder
+
+
+def _fresh_run_dir(raw: Path) -> Path:
+    run = paths.data_dir() / "bench" / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    (run / "raw").mkdir(parents=True)
+    for f in raw.iterdir():
+        if month_of_raw_file(f.name):
+            (run / "raw" / f.name).symlink_to(f.resolve())
+    return run
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def run_bench(
+    events: int, seed: int = 42, repeat: int = 1, refresh: bool = False, out: TextIO = sys.stdout
+) -> BenchReport:
+    raw = cached_raw(events, seed, out)
+    months = sorted(m for f in raw.iterdir() if (m := month_of_raw_file(f.name)))
+    report = BenchReport(
+        events, seed, repeat, datetime.now(UTC).isoformat(timespec="seconds"), _dir_bytes(raw)
+    )
+    home_env = {k: os.environ.get(k) for k in ("CIP_DATA_DIR", "DAGSTER_HOME")}
+    bench_root = paths.data_dir()
+    try:
+        for i in range(repeat):
+            os.environ["CIP_DATA_DIR"] = str(bench_root)
+            run = _fresh_run_dir(raw)
+            os.environ["CIP_DATA_DIR"] = str(run)
+            instance = ensure_instance()
+            defs = definitions.build_definitions()
+            t0 = time.perf_counter()
+            summaries = [execute(defs, MONTHLY_JOB, instance, m, partition_key(m)) for m in months]
+            if definitions.UNPARTITIONED_ASSETS:
+                summaries.append(execute(defs, ALL_MONTHS_JOB, instance, "all months"))
+            total = time.perf_counter() - t0
+            per_run: dict[str, AssetFigures] = {}
+            for summary in summaries:
+                if not summary.success:
+                    raise RuntimeError(
+                        f"benchmark run failed ({summary.label}): {summary.failures}"
+                    )
+                for step in summary.steps:
+                    fig = per_run.setdefault(step.asset, AssetFigures(step.asset, 0))
+                    fig.rows = (fig.rows or 0) + (step.rows or 0)
+                    fig.seconds.append(step.seconds)
+                    fig.peak_rss.append(step.peak_rss or 0)
+            for name, fig in per_run.items():
+                agg = report.assets.setdefault(name, AssetFigures(name, fig.rows))
+                agg.seconds.append(sum(fig.seconds))
+                agg.peak_rss.append(max(fig.peak_rss))
+            report.totals.append(total)
+            report.peak_rss.append(max((max(f.peak_rss) for f in per_run.values()), default=0))
+            report.parquet_bytes = _dir_bytes(run / "lake" / "events")
+            report.warehouse_bytes = _dir_bytes(run / "warehouse")
+            print(f"run {i + 1}/{repeat}: {total:.1f} s", file=out)
+            if refresh:
+                t1 = time.perf_counter()
+                newest = months[-1]
+                refreshed = [execute(defs, MONTHLY_JOB, instance, newest, partition_key(newest))]
+                if definitions.UNPARTITIONED_ASSETS:
+                    refreshed.append(execute(defs, ALL_MONTHS_JOB, instance, "all months"))
+                if not all(s.success for s in refreshed):
+                    raise RuntimeError("benchmark refresh failed")
+                report.refresh_totals.append(time.perf_counter() - t1)
+                print(f"  one-month refresh: {report.refresh_totals[-1]:.1f} s", file=out)
+    finally:
+        for k, v in home_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return report
+
+
+def _median_range(values: list[float]) -> str:
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:.2f}"
+    return f"{med:.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def to_markdown(report: BenchReport) -> str:
+    mib = 2**20
+    lines = [
+        f"# cip bench: {report.events:,} events, seed {report.seed}, "
+        f"{report.repeat} run(s), {report.started}",
+        "",
+        "| asset | rows | seconds, median (range) | rows/s | peak RSS MiB (max) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for fig in report.assets.values():
+        med = statistics.median(fig.seconds)
+        rate = f"{(fig.rows or 0) / med:,.0f}" if med > 0 and fig.rows else "-"
+        peak = f"{max(fig.peak_rss) / mib:,.0f}" if fig.peak_rss else "-"
+        lines.append(
+            f"| {fig.asset} | {fig.rows or 0:,} | {_median_range(fig.seconds)} | {rate} | {peak} |"
+        )
+    lines += [
+        "",
+        f"- full run: {_median_range(report.totals)} s",
+        f"- overall peak RSS: {max(report.peak_rss, default=0) / mib:,.0f} MiB",
+        f"- raw CSV: {report.raw_bytes / mib:,.0f} MiB; Parquet: "
+        f"{report.parquet_bytes / mib:,.0f} MiB "
+        f"({100 * (1 - report.parquet_bytes / max(report.raw_bytes, 1)):.1f}% smaller); "
+        f"warehouse: {report.warehouse_bytes / mib:,.0f} MiB",
+    ]
+    if report.refresh_totals:
+        ratio = statistics.median(report.refresh_totals) / statistics.median(report.totals)
+        lines.append(
+            f"- one-month refresh: {_median_range(report.refresh_totals)} s "
+            f"({ratio:.2f} x the full run)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: BenchReport) -> tuple[Path, Path]:
+    folder = paths.data_dir() / "bench" / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{report.events}-{report.started.replace(':', '')}"
+    json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
+    json_path.write_text(json.dumps(asdict(report), indent=2))
+    md_path.write_text(to_markdown(report))
+    return json_path, md_path

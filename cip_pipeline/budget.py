@@ -1,0 +1,61 @@
+"""The memory budget and the concurrency it allows.
+
+One budget (`CIP_MEMORY_BUDGET`, default 4 GiB) is split into runs of `CIP_RUN_MEMORY`
+(default 2 GiB) each: that fixes how many runs the queue lets through at once, and each run
+gets the cores divided among them, so DuckDB, Polars and LightGBM never oversubscribe the
+machine however many months are queued.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+GIB = 1 << 30
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """`4GiB`, `4G`, `1500MB` -> bytes (binary units)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 4GiB, 1500MB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def available_cores() -> int:
+    """Cores this process may run on (a container or taskset may give fewer than the host)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Budget:
+    total_bytes: int
+    run_bytes: int
+    cores: int
+
+    @classmethod
+    def from_env(cls) -> Budget:
+        return cls(
+            parse_size(os.environ.get("CIP_MEMORY_BUDGET", "4GiB")),
+            parse_size(os.environ.get("CIP_RUN_MEMORY", "2GiB")),
+            available_cores(),
+        )
+
+    @property
+    def concurrent_runs(self) -> int:
+        return max(1, self.total_bytes // self.run_bytes)
+
+    @property
+    def threads_per_run(self) -> int:
+        return max(1, self.cores // self.concurrent_runs)
+
+    @property
+    def duckdb_memory_limit(self) -> str:
+        # DuckDB's share of a run: the rest is Python, Polars and Arrow buffers.
+        return f"{int(self.run_bytes * 0.68) >> 20}MB"
