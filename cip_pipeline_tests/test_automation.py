@@ -1,0 +1,96 @@
+"""Schedule, raw-file sensor, memory budget and the instance configuration they produce."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from cip_pipeline import automation
+from cip_pipeline.budget import Budget, parse_size
+from cip_pipeline.resources import LakeResource
+from cip_pipeline.runner import MANAGED, write_instance_config
+
+
+def _tick(lake: LakeResource, cursor: str | None) -> dg.SensorResult:
+    context = dg.build_sensor_context(cursor=cursor, resources={"lake": lake})
+    return automation.raw_file_sensor(context)
+
+
+def test_sensor_requests_exactly_the_changed_month_once_stable(tmp_path: Path) -> None:
+    lake = LakeResource(raw_dir=str(tmp_path), lake_dir=str(tmp_path / "lake"))
+    (tmp_path / "2019-Oct.csv").write_text("header\n")
+    (tmp_path / "notes.txt").write_text("not a month")
+    first = _tick(lake, None)
+    assert first.run_requests == []  # seen once: maybe still being copied
+    second = _tick(lake, first.cursor)
+    assert [r.partition_key for r in second.run_requests] == ["2019-10-01"]
+    third = _tick(lake, second.cursor)
+    assert third.run_requests == []  # nothing changed: no new run
+
+    (tmp_path / "2019-Nov.csv.gz").write_bytes(b"x")
+    oct_file = tmp_path / "2019-Oct.csv"
+    oct_file.write_text("header\nmore rows\n")  # late data: new size and mtime
+    os.utime(oct_file, ns=(oct_file.stat().st_atime_ns, oct_file.stat().st_mtime_ns + 10**9))
+    fourth = _tick(lake, third.cursor)
+    assert fourth.run_requests == []
+    fifth = _tick(lake, fourth.cursor)
+    assert sorted(r.partition_key for r in fifth.run_requests) == ["2019-10-01", "2019-11-01"]
+    keys = {r.run_key for r in fifth.run_requests}
+    assert len(keys) == 2 and all(k.count(":") == 2 for k in keys)
+    assert json.loads(fifth.cursor)["requested"].keys() == {"2019-Oct.csv", "2019-Nov.csv.gz"}
+
+
+def test_nightly_schedule_targets_the_newest_raw_month(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = LakeResource(raw_dir=str(tmp_path), lake_dir=str(tmp_path / "lake"))
+    context = dg.build_schedule_context(resources={"lake": lake})
+    assert isinstance(automation.nightly_refresh(context), dg.SkipReason)
+    for i, name in enumerate(["2019-Nov.csv", "2019-Oct.csv"]):
+        path = tmp_path / name
+        path.write_text("x")
+        os.utime(path, (1_000 + i, 1_000 + i))
+    request = automation.nightly_refresh(context)
+    assert request.partition_key == "2019-10-01"  # Oct was written last
+    monkeypatch.setenv("CIP_CURRENT_MONTH", "2019-11")
+    assert automation.nightly_refresh(context).partition_key == "2019-11-01"
+    assert automation.nightly_refresh.cron_schedule == "0 2 * * *"
+    assert automation.nightly_refresh.execution_timezone == "UTC"
+
+
+@pytest.mark.parametrize(
+    ("total", "per_run", "cores", "runs", "threads"),
+    [
+        ("4GiB", "2GiB", 2, 2, 1),
+        ("2GiB", "2GiB", 2, 1, 2),
+        ("16GiB", "2GiB", 8, 8, 1),
+        ("1500MB", "2GiB", 4, 1, 4),
+    ],
+)
+def test_budget_sets_concurrency_threads_and_duckdb_limit(
+    total: str, per_run: str, cores: int, runs: int, threads: int
+) -> None:
+    budget = Budget(parse_size(total), parse_size(per_run), cores)
+    assert (budget.concurrent_runs, budget.threads_per_run) == (runs, threads)
+    limit = parse_size(budget.duckdb_memory_limit)
+    assert limit < budget.run_bytes  # DuckDB leaves room for Python, Polars and Arrow
+    assert runs * budget.run_bytes <= max(budget.total_bytes, budget.run_bytes)
+
+
+def test_instance_config_holds_pool_and_run_queue(tmp_path: Path) -> None:
+    budget = Budget(parse_size("6GiB"), parse_size("2GiB"), 2)
+    config = write_instance_config(tmp_path, budget)
+    text = config.read_text()
+    assert text.startswith(MANAGED)
+    parsed = yaml.safe_load(text)
+    assert parsed["concurrency"]["pools"]["default_limit"] == 1
+    assert parsed["concurrency"]["runs"]["max_concurrent_runs"] == 3
+    # Hand edits (marker removed) are kept.
+    config.write_text("concurrency:\n  pools:\n    default_limit: 1\n")
+    write_instance_config(tmp_path, budget)
+    assert "max_concurrent_runs" not in config.read_text()

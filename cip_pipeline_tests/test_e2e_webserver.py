@@ -1,0 +1,270 @@
+"""End to end, as a data engineer uses it: the real dagster-webserver and dagster-daemon on
+127.0.0.1 with a temporary Dagster home and warehouse, runs launched through GraphQL (the
+call the UI's Materialize button makes), and the UI rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from cip_pipeline.budget import Budget
+from cip_pipeline.generator import generate
+from cip_pipeline.runner import write_instance_config
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+PARTITIONED = [["events_parquet"], ["core", "events"], ["core", "ingest_audit"]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Dagster:
+    def __init__(self, url: str, home: Path, data: Path) -> None:
+        self.url, self.home, self.data = url, home, data
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        req = urllib.request.Request(
+            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            payload = json.loads(resp.read())
+        assert "errors" not in payload, payload
+        return payload["data"]
+
+    def materialize_month(self, partition: str) -> str:
+        """What the UI's Materialize button sends for a partition of the selected assets."""
+        data = self.graphql(
+            LAUNCH,
+            {
+                "params": {
+                    "selector": {
+                        "repositoryLocationName": "cip_pipeline",
+                        "repositoryName": "__repository__",
+                        "jobName": "__ASSET_JOB",
+                        "assetSelection": [{"path": p} for p in PARTITIONED],
+                    },
+                    "executionMetadata": {
+                        "tags": [{"key": "dagster/partition", "value": partition}]
+                    },
+                    "runConfigData": "{}",
+                }
+            },
+        )["launchRun"]
+        assert data["__typename"] == "LaunchRunSuccess", data
+        return data["run"]["runId"]
+
+    def wait(self, run_id: str, timeout: float = 240) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.graphql(STATUS, {"id": run_id})["runOrError"]["status"]
+            if status in ("SUCCESS", "FAILURE", "CANCELED"):
+                return status
+            time.sleep(1)
+        raise TimeoutError(f"run {run_id} still running after {timeout} s")
+
+
+LAUNCH = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+STATUS = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+LOCATIONS = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+  locationOrLoadError { __typename } } } } }"""
+
+
+@pytest.fixture(scope="module")
+def dagster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dagster]:
+    root = tmp_path_factory.mktemp("e2e")
+    data, home = root / "data", root / "data" / "dagster_home"
+    home.mkdir(parents=True)
+    generate(30_000, seed=4, out=data / "raw")
+    write_instance_config(home, Budget.from_env())
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CIP_DATA_DIR": str(data),
+        "DAGSTER_HOME": str(home),
+        "CIP_AUTOMATION": "off",
+    }
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    logs = [open(root / f"{n}.log", "w") for n in ("webserver", "daemon")]  # noqa: SIM115
+    procs = [
+        subprocess.Popen(
+            [
+                str(BIN / "dagster-webserver"),
+                "-w",
+                str(workspace),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env=env,
+            stdout=logs[0],
+            stderr=subprocess.STDOUT,
+            cwd=workspace.parent,
+        ),
+        subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
+            env=env,
+            stdout=logs[1],
+            stderr=subprocess.STDOUT,
+            cwd=workspace.parent,
+        ),
+    ]
+    server = Dagster(f"http://127.0.0.1:{port}", home, data)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                entries = server.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"]
+                if entries and entries[0]["loadStatus"] == "LOADED":
+                    assert entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError((root / "webserver.log").read_text()[-3000:])
+            time.sleep(1)
+        yield server
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs:
+            f.close()
+
+
+def test_two_months_launched_at_once_both_succeed(dagster: Dagster) -> None:
+    """Two runs started together: the warehouse pool (limit 1) makes one wait for the
+    other's writes, and neither hits DuckDB's file lock."""
+    runs = [dagster.materialize_month(p) for p in ("2019-10-01", "2019-11-01")]
+    assert [dagster.wait(r) for r in runs] == ["SUCCESS", "SUCCESS"]
+
+    con = duckdb.connect(str(dagster.data / "warehouse" / "cip.duckdb"), read_only=True)
+    try:
+        months = dict(
+            con.execute(
+                "SELECT strftime(event_time, '%Y-%m'), count(*) FROM core.events GROUP BY 1"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    assert set(months) == {"2019-10", "2019-11"} and min(months.values()) > 5_000
+
+    os.environ["DAGSTER_HOME"] = str(dagster.home)
+    instance = dg.DagsterInstance.get()
+    for run_id in runs:
+        checks = [
+            e.event_specific_data
+            for e in (
+                r.event_log_entry.dagster_event
+                for r in instance.get_records_for_run(
+                    run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+                ).records
+            )
+        ]
+        assert len(checks) == 9
+        assert all(c.passed for c in checks)
+        logs = "\n".join(
+            str(r.event_log_entry.message) for r in instance.get_records_for_run(run_id).records
+        )
+        assert "Database is locked" not in logs and "Could not set lock" not in logs
+    pool = instance.event_log_storage.get_concurrency_info("duckdb_warehouse")
+    assert pool.slot_count == 1
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    if path:
+        return path
+    # Debian's package, installed by the test set-up (never a browser download).
+    for cmd in (
+        ["apt-get", "install", "-y", "-q", "chromium"],
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "chromium"],
+    ):
+        if subprocess.run(cmd, capture_output=True).returncode == 0 and shutil.which("chromium"):
+            break
+    path = shutil.which("chromium")
+    if not path:
+        pytest.fail("could not install Debian's chromium package")
+    return path
+
+
+@pytest.fixture(scope="module")
+def page() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=_chromium(),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield browser.new_page(viewport={"width": 1600, "height": 1000})
+        finally:
+            browser.close()
+
+
+def _open(page: object, url: str, wait_for: str) -> None:
+    page.goto(url)
+    skip = page.get_by_role("button", name="Skip")  # the first-visit community dialog
+    with contextlib.suppress(PlaywrightTimeout):  # it only shows on a first visit
+        skip.click(timeout=5_000)
+    page.get_by_text(wait_for).first.wait_for(timeout=60_000)
+
+
+def test_ui_renders_assets_and_a_run(dagster: Dagster, page: object) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    run_id = dagster.materialize_month("2019-10-01")
+    assert dagster.wait(run_id) == "SUCCESS"
+
+    _open(page, f"{dagster.url}/assets/core/events?view=lineage", "events_parquet")
+    graph = page.content()
+    for name in ("events_parquet", "ingest_audit"):
+        assert name in graph
+    page.screenshot(path=ARTIFACTS / "asset-lineage.png")
+
+    _open(page, f"{dagster.url}/runs/{run_id}", "Success")
+    assert run_id[:8] in page.content()
+    page.screenshot(path=ARTIFACTS / "run.png")
+    assert (ARTIFACTS / "run.png").stat().st_size > 10_000
