@@ -18,7 +18,13 @@ import polars as pl
 
 from cip_pipeline.generator import calibration as cal
 from cip_pipeline.generator.catalog import Catalog, build_catalog
-from cip_pipeline.generator.events import Lookups, block_events, days_in, plan_month
+from cip_pipeline.generator.events import (
+    Lookups,
+    block_events,
+    days_in,
+    plan_month,
+    purchase_logging_gaps,
+)
 from cip_pipeline.generator.population import build_population
 from cip_pipeline.generator.writer import MonthFileWriter
 from cip_pipeline.months import raw_file_name
@@ -98,10 +104,13 @@ def generate(
     carry: pl.DataFrame | None = None
     written = 0
     last_note = time.perf_counter()
+    all_gaps = [g for i, m in enumerate(months) for g in purchase_logging_gaps(i, m)]
     ok = False
     try:
         for i, month in enumerate(months):
             plan = plan_month(_seed(seed, 3, i), i, month, scale, catalog, pop, BLOCK_SECONDS)
+            # A follow-up purchase may land in a later month's logging gap.
+            plan.gaps = all_gaps
             if carry is not None and carry.height and carry["event_time"].min() >= _dt(plan.end):
                 carry = None  # months not consecutive: the spill belongs to an ungenerated month
             n_blocks = days_in(month) * 86400 // BLOCK_SECONDS

@@ -25,10 +25,9 @@ EVENT_TYPES = ("view", "cart", "purchase")
 VIEW, CART, PURCHASE = 0, 1, 2
 
 # Session shape: views per session are 1 + negative binomial (median 2, long tail).
-VIEWS_DISPERSION = 0.4
+VIEWS_DISPERSION = 0.37
 SESSION_CATEGORY_LOYALTY = 0.85  # share of a session's views in its main category
 FAVOURITE_CATEGORY_SHARE = 0.55  # share of a user's sessions in their favourite category
-EXTRA_ITEMS_MEAN = 0.18  # purchases per buying session = 1 + Poisson(this)
 DEARER_ITEM_SHARE = 0.5  # buyers pick the dearer of two viewed items this often
 COMPLEMENT_SHARE = 0.5  # a second item is the first one's complement this often
 REPEAT_CART_MEAN = 0.35  # extra cart events of a bought item (quantity changes)
@@ -37,6 +36,13 @@ BUY_WEIGHT_Z = 3.2
 BUY_WEIGHT_LEN = 0.6
 CART_WEIGHT_Z = 0.7
 CART_WEIGHT_LEN = 0.5
+# A shopper who abandons a cart often comes back days later to buy it, the more likely the
+# higher their propensity: recent carts without a purchase are a strong, non-linear signal.
+FOLLOW_UP_SHARE = 0.35  # of abandoned carts, on average
+FOLLOW_UP_WEIGHT_Z = 1.5
+FOLLOW_UP_DELAY_MEDIAN_S = 1.0 * 86400
+FOLLOW_UP_DELAY_SIGMA = 1.0
+FOLLOW_UP_SESSIONS_EST = 0.035  # follow-up sessions per ordinary session, to size the months
 # Seconds between events of a session: log-normal.
 GAP_MEDIAN_S = 38.0
 GAP_SIGMA = 1.25
@@ -111,9 +117,12 @@ class MonthPlan:
     views_mean: float
     buy_base: float
     cart_base: float
+    follow_base: float
+    extra_items: float  # mean purchases per buying session beyond the first
+    next_cart_logging: float  # cart logging of the next month, for follow-ups that spill
     sampler: tuple[np.ndarray, np.ndarray, np.ndarray]
     cat_cum: np.ndarray  # cumulative category share, for global category draws
-    gaps: list[tuple[int, int]]  # epoch windows with no purchase logging
+    gaps: list[tuple[int, int]]  # epoch windows with no purchase logging (all months)
     duplicate_rate: float  # duplicated rows to add per generated row
     null_session_blocks: np.ndarray  # block index of each null-session event of the month
 
@@ -153,6 +162,18 @@ def _solve_base(target: float, fn, lo: float = -15.0, hi: float = 8.0) -> float:
     return (lo + hi) / 2
 
 
+def purchase_logging_gaps(index: int, month: str) -> list[tuple[int, int]]:
+    """Epoch windows of the month in which purchases were not logged."""
+    if not cal.profile_for(index).sale_weekend:
+        return []
+    start = int(month_start(month).timestamp())
+    return [
+        (start + _hhmm(d0, t0), start + _hhmm(d1, t1))
+        for (d0, t0), (d1, t1) in cal.PURCHASE_LOGGING_GAPS
+        if d1 <= days_in(month)
+    ]
+
+
 def plan_month(
     rng: np.random.Generator,
     index: int,
@@ -166,7 +187,7 @@ def plan_month(
     start = int(month_start(month).timestamp())
     end = start + days_in(month) * 86400
     users = pop.active[index]
-    sessions_per_user = profile.sessions / profile.users
+    sessions_per_user = profile.sessions / profile.users / (1 + FOLLOW_UP_SESSIONS_EST)
     act = pop.activity[users]
     lam = act * (sessions_per_user - 1.0) / act.mean()
     n_sessions = 1 + rng.poisson(lam)
@@ -178,41 +199,48 @@ def plan_month(
     order = np.argsort(session_start, kind="stable")
     session_user, session_start, hour = session_user[order], session_start[order], hour[order]
 
-    gaps: list[tuple[int, int]] = []
-    if profile.sale_weekend:
-        gaps = [
-            (start + _hhmm(d0, t0), start + _hhmm(d1, t1))
-            for (d0, t0), (d1, t1) in cal.PURCHASE_LOGGING_GAPS
-            if d1 <= days_in(month)
-        ]
+    gaps = purchase_logging_gaps(index, month)
 
-    # Calibrate purchase and cart intercepts on a sample of the month's sessions.
+    # Calibrate purchase, cart and follow-up intercepts on a sample of the month's sessions.
     probe = rng.choice(session_user.size, min(200_000, session_user.size), replace=False)
     z = pop.propensity[session_user[probe]]
-    views_mean = profile.views / profile.sessions
-    log_v = np.log(_negbin_views(rng, views_mean, probe.size))
+    log_v = np.log(_negbin_views(rng, profile.views / profile.sessions, probe.size))
     day_buy = buy_w[hour[probe]]
     in_gap = np.zeros(probe.size, dtype=bool)
     for g0, g1 in gaps:  # sessions starting in a gap lose their purchases
         in_gap |= (session_start[probe] >= g0) & (session_start[probe] < g1)
 
-    def buy_share(b: float) -> float:
+    def buy_share(b: float, gap_loss: bool = True) -> float:
         p = np.minimum(_sigmoid(b + BUY_WEIGHT_Z * z + BUY_WEIGHT_LEN * log_v) * day_buy, 0.95)
-        return float(np.mean(p * ~in_gap))
+        return float(np.mean(p * ~in_gap)) if gap_loss else float(np.mean(p))
 
-    buy_base = _solve_base(profile.session_purchase_share, buy_share)
-    in_gap[:] = False
-    logged_share = profile.session_purchase_share / buy_share(buy_base)
-    # Items bought in a logging gap keep their carts.
-    purchases_per_session = profile.purchases / profile.sessions / logged_share
-    carts_for_bought = purchases_per_session * (1 + REPEAT_CART_MEAN) * profile.cart_logging
-    abandoned_target = max(profile.carts / profile.sessions - carts_for_bought, 1e-6)
-    abandoned_target /= profile.cart_logging
+    cart_weight = np.exp(CART_WEIGHT_Z * z + CART_WEIGHT_LEN * log_v)
+
+    def follow_share(f: float) -> float:  # over abandoned carts, which lean to high z
+        return float(np.average(_sigmoid(f + FOLLOW_UP_WEIGHT_Z * z), weights=cart_weight))
+
+    follow_base = _solve_base(FOLLOW_UP_SHARE, follow_share)
+    # Follow-up sessions (one view, a cart, a purchase) count among the month's sessions,
+    # purchases and carts, so the ordinary sessions make up the rest.
+    follow = 0.0
+    for _ in range(4):
+        buy_base = _solve_base(profile.session_purchase_share * (1 + follow) - follow, buy_share)
+        purchases = profile.purchases / profile.sessions * (1 + follow) - follow
+        bought_carts = purchases * (1 + REPEAT_CART_MEAN)
+        abandoned = profile.carts / profile.sessions * (1 + follow) / profile.cart_logging
+        abandoned = max(abandoned - bought_carts, 1e-6) / (1 + FOLLOW_UP_SHARE)
+        follow = abandoned * FOLLOW_UP_SHARE
+    views_mean = profile.views / profile.sessions * (1 + follow) - follow
+    # Items per ordinary buying session, so that the logged purchases (follow-ups included,
+    # those in logging gaps lost) match.
+    logged = buy_share(buy_base) / buy_share(buy_base, False)
+    purchases_target = profile.purchases / profile.sessions * (1 + follow) - follow * logged
+    extra_items = max(0.0, purchases_target / buy_share(buy_base) - 1.0)
 
     def cart_rate(c: float) -> float:
-        return float(np.mean(np.exp(c + CART_WEIGHT_Z * z + CART_WEIGHT_LEN * log_v)))
+        return float(np.mean(np.exp(c) * cart_weight))
 
-    cart_base = _solve_base(abandoned_target, cart_rate)
+    cart_base = _solve_base(abandoned, cart_rate)
 
     sampler = month_sampler(catalog, index)
     n_blocks = (end - start) // block_seconds
@@ -229,6 +257,9 @@ def plan_month(
         views_mean=views_mean,
         buy_base=buy_base,
         cart_base=cart_base,
+        follow_base=follow_base,
+        extra_items=extra_items,
+        next_cart_logging=cal.profile_for(index + 1).cart_logging,
         sampler=sampler,
         cat_cum=np.cumsum(sampler[2]),
         gaps=gaps,
@@ -334,7 +365,7 @@ def block_events(
             buy_mult[day == d] = f
     logit = plan.buy_base + BUY_WEIGHT_Z * z + BUY_WEIGHT_LEN * np.log(n_views)
     buys = rng.random(n_s) < np.minimum(_sigmoid(logit) * buy_mult, 0.95)
-    n_items = np.where(buys, 1 + rng.poisson(EXTRA_ITEMS_MEAN, n_s), 0)
+    n_items = np.where(buys, 1 + rng.poisson(plan.extra_items, n_s), 0)
     i_sess = np.repeat(np.arange(n_s), n_items)
     i_first = np.repeat(np.cumsum(n_items) - n_items, n_items)
     i_j = np.arange(i_sess.size) - i_first
@@ -365,14 +396,22 @@ def block_events(
 
     # Abandoned carts: right after the view of the carted product.
     lam = np.exp(plan.cart_base + CART_WEIGHT_Z * z + CART_WEIGHT_LEN * np.log(n_views))
-    n_ab = rng.binomial(rng.poisson(lam), plan.profile.cart_logging)
+    n_ab = rng.poisson(lam)
     a_sess = np.repeat(np.arange(n_s), n_ab)
     a_rank = (rng.random(a_sess.size) * n_views[a_sess]).astype(np.int64)
     a_prod = v_prod[v_off[a_sess] + a_rank]
 
+    abandoned_key = a_rank * 64 + 1
     sess = np.concatenate([v_sess, c_sess, a_sess, i_sess])
-    key = np.concatenate([v_key, c_key, a_rank * 64 + 1, i_slot + 63])
+    key = np.concatenate([v_key, c_key, abandoned_key, i_slot + 63])
     prod = np.concatenate([v_prod, c_prod, a_prod, i_prod])
+    abandoned = np.concatenate(
+        [
+            np.zeros(v_sess.size + c_sess.size, bool),
+            np.ones(a_sess.size, bool),
+            np.zeros(i_sess.size, bool),
+        ]
+    )
     etype = np.concatenate(
         [
             np.full(v_sess.size, VIEW, np.int8),
@@ -382,7 +421,7 @@ def block_events(
         ]
     )
     order = np.argsort((sess.astype(np.int64) << 32) | key, kind="stable")
-    sess, prod, etype = sess[order], prod[order], etype[order]
+    sess, prod, etype, abandoned = sess[order], prod[order], etype[order], abandoned[order]
 
     # Timing: each session starts at its start time, then log-normal gaps.
     gap = rng.lognormal(np.log(GAP_MEDIAN_S), GAP_SIGMA, sess.size)
@@ -393,7 +432,31 @@ def block_events(
     csum = np.cumsum(gap)
     times = starts[sess] + csum - csum[first][sess]  # sessions are contiguous and 0-based
 
-    keep = np.ones(sess.size, dtype=bool)
+    # Follow-up sessions: days after an abandoned cart, view it, cart it, buy it.
+    ab_idx = np.flatnonzero(abandoned)
+    returns = rng.random(ab_idx.size) < _sigmoid(
+        plan.follow_base + FOLLOW_UP_WEIGHT_Z * z[sess[ab_idx]]
+    )
+    ab_idx = ab_idx[returns]
+    n_f = ab_idx.size
+    f_start = times[ab_idx] + np.maximum(
+        3600, rng.lognormal(np.log(FOLLOW_UP_DELAY_MEDIAN_S), FOLLOW_UP_DELAY_SIGMA, n_f)
+    ).astype(np.int64)
+    f_cart = f_start + np.round(rng.lognormal(np.log(GAP_MEDIAN_S), GAP_SIGMA, n_f)).astype(
+        np.int64
+    )
+    f_buy = f_cart + np.round(rng.lognormal(np.log(CHECKOUT_MEDIAN_S), 0.8, n_f)).astype(np.int64)
+    f_sess = np.repeat(n_s + np.arange(n_f), 3)
+    sess = np.concatenate([sess, f_sess])
+    prod = np.concatenate([prod, np.repeat(prod[ab_idx], 3)])
+    etype = np.concatenate([etype, np.tile(np.array([VIEW, CART, PURCHASE], np.int8), n_f)])
+    times = np.concatenate([times, np.stack([f_start, f_cart, f_buy], axis=1).ravel()])
+    session_users = np.concatenate([users, users[sess[ab_idx]]])
+    # Only part of the carts reach the log in October-like months (carts of bought items
+    # were thinned when drawn; abandoned and follow-up carts are thinned here).
+    unthinned = np.concatenate([abandoned, np.tile(np.array([False, True, False]), n_f)])
+    logging = np.where(times < plan.end, plan.profile.cart_logging, plan.next_cart_logging)
+    keep = ~unthinned | (rng.random(sess.size) < logging)
     for g0, g1 in plan.gaps:
         keep &= ~((etype == PURCHASE) & (times >= g0) & (times < g1))
     idx = np.flatnonzero(keep)
@@ -418,7 +481,7 @@ def block_events(
     cat = catalog.category[prod]
     brand = catalog.brand[prod]
     brand = np.where(brand < 0, len(lookups.brand) - 1, brand)
-    session = uuid4_strings(rng, n_s).gather(sess)
+    session = uuid4_strings(rng, n_s + n_f).gather(sess)
     n_null = int(np.count_nonzero(plan.null_session_blocks == block))
     if n_null and session.len():
         session = session.scatter(rng.integers(0, session.len(), n_null), None)
@@ -431,7 +494,7 @@ def block_events(
             "category_code": lookups.category_code.gather(cat),
             "brand": lookups.brand.gather(brand),
             "price": price,
-            "user_id": pop.user_id[users[sess]],
+            "user_id": pop.user_id[session_users[sess]],
             "user_session": session,
         }
     )
