@@ -47,3 +47,15 @@ def month_bounds(month: str) -> tuple[date, date]:
     y, m = (int(x) for x in parse_month(month).split("-"))
     nxt = date(y + (m == 12), m % 12 + 1, 1)
     return date(y, m, 1), nxt
+
+
+def next_month(month: str) -> str:
+    """`2019-12` -> `2020-01`."""
+    _, following = month_bounds(month)
+    return f"{following.year:04d}-{following.month:02d}"
+
+
+def previous_month(month: str) -> str:
+    """`2020-01` -> `2019-12`."""
+    y, m = (int(x) for x in parse_month(month).split("-"))
+    return f"{y - (m == 1):04d}-{(m - 2) % 12 + 1:02d}"

@@ -11,17 +11,28 @@ parameters.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from functools import cache
 from importlib.resources import files
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
+def _body(text: str) -> str:
+    """A statement without trailing blank and comment lines (a comment that heads the next
+    section would otherwise swallow whatever follows the statement when it is embedded, as in
+    `SELECT * FROM (<statement>)`) and without its final semicolon."""
+    lines = text.strip().splitlines()
+    while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("--")):
+        lines.pop()
+    return "\n".join(lines).rstrip().rstrip(";")
+
+
 @cache
 def _statements(domain: str) -> dict[str, str]:
     text = files(__package__).joinpath(f"{domain}.sql").read_text()
     parts = _NAME.split(text)
-    return {parts[i]: parts[i + 1].strip().rstrip(";") for i in range(1, len(parts), 2)}
+    return {parts[i]: _body(parts[i + 1]) for i in range(1, len(parts), 2)}
 
 
 def statement(domain: str, name: str, **identifiers: str) -> str:
@@ -33,3 +44,8 @@ def statement(domain: str, name: str, **identifiers: str) -> str:
 def quote_path(path: object) -> str:
     """A file path as a SQL string literal."""
     return "'" + str(path).replace("'", "''") + "'"
+
+
+def timestamp(value: datetime) -> str:
+    """A naive datetime (a partition bound) as a SQL TIMESTAMP literal."""
+    return f"TIMESTAMP '{value:%Y-%m-%d %H:%M:%S.%f}'"
