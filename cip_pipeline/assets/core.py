@@ -1,0 +1,454 @@
+"""Core star schema: session and daily facts per month, product and user dimensions over all
+months. Every table is a SQL query that DuckDB runs inside the warehouse (the SQL IO manager
+stores it); Python only sees the small results of headline queries and checks.
+
+Sessions and month boundaries
+-----------------------------
+A session belongs to the month of its first event and appears exactly once over all
+partitions, with all its events. `fact_sessions[M]` therefore reads three months of
+`core.events` (through a `TimeWindowPartitionMapping` from M-1 to M+1):
+
+* the last hours of M-1, to leave out the sessions that began there (they are rows of M-1);
+* all of M;
+* the first hours of M+1, for the next-month events of sessions that began in M.
+
+Which sessions cross a boundary is decided in windows of `SESSION_GAP` on each side of it:
+REES46 changes a session's id after a long pause, so two consecutive events of one session
+are less than `SESSION_GAP` apart. The next-month window is then widened until no crossing
+session can have a later event. Should the data ever break that assumption, the checks say
+so: a session split over two months fails `user_session_unique`, a session missing events
+fails `reconciles_with_events`.
+
+When month M+1 is loaded after `fact_sessions[M]` was built, M's sessions that continue
+into M+1 lack their M+1 events and M+1 leaves them out: `reconciles_with_events` of M+1
+fails (some of its events lie outside every session row) until `fact_sessions[M]` (and what
+depends on it) is materialized again. Likewise M+1 must be derived again when M is loaded
+after it. Dagster shows the partition as having a newer upstream (it depends on
+`core/events[M+1]`), and `cip run` does it by itself: it loads every month before deriving
+any, and re-derives the month before the first one it loads.
+"""
+
+import warnings
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import dagster as dg
+import duckdb
+
+from cip_pipeline import sql
+from cip_pipeline.assets.common import (
+    ON_ANY_MONTH_CHANGE,
+    check_spec,
+    fetch_row,
+    headline,
+    metadata_value,
+    reconcile,
+    zero_counts,
+)
+from cip_pipeline.io_managers import SqlQuery, SqlTable
+from cip_pipeline.io_managers.tables import PARTITION_EXPR
+from cip_pipeline.months import month_bounds
+from cip_pipeline.partitions import WAREHOUSE_POOL, month_window, monthly
+from cip_pipeline.resources import WarehouseResource
+
+EVENTS = dg.AssetKey(["core", "events"])
+FACT_SESSIONS = dg.AssetKey(["core", "fact_sessions"])
+FACT_DAILY_KPIS = dg.AssetKey(["core", "fact_daily_kpis"])
+DIM_PRODUCTS = dg.AssetKey(["core", "dim_products"])
+DIM_USERS = dg.AssetKey(["core", "dim_users"])
+
+# Two consecutive events of one session are less than this apart (see the module docstring).
+SESSION_GAP = timedelta(hours=24)
+
+
+def month_after(end: datetime) -> datetime:
+    """The end of the month that begins at `end`."""
+    _, following = month_bounds(f"{end:%Y-%m}")
+    return datetime(following.year, following.month, 1)
+
+
+def month_before(start: datetime) -> datetime:
+    """The start of the month that ends at `start`."""
+    previous = start - timedelta(days=1)
+    return datetime(previous.year, previous.month, 1)
+
+
+def boundary_sql(events: SqlTable, start: datetime, end: datetime) -> str:
+    """The sessions crossing the month's boundaries (`boundary_sessions` in core.sql)."""
+    return sql.statement(
+        "core",
+        "boundary_sessions",
+        events=events.select(),
+        start=sql.timestamp(start),
+        start_gap_from=sql.timestamp(start - SESSION_GAP),
+        start_gap_to=sql.timestamp(start + SESSION_GAP),
+        end=sql.timestamp(end),
+        end_gap_from=sql.timestamp(end - SESSION_GAP),
+        end_gap_to=sql.timestamp(end + SESSION_GAP),
+    )
+
+
+def session_reach(
+    con: duckdb.DuckDBPyConnection, events: SqlTable, boundary: str, end: datetime
+) -> tuple[datetime, int]:
+    """How far into the next month the month's continuing sessions go: the end of the window
+    to read (exclusive) and the number of next-month events in it.
+
+    Starts with one gap past the month's end and widens the window while a continuing
+    session's last event in it is closer than one gap to its end (a later event could follow).
+    """
+    next_end = month_after(end)
+    until = min(end + SESSION_GAP, next_end)
+    while True:
+        last, events_in = con.execute(
+            sql.statement(
+                "core",
+                "continuing_reach",
+                boundary=boundary,
+                events=events.select(),
+                end=sql.timestamp(end),
+                until=sql.timestamp(until),
+            )
+        ).fetchone()
+        if last is None:
+            return end, 0
+        if last + SESSION_GAP <= until or until >= next_end:
+            return until, int(events_in)
+        until = min(last + SESSION_GAP, next_end)
+
+
+def _neighbouring_months() -> dg.TimeWindowPartitionMapping:
+    """Month M reads months M-1..M+1; the first and the last month have one neighbour."""
+    with warnings.catch_warnings():
+        # allow_nonexistent_upstream_partitions is beta in the Dagster range we pin and test.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.TimeWindowPartitionMapping(
+            start_offset=-1, end_offset=1, allow_nonexistent_upstream_partitions=True
+        )
+
+
+@dg.asset(
+    key=FACT_SESSIONS,
+    ins={"events": dg.AssetIn(EVENTS, partition_mapping=_neighbouring_months())},
+    partitions_def=monthly,
+    group_name="core",
+    kinds={"duckdb"},
+    io_manager_key="sql_io_manager",
+    pool=WAREHOUSE_POOL,
+    metadata={PARTITION_EXPR: "start_time"},
+    description="One row per session (user_session) whose first event lies in the month, "
+    "with all its events, including those in the first hours of the next month: user, "
+    "start, end, duration, event counts, distinct products, cart/purchase flags, revenue "
+    "and main top-level category. Events without a session are in no session.",
+)
+def fact_sessions(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, events: SqlTable
+) -> dg.Output[SqlQuery]:
+    start, end = month_window(context.partition_key)
+    boundary = boundary_sql(events, start, end)
+    with warehouse.connect(read_only=True) as con:
+        until, next_events = session_reach(con, events, boundary, end)
+        crossing = fetch_row(con, sql.statement("core", "boundary_counts", boundary=boundary))
+        figures = headline(
+            con, sql.statement("core", "fact_sessions_headline"), {"start": start, "end": end}
+        )
+    query = sql.statement(
+        "core",
+        "fact_sessions",
+        boundary=boundary,
+        events=events.select(),
+        start=sql.timestamp(start),
+        end=sql.timestamp(end),
+        until=sql.timestamp(until),
+    )
+    context.log.info(
+        f"{crossing['inherited']} sessions began in the previous month, "
+        f"{crossing['continuing']} continue into the next ({next_events} events up to {until})"
+    )
+    return dg.Output(
+        SqlQuery(query),
+        metadata={
+            **figures,
+            "sessions_from_previous_month": metadata_value(crossing["inherited"]),
+            "sessions_into_next_month": metadata_value(crossing["continuing"]),
+            "next_month_events_included": metadata_value(next_events),
+            "next_month_read_until": metadata_value(until),
+            "session_gap_hours": metadata_value(SESSION_GAP / timedelta(hours=1)),
+        },
+    )
+
+
+@dg.multi_asset_check(
+    specs=[
+        check_spec(
+            "user_session_unique",
+            FACT_SESSIONS,
+            "user_session is never null and unique, in the month and across every month.",
+            monthly_partitions=True,
+        ),
+        check_spec(
+            "values_consistent",
+            FACT_SESSIONS,
+            "events = views + carts + purchases + remove_from_carts; 1 <= distinct_products "
+            "<= events; duration = end - start >= 0; flags agree with the counts.",
+            monthly_partitions=True,
+        ),
+        check_spec(
+            "reconciles_with_events",
+            FACT_SESSIONS,
+            "The sessions' events, views, carts, purchases and revenue equal those of the "
+            "core.events rows with their keys, and every event of the month with a session "
+            "lies within a session row of this month or the previous one.",
+            monthly_partitions=True,
+        ),
+    ],
+    pool=WAREHOUSE_POOL,
+)
+def fact_sessions_checks(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> Iterator[dg.AssetCheckResult]:
+    start, end = month_window(context.partition_key)
+    params = {"start": start, "end": end}
+    with warehouse.connect(read_only=True) as con:
+        keys = fetch_row(con, sql.statement("core", "check_sessions_keys"), params)
+        values = fetch_row(con, sql.statement("core", "check_sessions_values"), params)
+        totals = fetch_row(con, sql.statement("core", "sessions_totals"), params)
+        direct = fetch_row(
+            con,
+            sql.statement("core", "check_sessions_reconcile"),
+            {**params, "previous_start": month_before(start), "next_end": month_after(end)},
+        )
+    passed, metadata = zero_counts(keys, ["null_keys", "duplicated_keys"])
+    yield dg.AssetCheckResult(
+        check_name="user_session_unique",
+        passed=passed,
+        metadata={**metadata, "sessions": keys["sessions"]},
+    )
+    passed, metadata = zero_counts(values, ["inconsistent_rows"])
+    yield dg.AssetCheckResult(check_name="values_consistent", passed=passed, metadata=metadata)
+    passed, metadata = reconcile(
+        {
+            name: (totals[name], direct[name])
+            for name in ("events", "views", "carts", "purchases", "revenue")
+        }
+    )
+    outside = direct["month_events_outside_sessions"]
+    sessions = totals["sessions"]
+    yield dg.AssetCheckResult(
+        check_name="reconciles_with_events",
+        passed=passed and outside == 0,
+        metadata={
+            **metadata,
+            "month_events_with_session": metadata_value(direct["month_events_with_session"]),
+            "month_events_outside_sessions": metadata_value(outside),
+            "sessions": metadata_value(sessions),
+            "session_conversion_rate": metadata_value(
+                totals["converting_sessions"] / sessions if sessions else None
+            ),
+            "cart_abandonment_rate": metadata_value(
+                totals["abandoned_carts"] / sessions if sessions else None
+            ),
+        },
+    )
+
+
+@dg.asset(
+    key=FACT_DAILY_KPIS,
+    ins={"events": dg.AssetIn(EVENTS), "sessions": dg.AssetIn(FACT_SESSIONS)},
+    partitions_def=monthly,
+    group_name="core",
+    kinds={"duckdb"},
+    io_manager_key="sql_io_manager",
+    pool=WAREHOUSE_POOL,
+    metadata={PARTITION_EXPR: "day"},
+    description="One row per day: events, DAU, sessions, views, carts, purchases, buyers, "
+    "revenue, average order value, view->cart and cart->purchase rates, session conversion.",
+)
+def fact_daily_kpis(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    events: SqlTable,
+    sessions: SqlTable,
+) -> dg.Output[SqlQuery]:
+    start, end = month_window(context.partition_key)
+    with warehouse.connect(read_only=True) as con:
+        figures = headline(
+            con, sql.statement("core", "month_headline"), {"start": start, "end": end}
+        )
+    query = sql.statement(
+        "core", "fact_daily_kpis", events=events.select(), sessions=sessions.select()
+    )
+    return dg.Output(SqlQuery(query), metadata={f"month_{k}": v for k, v in figures.items()})
+
+
+@dg.multi_asset_check(
+    specs=[
+        check_spec(
+            "day_unique",
+            FACT_DAILY_KPIS,
+            "One row per day: day never null and unique.",
+            monthly_partitions=True,
+        ),
+        check_spec(
+            "reconciles_with_events",
+            FACT_DAILY_KPIS,
+            "Sums over the days equal the month's events, purchase events and purchase "
+            "revenue in core.events and its sessions in core.fact_sessions.",
+            monthly_partitions=True,
+        ),
+    ],
+    pool=WAREHOUSE_POOL,
+)
+def fact_daily_kpis_checks(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> Iterator[dg.AssetCheckResult]:
+    start, end = month_window(context.partition_key)
+    with warehouse.connect(read_only=True) as con:
+        row = fetch_row(
+            con, sql.statement("core", "check_daily_kpis"), {"start": start, "end": end}
+        )
+    passed, metadata = zero_counts(row, ["duplicated_days", "null_days"])
+    yield dg.AssetCheckResult(check_name="day_unique", passed=passed, metadata=metadata)
+    passed, metadata = reconcile(
+        {
+            name: (row[f"kpi_{name}"], row[name])
+            for name in ("events", "purchases", "revenue", "sessions")
+        }
+    )
+    yield dg.AssetCheckResult(check_name="reconciles_with_events", passed=passed, metadata=metadata)
+
+
+@dg.asset(
+    key=DIM_PRODUCTS,
+    ins={"events": dg.AssetIn(EVENTS)},
+    group_name="core",
+    kinds={"duckdb"},
+    io_manager_key="sql_io_manager",
+    pool=WAREHOUSE_POOL,
+    automation_condition=ON_ANY_MONTH_CHANGE,
+    description="One row per product over all months: latest price, price range, category "
+    "(id, code, levels l1..l3), brand, first and last seen, lifetime views, carts, purchases "
+    "and revenue.",
+)
+def dim_products(warehouse: WarehouseResource, events: SqlTable) -> dg.Output[SqlQuery]:
+    with warehouse.connect(read_only=True) as con:
+        figures = headline(con, sql.statement("core", "dim_products_headline"))
+    return dg.Output(
+        SqlQuery(sql.statement("core", "dim_products", events=events.select())), metadata=figures
+    )
+
+
+@dg.multi_asset_check(
+    specs=[
+        check_spec(
+            "product_id_unique",
+            DIM_PRODUCTS,
+            "product_id never null and unique.",
+            monthly_partitions=False,
+        ),
+        check_spec(
+            "no_orphan_products",
+            DIM_PRODUCTS,
+            "Every product_id of core.events is in dim_products.",
+            monthly_partitions=False,
+        ),
+        check_spec(
+            "reconciles_with_events",
+            DIM_PRODUCTS,
+            "Lifetime views, carts, purchases and revenue add up to core.events; price range "
+            "and first/last seen are ordered.",
+            monthly_partitions=False,
+        ),
+    ],
+    pool=WAREHOUSE_POOL,
+)
+def dim_products_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckResult]:
+    with warehouse.connect(read_only=True) as con:
+        row = fetch_row(con, sql.statement("core", "check_dim_products"))
+        totals = fetch_row(con, sql.statement("core", "check_dim_products_reconcile"))
+    passed, metadata = zero_counts(row, ["duplicated_keys", "null_keys"])
+    yield dg.AssetCheckResult(check_name="product_id_unique", passed=passed, metadata=metadata)
+    passed, metadata = zero_counts(row, ["orphan_products"])
+    yield dg.AssetCheckResult(check_name="no_orphan_products", passed=passed, metadata=metadata)
+    passed, metadata = reconcile(
+        {
+            name: (totals[f"dim_{name}"], totals[name])
+            for name in ("views", "carts", "purchases", "revenue")
+        }
+    )
+    consistent, counts = zero_counts(row, ["inconsistent_rows"])
+    yield dg.AssetCheckResult(
+        check_name="reconciles_with_events",
+        passed=passed and consistent,
+        metadata={**metadata, **counts},
+    )
+
+
+@dg.asset(
+    key=DIM_USERS,
+    ins={"events": dg.AssetIn(EVENTS), "sessions": dg.AssetIn(FACT_SESSIONS)},
+    group_name="core",
+    kinds={"duckdb"},
+    io_manager_key="sql_io_manager",
+    pool=WAREHOUSE_POOL,
+    automation_condition=ON_ANY_MONTH_CHANGE,
+    description="One row per user over all months: first and last seen, tenure, sessions, "
+    "events, purchases, revenue, first and last purchase, preferred top-level category and "
+    "brand.",
+)
+def dim_users(
+    warehouse: WarehouseResource, events: SqlTable, sessions: SqlTable
+) -> dg.Output[SqlQuery]:
+    with warehouse.connect(read_only=True) as con:
+        figures = headline(con, sql.statement("core", "dim_users_headline"))
+    query = sql.statement("core", "dim_users", events=events.select(), sessions=sessions.select())
+    return dg.Output(SqlQuery(query), metadata=figures)
+
+
+@dg.multi_asset_check(
+    specs=[
+        check_spec(
+            "user_id_unique", DIM_USERS, "user_id never null and unique.", monthly_partitions=False
+        ),
+        check_spec(
+            "no_orphan_users",
+            DIM_USERS,
+            "Every user_id of core.events and core.fact_sessions is in dim_users.",
+            monthly_partitions=False,
+        ),
+        check_spec(
+            "reconciles_with_events",
+            DIM_USERS,
+            "Events, purchases, revenue and sessions add up to core.events and "
+            "core.fact_sessions; first/last seen ordered, purchase dates set for buyers.",
+            monthly_partitions=False,
+        ),
+    ],
+    pool=WAREHOUSE_POOL,
+)
+def dim_users_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckResult]:
+    with warehouse.connect(read_only=True) as con:
+        row = fetch_row(con, sql.statement("core", "check_dim_users"))
+        totals = fetch_row(con, sql.statement("core", "check_dim_users_reconcile"))
+    passed, metadata = zero_counts(row, ["duplicated_keys", "null_keys"])
+    yield dg.AssetCheckResult(check_name="user_id_unique", passed=passed, metadata=metadata)
+    passed, metadata = zero_counts(row, ["orphan_event_users", "orphan_session_users"])
+    yield dg.AssetCheckResult(check_name="no_orphan_users", passed=passed, metadata=metadata)
+    passed, metadata = reconcile(
+        {
+            name: (totals[f"dim_{name}"], totals[name])
+            for name in ("events", "purchases", "revenue", "sessions")
+        }
+    )
+    consistent, counts = zero_counts(row, ["inconsistent_rows"])
+    yield dg.AssetCheckResult(
+        check_name="reconciles_with_events",
+        passed=passed and consistent,
+        metadata={**metadata, **counts},
+    )
+
+
+PARTITIONED_ASSETS = [fact_sessions, fact_daily_kpis]
+PARTITIONED_CHECKS = [fact_sessions_checks, fact_daily_kpis_checks]
+UNPARTITIONED_ASSETS = [dim_products, dim_users]
+UNPARTITIONED_CHECKS = [dim_products_checks, dim_users_checks]

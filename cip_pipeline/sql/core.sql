@@ -1,0 +1,499 @@
+-- Core: the star schema over core.events (facts per month, dimensions over all months).
+--
+-- Placeholders: {events}, {sessions} are subqueries over upstream tables handed over by the
+-- SQL IO manager (`SqlTable.select()`); {start}, {end}, ... are TIMESTAMP literals made by the
+-- project from the partition window (never from user text).
+
+-- name: boundary_sessions
+-- Sessions seen on both sides of the month's two boundaries. A session's id changes after a
+-- long pause, so two consecutive events of one session are less than the session gap apart:
+-- a session with events on both sides of a boundary has one in each gap-wide window around it
+-- (start_gap_from = start - gap, start_gap_to = start + gap, likewise around end).
+--   inherited:  began in the previous month, goes on into this one (excluded here, it is a
+--               row of the previous month's partition)
+--   continuing: began in this month, goes on into the next (its next-month events are read)
+WITH inherited AS (
+    SELECT user_session FROM {events}
+    WHERE event_time >= {start_gap_from} AND event_time < {start} AND user_session IS NOT NULL
+    INTERSECT
+    SELECT user_session FROM {events}
+    WHERE event_time >= {start} AND event_time < {start_gap_to} AND user_session IS NOT NULL
+),
+continuing AS (
+    SELECT user_session FROM {events}
+    WHERE event_time >= {end_gap_from} AND event_time < {end} AND user_session IS NOT NULL
+    INTERSECT
+    SELECT user_session FROM {events}
+    WHERE event_time >= {end} AND event_time < {end_gap_to} AND user_session IS NOT NULL
+    EXCEPT
+    SELECT user_session FROM inherited
+)
+SELECT 'inherited' AS side, user_session FROM inherited
+UNION ALL
+SELECT 'continuing' AS side, user_session FROM continuing
+
+-- name: continuing_reach
+-- The last next-month event, and the number of next-month events, of the sessions that
+-- continue past the month's end, within [{end}, {until}). The asset widens {until} until no
+-- continuing session can have a later event (see `core.session_reach`).
+WITH boundary AS ({boundary})
+SELECT max(e.event_time) AS last_event, count(*) AS events
+FROM {events} AS e
+SEMI JOIN (SELECT user_session FROM boundary WHERE side = 'continuing') AS c
+    ON e.user_session = c.user_session
+WHERE e.event_time >= {end} AND e.event_time < {until}
+
+-- name: boundary_counts
+WITH boundary AS ({boundary})
+SELECT count(*) FILTER (WHERE side = 'inherited') AS inherited,
+       count(*) FILTER (WHERE side = 'continuing') AS continuing
+FROM boundary
+
+-- name: fact_sessions
+-- One row per session whose first event lies in the month [{start}, {end}), with all its
+-- events: those of the month, and for sessions that continue past the month's end, those of
+-- the next month up to {until}. Events without a session belong to no session.
+--
+-- Built bottom-up so that no per-session COUNT(DISTINCT) is needed and the month's events are
+-- read once: (session, product) pairs -> (session, top-level category) -> session.
+--   user_id        the session's user (REES46 sessions have one; should one carry several,
+--                  the smallest id)
+--   main_category  top-level category (first segment of category_code) with the most events
+--                  in the session; ties go to the alphabetically first; NULL when no event
+--                  has a code. A product's events count for its category.
+--   cart_abandoned the session carted and bought nothing
+--   revenue        sum of the purchase events' prices
+WITH boundary AS MATERIALIZED ({boundary}),
+session_events AS (
+    SELECT e.user_session, e.user_id, e.event_time, e.event_type, e.product_id,
+           e.category_code, e.price
+    FROM {events} AS e
+    ANTI JOIN (SELECT user_session FROM boundary WHERE side = 'inherited') AS i
+        ON e.user_session = i.user_session
+    WHERE e.event_time >= {start} AND e.event_time < {end} AND e.user_session IS NOT NULL
+    UNION ALL
+    SELECT e.user_session, e.user_id, e.event_time, e.event_type, e.product_id,
+           e.category_code, e.price
+    FROM {events} AS e
+    SEMI JOIN (SELECT user_session FROM boundary WHERE side = 'continuing') AS c
+        ON e.user_session = c.user_session
+    WHERE e.event_time >= {end} AND e.event_time < {until}
+),
+pairs AS (
+    SELECT user_session,
+           product_id,
+           min(user_id) AS user_id,
+           min(event_time) AS first_event,
+           max(event_time) AS last_event,
+           count(*) FILTER (WHERE event_type = 'view') AS views,
+           count(*) FILTER (WHERE event_type = 'cart') AS carts,
+           count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+           count(*) FILTER (WHERE event_type = 'remove_from_cart') AS remove_from_carts,
+           sum(price) FILTER (WHERE event_type = 'purchase') AS revenue,
+           min(category_code) AS category_code
+    FROM session_events
+    GROUP BY user_session, product_id
+),
+categories AS (
+    SELECT user_session,
+           split_part(category_code, '.', 1) AS category,
+           min(user_id) AS user_id,
+           min(first_event) AS first_event,
+           max(last_event) AS last_event,
+           sum(views)::BIGINT AS views,
+           sum(carts)::BIGINT AS carts,
+           sum(purchases)::BIGINT AS purchases,
+           sum(remove_from_carts)::BIGINT AS remove_from_carts,
+           sum(revenue) AS revenue,
+           count(*) AS products
+    FROM pairs
+    GROUP BY user_session, category
+)
+SELECT user_session,
+       min(user_id)::INTEGER AS user_id,
+       min(first_event) AS start_time,
+       max(last_event) AS end_time,
+       date_diff('second', min(first_event), max(last_event)) AS duration_seconds,
+       sum(views + carts + purchases + remove_from_carts)::BIGINT AS events,
+       sum(views)::BIGINT AS views,
+       sum(carts)::BIGINT AS carts,
+       sum(purchases)::BIGINT AS purchases,
+       sum(remove_from_carts)::BIGINT AS remove_from_carts,
+       sum(products)::BIGINT AS distinct_products,
+       sum(carts) > 0 AS has_cart,
+       sum(purchases) > 0 AS has_purchase,
+       sum(carts) > 0 AND sum(purchases) = 0 AS cart_abandoned,
+       coalesce(sum(revenue), 0)::DECIMAL(18, 2) AS revenue,
+       arg_min(category, (-(views + carts + purchases + remove_from_carts), category))
+           FILTER (WHERE category IS NOT NULL) AS main_category
+FROM categories
+GROUP BY user_session
+
+-- name: fact_sessions_headline
+-- Figures of the month's events for the fact_sessions materialization.
+SELECT count(*) FILTER (WHERE user_session IS NULL) AS events_without_session,
+       count(*) FILTER (WHERE user_session IS NOT NULL) AS events_with_session
+FROM core.events
+WHERE event_time >= $start AND event_time < $end
+
+-- name: fact_daily_kpis
+-- One row per day of the month with events. Event figures count the day's events (events
+-- without a session included); session figures count the sessions that began that day.
+--   dau                      distinct users with an event that day
+--   buyers                   distinct users with a purchase that day
+--   average_order_value      revenue / purchase events (the data has no order id: each
+--                            purchase event is one bought item)
+--   view_to_cart_rate        cart events / view events
+--   cart_to_purchase_rate    purchase events / cart events
+--   session_conversion_rate  sessions with a purchase / sessions
+-- Rates are NULL when their denominator is 0.
+WITH days AS (
+    SELECT event_time::DATE AS day,
+           count(*) AS events,
+           count(DISTINCT user_id) AS dau,
+           count(*) FILTER (WHERE event_type = 'view') AS views,
+           count(*) FILTER (WHERE event_type = 'cart') AS carts,
+           count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+           count(*) FILTER (WHERE event_type = 'remove_from_cart') AS remove_from_carts,
+           count(DISTINCT user_id) FILTER (WHERE event_type = 'purchase') AS buyers,
+           coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0) AS revenue
+    FROM {events}
+    GROUP BY day
+),
+session_days AS (
+    SELECT start_time::DATE AS day,
+           count(*) AS sessions,
+           count(*) FILTER (WHERE has_purchase) AS converting_sessions
+    FROM {sessions}
+    GROUP BY day
+)
+SELECT d.day,
+       d.events,
+       d.dau,
+       coalesce(s.sessions, 0) AS sessions,
+       coalesce(s.converting_sessions, 0) AS converting_sessions,
+       d.views,
+       d.carts,
+       d.purchases,
+       d.remove_from_carts,
+       d.buyers,
+       d.revenue::DECIMAL(18, 2) AS revenue,
+       d.revenue::DOUBLE / nullif(d.purchases, 0) AS average_order_value,
+       d.carts / nullif(d.views, 0) AS view_to_cart_rate,
+       d.purchases / nullif(d.carts, 0) AS cart_to_purchase_rate,
+       coalesce(s.converting_sessions, 0) / nullif(s.sessions, 0) AS session_conversion_rate
+FROM days AS d
+LEFT JOIN session_days AS s USING (day)
+ORDER BY d.day
+
+-- name: month_headline
+-- Headline figures of a month, from core.events and core.fact_sessions.
+WITH e AS (
+    SELECT count(*) AS events,
+           count(*) FILTER (WHERE event_type = 'view') AS views,
+           count(*) FILTER (WHERE event_type = 'cart') AS carts,
+           count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+           coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0)::DOUBLE AS revenue
+    FROM core.events
+    WHERE event_time >= $start AND event_time < $end
+),
+s AS (
+    SELECT count(*) AS sessions, count(*) FILTER (WHERE has_purchase) AS converting
+    FROM core.fact_sessions
+    WHERE start_time >= $start AND start_time < $end
+)
+SELECT events, purchases, revenue,
+       revenue / nullif(purchases, 0) AS average_order_value,
+       carts / nullif(views, 0) AS view_to_cart_rate,
+       purchases / nullif(carts, 0) AS cart_to_purchase_rate,
+       sessions,
+       converting / nullif(sessions, 0) AS session_conversion_rate
+FROM e, s
+
+-- name: dim_products
+-- One row per product seen in any month.
+--   latest_price   price of the product's latest event (simultaneous events: the highest)
+--   category_id, category_code, brand   of the product's latest event that has one
+--   category_l1..3 levels of category_code; l3 holds the rest of a deeper code
+--                  (electronics.audio.music_tools.piano -> electronics, audio,
+--                  music_tools.piano)
+--   views, carts, purchases, remove_from_carts, revenue   over its lifetime
+WITH products AS (
+    SELECT product_id,
+           arg_max(price, (event_time, price)) AS latest_price,
+           min(price) AS min_price,
+           max(price) AS max_price,
+           arg_max(category_id, event_time) AS category_id,
+           arg_max(category_code, event_time) FILTER (WHERE category_code IS NOT NULL)
+               AS category_code,
+           arg_max(brand, event_time) FILTER (WHERE brand IS NOT NULL) AS brand,
+           min(event_time) AS first_seen,
+           max(event_time) AS last_seen,
+           count(*) FILTER (WHERE event_type = 'view') AS views,
+           count(*) FILTER (WHERE event_type = 'cart') AS carts,
+           count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+           count(*) FILTER (WHERE event_type = 'remove_from_cart') AS remove_from_carts,
+           coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0) AS revenue
+    FROM {events}
+    GROUP BY product_id
+)
+SELECT product_id,
+       category_id,
+       category_code,
+       nullif(split_part(category_code, '.', 1), '') AS category_l1,
+       nullif(split_part(category_code, '.', 2), '') AS category_l2,
+       nullif(array_to_string(string_split(category_code, '.')[3:], '.'), '') AS category_l3,
+       brand,
+       latest_price,
+       min_price,
+       max_price,
+       first_seen,
+       last_seen,
+       views,
+       carts,
+       purchases,
+       remove_from_carts,
+       revenue::DECIMAL(18, 2) AS revenue
+FROM products
+
+-- name: dim_products_headline
+SELECT count(DISTINCT product_id) AS products,
+       count(DISTINCT product_id) FILTER (WHERE event_type = 'purchase') AS products_purchased,
+       min(event_time) AS first_event,
+       max(event_time) AS last_event
+FROM core.events
+
+-- name: dim_users
+-- One row per user seen in any month.
+--   tenure_days          calendar days from the first to the last day with an event
+--   sessions             sessions of the user in core.fact_sessions
+--   preferred_category   top-level category with the most of the user's events
+--   preferred_brand      brand with the most of the user's events
+--   (ties of either go to the alphabetically first; NULL when no event has one)
+-- The events are read once, grouped by (user, category_code, brand) and rolled up.
+WITH grouped AS MATERIALIZED (
+    SELECT user_id,
+           category_code,
+           brand,
+           count(*) AS events,
+           min(event_time) AS first_seen,
+           max(event_time) AS last_seen,
+           count(*) FILTER (WHERE event_type = 'view') AS views,
+           count(*) FILTER (WHERE event_type = 'cart') AS carts,
+           count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+           sum(price) FILTER (WHERE event_type = 'purchase') AS revenue,
+           min(event_time) FILTER (WHERE event_type = 'purchase') AS first_purchase,
+           max(event_time) FILTER (WHERE event_type = 'purchase') AS last_purchase
+    FROM {events}
+    GROUP BY user_id, category_code, brand
+),
+users AS (
+    SELECT user_id,
+           min(first_seen) AS first_seen,
+           max(last_seen) AS last_seen,
+           sum(events)::BIGINT AS events,
+           sum(views)::BIGINT AS views,
+           sum(carts)::BIGINT AS carts,
+           sum(purchases)::BIGINT AS purchases,
+           coalesce(sum(revenue), 0)::DECIMAL(18, 2) AS revenue,
+           min(first_purchase) AS first_purchase,
+           max(last_purchase) AS last_purchase
+    FROM grouped
+    GROUP BY user_id
+),
+by_category AS (
+    SELECT user_id, split_part(category_code, '.', 1) AS category, sum(events) AS events
+    FROM grouped
+    WHERE category_code IS NOT NULL
+    GROUP BY user_id, category
+),
+by_brand AS (
+    SELECT user_id, brand, sum(events) AS events
+    FROM grouped
+    WHERE brand IS NOT NULL
+    GROUP BY user_id, brand
+),
+preferred_category AS (
+    SELECT user_id, arg_min(category, (-events, category)) AS preferred_category
+    FROM by_category
+    GROUP BY user_id
+),
+preferred_brand AS (
+    SELECT user_id, arg_min(brand, (-events, brand)) AS preferred_brand
+    FROM by_brand
+    GROUP BY user_id
+),
+sessions AS (
+    SELECT user_id, count(*) AS sessions FROM {sessions} GROUP BY user_id
+)
+SELECT u.user_id,
+       u.first_seen,
+       u.last_seen,
+       date_diff('day', u.first_seen::DATE, u.last_seen::DATE) AS tenure_days,
+       coalesce(s.sessions, 0) AS sessions,
+       u.events,
+       u.views,
+       u.carts,
+       u.purchases,
+       u.revenue,
+       u.first_purchase,
+       u.last_purchase,
+       c.preferred_category,
+       b.preferred_brand
+FROM users AS u
+LEFT JOIN sessions AS s USING (user_id)
+LEFT JOIN preferred_category AS c USING (user_id)
+LEFT JOIN preferred_brand AS b USING (user_id)
+
+-- name: dim_users_headline
+SELECT count(DISTINCT user_id) AS buyers,
+       coalesce(sum(price), 0)::DOUBLE AS revenue
+FROM core.events
+WHERE event_type = 'purchase'
+
+-- Checks ----------------------------------------------------------------------------------
+
+-- name: check_sessions_keys
+-- Session keys of the month: never null, unique in the month and in every other month.
+WITH this_month AS (
+    SELECT user_session FROM core.fact_sessions
+    WHERE start_time >= $start AND start_time < $end
+)
+SELECT (SELECT count(*) FROM this_month) AS sessions,
+       (SELECT count(*) FROM this_month WHERE user_session IS NULL) AS null_keys,
+       (SELECT count(*) FROM (
+            SELECT user_session
+            FROM core.fact_sessions
+            SEMI JOIN this_month USING (user_session)
+            GROUP BY user_session
+            HAVING count(*) > 1)) AS duplicated_keys
+
+-- name: check_sessions_values
+-- Row-level consistency of the month's sessions.
+SELECT count(*) FILTER (WHERE NOT (
+           events = views + carts + purchases + remove_from_carts
+           AND events >= 1
+           AND distinct_products BETWEEN 1 AND events
+           AND end_time >= start_time
+           AND duration_seconds = date_diff('second', start_time, end_time)
+           AND has_cart = (carts > 0)
+           AND has_purchase = (purchases > 0)
+           AND cart_abandoned = (has_cart AND NOT has_purchase)
+           AND revenue >= 0
+           AND (purchases > 0 OR revenue = 0)
+           AND user_id IS NOT NULL)) AS inconsistent_rows
+FROM core.fact_sessions
+WHERE start_time >= $start AND start_time < $end
+
+-- name: check_sessions_reconcile
+-- The month's sessions against core.events, independently of how they were built:
+--   * their figures add up to the events that carry their keys (in this month or the next:
+--     every session is there with all its events)
+--   * every event of the month that has a session lies within the time span of a session row
+--     of this month or of the previous one (no event is left out, and no session of the
+--     previous month was built before this month's part of it arrived)
+WITH keys AS (
+    SELECT user_session, start_time, end_time, start_time >= $start AS this_month
+    FROM core.fact_sessions
+    WHERE start_time >= $previous_start AND start_time < $end
+),
+tagged AS (
+    SELECT e.event_time >= $start AND e.event_time < $end AS in_month,
+           k.this_month,
+           e.event_time BETWEEN k.start_time AND k.end_time AS covered,
+           e.event_type,
+           e.price
+    FROM core.events AS e
+    LEFT JOIN keys AS k USING (user_session)
+    WHERE e.event_time >= $start AND e.event_time < $next_end AND e.user_session IS NOT NULL
+)
+SELECT count(*) FILTER (WHERE this_month) AS events,
+       count(*) FILTER (WHERE this_month AND event_type = 'view') AS views,
+       count(*) FILTER (WHERE this_month AND event_type = 'cart') AS carts,
+       count(*) FILTER (WHERE this_month AND event_type = 'purchase') AS purchases,
+       coalesce(sum(price) FILTER (WHERE this_month AND event_type = 'purchase'), 0)
+           AS revenue,
+       count(*) FILTER (WHERE in_month) AS month_events_with_session,
+       count(*) FILTER (WHERE in_month AND covered IS NOT TRUE) AS month_events_outside_sessions
+FROM tagged
+
+-- name: sessions_totals
+SELECT count(*) AS sessions,
+       coalesce(sum(events), 0) AS events,
+       coalesce(sum(views), 0) AS views,
+       coalesce(sum(carts), 0) AS carts,
+       coalesce(sum(purchases), 0) AS purchases,
+       coalesce(sum(revenue), 0) AS revenue,
+       count(*) FILTER (WHERE has_purchase) AS converting_sessions,
+       count(*) FILTER (WHERE cart_abandoned) AS abandoned_carts
+FROM core.fact_sessions
+WHERE start_time >= $start AND start_time < $end
+
+-- name: check_daily_kpis
+-- Days unique; the month's daily figures add up to core.events and core.fact_sessions.
+WITH k AS (
+    SELECT * FROM core.fact_daily_kpis WHERE day >= $start AND day < $end
+),
+e AS (
+    SELECT count(*) AS events,
+           count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+           coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0) AS revenue
+    FROM core.events
+    WHERE event_time >= $start AND event_time < $end
+),
+s AS (
+    SELECT count(*) AS sessions FROM core.fact_sessions
+    WHERE start_time >= $start AND start_time < $end
+)
+SELECT (SELECT count(*) - count(DISTINCT day) FROM k) AS duplicated_days,
+       (SELECT count(*) FILTER (WHERE day IS NULL) FROM k) AS null_days,
+       (SELECT coalesce(sum(events), 0) FROM k) AS kpi_events,
+       (SELECT events FROM e) AS events,
+       (SELECT coalesce(sum(purchases), 0) FROM k) AS kpi_purchases,
+       (SELECT purchases FROM e) AS purchases,
+       (SELECT coalesce(sum(revenue), 0) FROM k) AS kpi_revenue,
+       (SELECT revenue FROM e) AS revenue,
+       (SELECT coalesce(sum(sessions), 0) FROM k) AS kpi_sessions,
+       (SELECT sessions FROM s) AS sessions
+
+-- name: check_dim_products
+SELECT (SELECT count(*) - count(DISTINCT product_id) FROM core.dim_products) AS duplicated_keys,
+       (SELECT count(*) FROM core.dim_products WHERE product_id IS NULL) AS null_keys,
+       (SELECT count(DISTINCT product_id) FROM core.events
+        ANTI JOIN core.dim_products USING (product_id)) AS orphan_products,
+       (SELECT count(*) FROM core.dim_products
+        WHERE NOT (min_price <= latest_price AND latest_price <= max_price
+                   AND first_seen <= last_seen)) AS inconsistent_rows
+
+-- name: check_dim_products_reconcile
+SELECT (SELECT sum(views) FROM core.dim_products) AS dim_views,
+       (SELECT count(*) FILTER (WHERE event_type = 'view') FROM core.events) AS views,
+       (SELECT sum(carts) FROM core.dim_products) AS dim_carts,
+       (SELECT count(*) FILTER (WHERE event_type = 'cart') FROM core.events) AS carts,
+       (SELECT sum(purchases) FROM core.dim_products) AS dim_purchases,
+       (SELECT count(*) FILTER (WHERE event_type = 'purchase') FROM core.events) AS purchases,
+       (SELECT sum(revenue) FROM core.dim_products) AS dim_revenue,
+       (SELECT coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0)
+        FROM core.events) AS revenue
+
+-- name: check_dim_users
+SELECT (SELECT count(*) - count(DISTINCT user_id) FROM core.dim_users) AS duplicated_keys,
+       (SELECT count(*) FROM core.dim_users WHERE user_id IS NULL) AS null_keys,
+       (SELECT count(DISTINCT user_id) FROM core.events
+        ANTI JOIN core.dim_users USING (user_id)) AS orphan_event_users,
+       (SELECT count(DISTINCT user_id) FROM core.fact_sessions
+        ANTI JOIN core.dim_users USING (user_id)) AS orphan_session_users,
+       (SELECT count(*) FROM core.dim_users
+        WHERE NOT (first_seen <= last_seen AND tenure_days >= 0
+                   AND (purchases > 0) = (first_purchase IS NOT NULL))) AS inconsistent_rows
+
+-- name: check_dim_users_reconcile
+SELECT (SELECT sum(events) FROM core.dim_users) AS dim_events,
+       (SELECT count(*) FROM core.events) AS events,
+       (SELECT sum(purchases) FROM core.dim_users) AS dim_purchases,
+       (SELECT count(*) FILTER (WHERE event_type = 'purchase') FROM core.events) AS purchases,
+       (SELECT sum(revenue) FROM core.dim_users) AS dim_revenue,
+       (SELECT coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0)
+        FROM core.events) AS revenue,
+       (SELECT sum(sessions) FROM core.dim_users) AS dim_sessions,
+       (SELECT count(*) FROM core.fact_sessions) AS sessions
