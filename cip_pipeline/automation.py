@@ -138,6 +138,7 @@ def downstream_automation(
         "downstream_automation",
         target=dg.AssetSelection.assets(*unpartitioned),
         default_condition=dg.AutomationCondition.eager(),
+        use_user_code_server=True,
         default_status=SENSOR_STATUS,
         minimum_interval_seconds=60,
     )

@@ -5,14 +5,27 @@ from __future__ import annotations
 import dagster as dg
 
 from cip_pipeline import automation
-from cip_pipeline.assets import ingest
+from cip_pipeline.assets import analytics, core, ingest
 from cip_pipeline.io_managers import DuckDBPolarsIOManager, DuckDBSqlIOManager
 from cip_pipeline.resources import LakeResource, WarehouseResource
 
-PARTITIONED_ASSETS = [ingest.events_parquet, ingest.core_events, ingest.ingest_audit]
-PARTITIONED_CHECKS = [ingest.events_parquet_checks, ingest.core_events_checks]
-UNPARTITIONED_ASSETS: list[dg.AssetsDefinition] = []
-UNPARTITIONED_CHECKS: list[dg.AssetChecksDefinition] = []
+# A month's partitions come in two stages: loading the month, then what is derived from it.
+# Derived partitions also read the neighbouring months (a session that crosses a month
+# boundary belongs to the month it began in), so `cip run` loads every month first.
+LOAD_ASSETS = [ingest.events_parquet, ingest.core_events, ingest.ingest_audit]
+LOAD_CHECKS = [ingest.events_parquet_checks, ingest.core_events_checks]
+DERIVED_ASSETS = [*core.PARTITIONED_ASSETS, *analytics.PARTITIONED_ASSETS]
+DERIVED_CHECKS = [*core.PARTITIONED_CHECKS, *analytics.PARTITIONED_CHECKS]
+PARTITIONED_ASSETS = [*LOAD_ASSETS, *DERIVED_ASSETS]
+PARTITIONED_CHECKS = [*LOAD_CHECKS, *DERIVED_CHECKS]
+UNPARTITIONED_ASSETS: list[dg.AssetsDefinition] = [
+    *core.UNPARTITIONED_ASSETS,
+    *analytics.UNPARTITIONED_ASSETS,
+]
+UNPARTITIONED_CHECKS: list[dg.AssetChecksDefinition] = [
+    *core.UNPARTITIONED_CHECKS,
+    *analytics.UNPARTITIONED_CHECKS,
+]
 
 
 def resources() -> dict[str, object]:

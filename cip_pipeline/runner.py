@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -14,9 +15,10 @@ from typing import TextIO
 import dagster as dg
 
 from cip_pipeline import definitions, paths
+from cip_pipeline.assets import ingest
 from cip_pipeline.automation import ALL_MONTHS_JOB, MONTHLY_JOB
 from cip_pipeline.budget import Budget
-from cip_pipeline.months import partition_key
+from cip_pipeline.months import next_month, partition_key, previous_month
 from cip_pipeline.observability import reset_peak_rss, step_peaks
 from cip_pipeline.resources import LakeResource
 
@@ -140,8 +142,10 @@ def execute(
     instance: dg.DagsterInstance,
     label: str,
     partition: str | None = None,
+    assets: Sequence[dg.AssetsDefinition] | None = None,
 ) -> RunSummary:
-    """Run one of the project's jobs in this process and summarize it."""
+    """Run one of the project's jobs (or only `assets` of it, with their checks) in this
+    process and summarize it."""
     step_peaks.clear()
     reset_peak_rss()
     t0 = time.perf_counter()
@@ -149,10 +153,49 @@ def execute(
         partition_key=partition,
         instance=instance,
         raise_on_error=False,
+        asset_selection=[k for a in assets for k in a.keys] if assets is not None else None,
         tags={"cip/trigger": "cip run"},
         run_config=QUIET,
     )
     return _summarize(label, result, instance, time.perf_counter() - t0)
+
+
+def months_to_derive(loaded: Sequence[str], previously_loaded: Iterable[str]) -> list[str]:
+    """The months whose derived partitions must be (re)built after loading `loaded`: those,
+    and their neighbours loaded before, whose sessions crossing into or from a newly loaded
+    month changed."""
+    before = set(previously_loaded)
+    wanted = set(loaded)
+    for month in loaded:
+        wanted |= {m for m in (previous_month(month), next_month(month)) if m in before}
+    return sorted(wanted)
+
+
+def run_months(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    months: Sequence[str],
+    out: TextIO | None = None,
+) -> list[RunSummary]:
+    """The month job for `months`, in two stages: load every month, then derive every month
+    (and the neighbours loaded before) once the months around it are in the warehouse."""
+    previously_loaded = {
+        key[:7] for key in instance.get_materialized_partitions(ingest.core_events.key)
+    }
+    summaries: list[RunSummary] = []
+
+    def run(label: str, month: str, assets: Sequence[dg.AssetsDefinition]) -> RunSummary:
+        summary = execute(defs, MONTHLY_JOB, instance, label, partition_key(month), assets)
+        if out is not None:
+            print_summary(summary, out)
+        summaries.append(summary)
+        return summary
+
+    loaded = [m for m in months if run(m, m, definitions.LOAD_ASSETS).success]
+    if definitions.DERIVED_ASSETS:
+        for month in months_to_derive(loaded, previously_loaded):
+            run(f"{month} derived", month, definitions.DERIVED_ASSETS)
+    return summaries
 
 
 def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> int:
@@ -176,13 +219,8 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
             print(f"skipped {month}: no raw file in {lake.raw_dir}", file=out)
     todo = [m for m in wanted if m in available]
     defs = definitions.build_definitions()
-    failed: list[RunSummary] = []
     t_all = time.perf_counter()
-    for month in todo:
-        summary = execute(defs, MONTHLY_JOB, instance, month, partition_key(month))
-        print_summary(summary, out)
-        if not summary.success:
-            failed.append(summary)
+    failed = [s for s in run_months(defs, instance, todo, out) if not s.success]
     if definitions.UNPARTITIONED_ASSETS and todo and not failed:
         summary = execute(defs, ALL_MONTHS_JOB, instance, "all months")
         print_summary(summary, out)

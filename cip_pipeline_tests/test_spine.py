@@ -28,8 +28,9 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _materialize(partition: str = OCT) -> dg.ExecuteInProcessResult:
+    """The month's load stage (raw file -> lake -> core.events, audit)."""
     return dg.materialize(
-        [*definitions.PARTITIONED_ASSETS, *definitions.PARTITIONED_CHECKS],
+        [*definitions.LOAD_ASSETS, *definitions.LOAD_CHECKS],
         partition_key=partition,
         resources=definitions.resources(),
         instance=dg.DagsterInstance.ephemeral(),
