@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from cip_pipeline.generator import generate
+from cip_pipeline_tests.warehouse_sample import WarehouseSample, run_sample
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_HEAD = REPO.parent / "shared" / "reference" / "real_samples" / "2019-Oct-head.csv"
@@ -23,3 +24,12 @@ def real_head() -> Path:
     if not REAL_HEAD.exists():
         pytest.skip("the shared reference sample is not beside this checkout")
     return REAL_HEAD
+
+
+@pytest.fixture(scope="session")
+def warehouse_sample(tmp_path_factory: pytest.TempPathFactory) -> WarehouseSample:
+    """About 150 k generated events over October and November 2019, through every asset."""
+    root = tmp_path_factory.mktemp("warehouse_sample")
+    generate(150_000, seed=5, out=root / "raw")
+    instance, summaries = run_sample(root, ["2019-10", "2019-11"])
+    return WarehouseSample(root, instance, summaries)

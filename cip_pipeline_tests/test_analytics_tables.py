@@ -1,0 +1,114 @@
+"""analytics/* against an independent Polars computation from the raw CSV files of the same
+sample."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import duckdb
+import polars as pl
+import pytest
+
+from cip_pipeline.assets.analytics import rfm_rules
+from cip_pipeline_tests import warehouse_oracle as oracle
+from cip_pipeline_tests.rees46_stats import read_month
+from cip_pipeline_tests.warehouse_sample import WarehouseSample, assert_frames_match
+
+
+@pytest.fixture(scope="module")
+def events(warehouse_sample: WarehouseSample) -> pl.DataFrame:
+    return oracle.read_events(warehouse_sample.raw_files)
+
+
+@pytest.mark.parametrize(
+    ("month", "file"), [("2019-10-01", "2019-Oct"), ("2019-11-01", "2019-Nov")]
+)
+def test_data_profile_equals_the_oracle(
+    warehouse_sample: WarehouseSample, month: str, file: str
+) -> None:
+    raw = read_month(warehouse_sample.root / "raw" / f"{file}.csv")
+    month_events = oracle.read_events([warehouse_sample.root / "raw" / f"{file}.csv"])
+    expected = oracle.data_profile(month_events, raw.height)
+    rows = warehouse_sample.table(
+        f"SELECT section, key, metric, value, value_text FROM analytics.data_profile "
+        f"WHERE month = '{month}'"
+    ).iter_rows()
+    actual = {(s, k, m): (t if t is not None else v) for s, k, m, v, t in rows}
+    assert actual.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert math.isclose(actual[key], value, rel_tol=1e-6, abs_tol=1e-12), key
+        else:
+            assert actual[key] == value, key
+    meta = warehouse_sample.materialization(["analytics", "data_profile"], month)
+    assert meta["rows_loaded"].value == month_events.height
+    assert "event_mix" in meta
+
+
+def test_funnel_equals_the_oracle(warehouse_sample: WarehouseSample, events: pl.DataFrame) -> None:
+    actual = warehouse_sample.table("SELECT * FROM analytics.funnel")
+    expected = oracle.funnel(oracle.fact_sessions(events))
+    assert_frames_match(actual, expected, ["dimension", "key", "step"])
+    meta = warehouse_sample.materialization(["analytics", "funnel"])
+    overall = expected.filter(pl.col("dimension") == "overall")
+    assert meta["session_conversion_rate"].value == pytest.approx(
+        overall["conversion_from_start"][3], rel=1e-6
+    )
+
+
+def test_cohort_retention_equals_the_oracle(
+    warehouse_sample: WarehouseSample, events: pl.DataFrame
+) -> None:
+    actual = warehouse_sample.table("SELECT * FROM analytics.cohort_retention")
+    expected = oracle.cohort_retention(events)
+    assert_frames_match(actual, expected, ["cohort_kind", "cohort_week", "weeks_since"])
+    # The sample starts on Tuesday 2019-10-01: its first cohort is the week of Monday Sep 30.
+    assert str(actual["cohort_week"].min()) == "2019-09-30"
+    assert actual.filter(pl.col("cohort_kind") == "purchase")["weeks_since"].max() >= 1
+
+
+def test_rfm_segments_equal_the_oracle(
+    warehouse_sample: WarehouseSample, events: pl.DataFrame
+) -> None:
+    actual = warehouse_sample.table(
+        "SELECT * EXCLUDE (r_score, f_score, m_score, rfm_code), r_score::BIGINT AS r_score, "
+        "f_score::BIGINT AS f_score, m_score::BIGINT AS m_score FROM analytics.rfm_segments"
+    )
+    expected = oracle.rfm_segments(events)
+    assert_frames_match(actual, expected, ["user_id"])
+    assert set(actual["segment"]) >= {"Champions", "Lost", "New Customers"}
+
+
+def test_rfm_segment_summary_equals_the_oracle(
+    warehouse_sample: WarehouseSample, events: pl.DataFrame
+) -> None:
+    actual = warehouse_sample.table(
+        "SELECT segment, users, user_share, average_spend, revenue, revenue_share "
+        "FROM analytics.rfm_segment_summary ORDER BY rule_order"
+    )
+    expected = oracle.rfm_segment_summary(oracle.rfm_segments(events))
+    assert actual["segment"].to_list() == list(oracle.SEGMENTS)
+    assert_frames_match(actual, expected, ["segment"])
+    assert actual["user_share"].sum() == pytest.approx(1.0, rel=1e-12)
+    meta = warehouse_sample.materialization(["analytics", "rfm_segment_summary"])
+    shares = meta["segment_shares"].value
+    assert shares.keys() == set(oracle.SEGMENTS)
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-5)
+    assert "| segment |" in meta["segments"].value
+
+
+def test_rule_table_gives_every_score_exactly_the_documented_segment() -> None:
+    """The SQL rule table (first match by priority) against the README's rules in Python,
+    for all 125 score combinations."""
+    con = duckdb.connect()
+    rules = con.sql(rfm_rules()).fetchall()
+    for r, f, m in itertools.product(range(1, 6), repeat=3):
+        matching = [
+            (priority, name)
+            for priority, name, r0, r1, f0, f1, m0, m1 in rules
+            if r0 <= r <= r1 and f0 <= f <= f1 and m0 <= m <= m1
+        ]
+        assert matching, (r, f, m)
+        assert min(matching)[1] == oracle.segment(r, f, m), (r, f, m)
+    assert {name for _, name, *_ in rules} == set(oracle.SEGMENTS)

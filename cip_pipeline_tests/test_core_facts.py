@@ -1,0 +1,92 @@
+"""core/fact_sessions and core/fact_daily_kpis against an independent Polars computation from
+the raw CSV files of the same sample."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from cip_pipeline_tests import warehouse_oracle as oracle
+from cip_pipeline_tests.warehouse_sample import (
+    WarehouseSample,
+    assert_frames_match,
+    check_problems,
+)
+
+OCT, NOV = "2019-10-01", "2019-11-01"
+
+
+@pytest.fixture(scope="module")
+def events(warehouse_sample: WarehouseSample) -> pl.DataFrame:
+    return oracle.read_events(warehouse_sample.raw_files)
+
+
+@pytest.fixture(scope="module")
+def sessions(events: pl.DataFrame) -> pl.DataFrame:
+    return oracle.fact_sessions(events)
+
+
+def test_every_run_succeeds_and_every_check_passes(warehouse_sample: WarehouseSample) -> None:
+    assert [s.label for s in warehouse_sample.summaries] == [
+        "2019-10",
+        "2019-11",
+        "2019-10 derived",
+        "2019-11 derived",
+        "all months",
+    ]
+    assert all(s.success for s in warehouse_sample.summaries)
+    assert check_problems(warehouse_sample.summaries) == []
+    # 9 ingest checks per month, 7 derived per month, 16 over all months
+    assert sum(s.checks_passed for s in warehouse_sample.summaries) == 2 * 9 + 2 * 7 + 16
+
+
+def test_fact_sessions_equal_the_oracle(
+    warehouse_sample: WarehouseSample, sessions: pl.DataFrame
+) -> None:
+    actual = warehouse_sample.table(
+        "SELECT * EXCLUDE (user_session), user_session::VARCHAR AS user_session "
+        "FROM core.fact_sessions"
+    )
+    assert actual["user_session"].n_unique() == actual.height  # across both months
+    assert_frames_match(actual, sessions, ["user_session"])
+
+
+def test_each_session_lies_in_the_month_it_began(warehouse_sample: WarehouseSample) -> None:
+    months = warehouse_sample.table(
+        "SELECT date_trunc('month', start_time) AS month, count(*) AS n "
+        "FROM core.fact_sessions GROUP BY ALL ORDER BY month"
+    )
+    assert months.height == 2
+    # Sessions of the sample that begin late on Oct 31 carry their November events.
+    crossing = warehouse_sample.table(
+        "SELECT count(*) AS n FROM core.fact_sessions "
+        "WHERE start_time < '2019-11-01' AND end_time >= '2019-11-01'"
+    )["n"][0]
+    assert crossing >= 1
+    meta = warehouse_sample.materialization(["core", "fact_sessions"], OCT)
+    assert meta["sessions_into_next_month"].value == crossing
+    assert meta["next_month_events_included"].value > 0
+    nov = warehouse_sample.materialization(["core", "fact_sessions"], NOV)
+    assert nov["sessions_from_previous_month"].value == crossing
+    assert nov["dagster/row_count"].value == months["n"][1]
+    assert "write_seconds" in nov and "dagster/column_schema" in nov
+
+
+def test_fact_daily_kpis_equal_the_oracle(
+    warehouse_sample: WarehouseSample, events: pl.DataFrame, sessions: pl.DataFrame
+) -> None:
+    actual = warehouse_sample.table("SELECT * FROM core.fact_daily_kpis")
+    expected = oracle.fact_daily_kpis(events, sessions)
+    assert_frames_match(actual, expected, ["day"])
+    assert actual.height == 61
+
+
+def test_daily_kpis_reconcile_with_the_month(
+    warehouse_sample: WarehouseSample, events: pl.DataFrame
+) -> None:
+    october = events.filter(pl.col("event_time") < pl.datetime(2019, 11, 1))
+    meta = warehouse_sample.materialization(["core", "fact_daily_kpis"], OCT)
+    purchases = october.filter(pl.col("event_type") == "purchase")
+    assert meta["month_purchases"].value == purchases.height
+    assert meta["month_revenue"].value == pytest.approx(purchases["price"].sum(), rel=1e-9)
+    assert meta["month_events"].value == october.height
