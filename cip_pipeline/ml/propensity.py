@@ -1,0 +1,285 @@
+"""Purchase propensity: snapshot windows, LightGBM training, baselines and honest metrics.
+
+Plain functions on small frames (the sampled feature matrix); no Dagster inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+NUMERIC_FEATURES = [
+    "events_w",
+    "views_w",
+    "carts_w",
+    "purchases_w",
+    "sessions_w",
+    "avg_session_seconds",
+    "product_days_w",
+    "active_days_w",
+    "active_span_days",
+    "events_7d",
+    "carts_7d",
+    "events_prev_7d",
+    "events_trend",
+    "recency_days",
+    "days_since_cart",
+    "tenure_days",
+    "carts_not_bought_w",
+    "prior_purchase",
+    "purchases_all",
+    "revenue_all",
+    "rfm_score",
+]
+CATEGORICAL_FEATURES = ["primary_category", "preferred_brand"]
+FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
+TOP_BRANDS = 50  # brands kept as their own category; the rest share one
+
+LGB_PARAMS = {
+    "objective": "binary",
+    "learning_rate": 0.03,
+    "num_leaves": 31,
+    "min_data_in_leaf": 500,  # shallow evidence per leaf: the snapshots are noisy
+    "feature_fraction": 0.7,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 10.0,
+    "scale_pos_weight": 2.0,  # class weighting, mild: heavier weights hurt PR-AUC here
+    "force_row_wise": True,  # measured 2-4x faster per iteration here than the automatic choice
+    "verbose": -1,
+    "seed": 7,
+}
+NUM_ROUNDS = 150
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """Weekly cutoffs (midnights). Training snapshots' label windows end on or before the
+    validation cutoff; the validation snapshot is the latest labelled one; the scoring
+    snapshot is the end of the data."""
+
+    train: list[datetime]
+    validation: datetime | None
+    score: datetime
+    horizon_days: int
+    window_days: int
+
+    @property
+    def usable(self) -> bool:
+        return self.validation is not None and len(self.train) >= 1
+
+    def values_sql(self) -> str:
+        rows = [(c, "train", True) for c in self.train]
+        if self.validation is not None:
+            rows.append((self.validation, "validation", True))
+        rows.append((self.score, "score", False))
+        return ", ".join(
+            f"(TIMESTAMP '{c:%Y-%m-%d %H:%M:%S}', '{r}', {str(lab).lower()})" for c, r, lab in rows
+        )
+
+    def describe(self) -> dict[str, object]:
+        h = timedelta(days=self.horizon_days)
+        return {
+            "feature_window_days": self.window_days,
+            "label_horizon_days": self.horizon_days,
+            "train": [
+                {"cutoff": f"{c:%Y-%m-%d}", "label_until": f"{c + h:%Y-%m-%d}"} for c in self.train
+            ],
+            "validation": None
+            if self.validation is None
+            else {
+                "cutoff": f"{self.validation:%Y-%m-%d}",
+                "label_until": f"{self.validation + h:%Y-%m-%d}",
+            },
+            "score": f"{self.score:%Y-%m-%d}",
+        }
+
+
+def plan_snapshots(
+    first: datetime,
+    last: datetime,
+    horizon_days: int = 14,
+    window_days: int = 28,
+    step_days: int = 7,
+    warmup_days: int = 14,
+) -> SnapshotPlan:
+    """Cutoffs every `step_days` from `warmup_days` after the first event; a cutoff is
+    labelled when its whole horizon lies inside the data."""
+    start = datetime(first.year, first.month, first.day) + timedelta(days=warmup_days)
+    end = datetime(last.year, last.month, last.day) + timedelta(days=1)  # day after the data
+    horizon = timedelta(days=horizon_days)
+    labelled = []
+    cutoff = start
+    while cutoff + horizon <= end:
+        labelled.append(cutoff)
+        cutoff += timedelta(days=step_days)
+    validation = labelled[-1] if labelled else None
+    train = [c for c in labelled[:-1] if validation and c + horizon <= validation]
+    return SnapshotPlan(train, validation, end, horizon_days, window_days)
+
+
+def encode(
+    frame: pl.DataFrame, brand_codes: dict[str, int] | None = None
+) -> tuple[np.ndarray, dict[str, int]]:
+    """The feature matrix; categories become integer codes (LightGBM categoricals)."""
+    if brand_codes is None:
+        top = (
+            frame.filter(pl.col("preferred_brand").is_not_null())
+            .group_by("preferred_brand")
+            .len()
+            .sort(["len", "preferred_brand"], descending=[True, False])
+            .head(TOP_BRANDS)["preferred_brand"]
+            .to_list()
+        )
+        brand_codes = {b: i for i, b in enumerate(top)}
+    categories = {c: i for i, c in enumerate(sorted(CATEGORY_NAMES))}
+    matrix = frame.select(
+        *[pl.col(c).cast(pl.Float64) for c in NUMERIC_FEATURES],
+        pl.col("primary_category").replace_strict(
+            categories, default=None, return_dtype=pl.Float64
+        ),
+        pl.col("preferred_brand")
+        .replace_strict(brand_codes, default=len(brand_codes), return_dtype=pl.Float64)
+        .fill_null(float(len(brand_codes) + 1)),
+    ).to_numpy()
+    return matrix, brand_codes
+
+
+CATEGORY_NAMES = (
+    "accessories",
+    "apparel",
+    "appliances",
+    "auto",
+    "computers",
+    "construction",
+    "country_yard",
+    "electronics",
+    "furniture",
+    "kids",
+    "medicine",
+    "sport",
+    "stationery",
+)
+
+
+def train_booster(
+    x: np.ndarray, y: np.ndarray, threads: int, rounds: int = NUM_ROUNDS
+) -> lgb.Booster:
+    params = {**LGB_PARAMS, "num_threads": threads}
+    data = lgb.Dataset(
+        x,
+        label=y,
+        feature_name=FEATURES,
+        categorical_feature=CATEGORICAL_FEATURES,
+        free_raw_data=True,
+    )
+    return lgb.train(params, data, num_boost_round=rounds)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray) -> object:
+    """The linear baseline: numeric features only, standardised, class-weighted."""
+    numeric = np.nan_to_num(x[:, : len(NUMERIC_FEATURES)], nan=-1.0)
+    model = make_pipeline(
+        StandardScaler(), LogisticRegression(max_iter=500, class_weight="balanced")
+    )
+    model.fit(numeric, y)
+    return model
+
+
+def logistic_scores(model: object, x: np.ndarray) -> np.ndarray:
+    numeric = np.nan_to_num(x[:, : len(NUMERIC_FEATURES)], nan=-1.0)
+    return model.predict_proba(numeric)[:, 1]  # type: ignore[attr-defined]
+
+
+def rule_scores(frame: pl.DataFrame) -> dict[str, np.ndarray]:
+    """The strongest simple rules, as scores (ties broken by nothing: they are rules)."""
+    return {
+        "rule_carted_last_7d": (frame["carts_7d"] > 0).cast(pl.Float64).to_numpy(),
+        "rule_purchased_before": frame["prior_purchase"].cast(pl.Float64).to_numpy(),
+        "rule_recency": (-frame["recency_days"]).to_numpy(),
+    }
+
+
+@dataclass
+class Metrics:
+    roc_auc: float
+    pr_auc: float
+    brier: float | None
+    base_rate: float
+    at_k: dict[str, dict[str, float]] = field(default_factory=dict)
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _top_k(y: np.ndarray, score: np.ndarray, share: float) -> dict[str, float]:
+    n = max(1, round(len(y) * share))
+    order = np.lexsort((np.arange(len(y)), -score))[:n]  # deterministic among ties
+    hits = float(y[order].sum())
+    precision = hits / n
+    base = float(y.mean())
+    return {
+        "precision": precision,
+        "recall": hits / max(float(y.sum()), 1.0),
+        "lift": precision / base if base > 0 else float("nan"),
+    }
+
+
+def _ranked_groups(score: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each row's group of equal scores, groups numbered from the highest score down."""
+    unique, inverse = np.unique(-score, return_inverse=True)
+    return inverse, unique.size
+
+
+def weighted_ranking_metrics(
+    groups: np.ndarray, n_groups: int, y: np.ndarray, w: np.ndarray, share: float = 0.10
+) -> tuple[float, float, float]:
+    """ROC-AUC, average precision (as scikit-learn defines it, ties as one threshold) and lift
+    in the top `share`, with row weights: O(n) per call, so bootstraps can reweight."""
+    pos = np.bincount(groups, weights=w * y, minlength=n_groups)
+    neg = np.bincount(groups, weights=w * (1 - y), minlength=n_groups)
+    total_pos, total_neg = pos.sum(), neg.sum()
+    cum_pos, cum_neg = np.cumsum(pos), np.cumsum(neg)
+    auc = float(np.sum(pos * (total_neg - cum_neg) + 0.5 * pos * neg) / (total_pos * total_neg))
+    ap = float(np.sum(pos / total_pos * cum_pos / np.maximum(cum_pos + cum_neg, 1e-300)))
+    cum_w = cum_pos + cum_neg
+    k = min(int(np.searchsorted(cum_w, share * cum_w[-1])), n_groups - 1)
+    lift = float((cum_pos[k] / cum_w[k]) / (total_pos / cum_w[-1]))
+    return auc, ap, lift
+
+
+def evaluate(
+    y: np.ndarray, score: np.ndarray, probabilities: bool, bootstrap: int = 100, seed: int = 11
+) -> Metrics:
+    """ROC-AUC, PR-AUC, Brier (for probabilities), lift/precision/recall at 5% and 10%, and
+    95% intervals from a Poisson bootstrap over users (each replicate reweights every user by a
+    Poisson(1) count, the large-sample equivalent of resampling with replacement)."""
+    y = y.astype(np.float64)
+    metrics = Metrics(
+        roc_auc=float(roc_auc_score(y, score)),
+        pr_auc=float(average_precision_score(y, score)),
+        brier=float(brier_score_loss(y, score)) if probabilities else None,
+        base_rate=float(y.mean()),
+        at_k={"5%": _top_k(y, score, 0.05), "10%": _top_k(y, score, 0.10)},
+    )
+    if bootstrap:
+        groups, n_groups = _ranked_groups(score)
+        rng = np.random.default_rng(seed)
+        draws = np.array(
+            [
+                weighted_ranking_metrics(
+                    groups, n_groups, y, rng.poisson(1.0, y.size).astype(np.float64)
+                )
+                for _ in range(bootstrap)
+            ]
+        )
+        for i, name in enumerate(("roc_auc", "pr_auc", "lift_10%")):
+            lo, hi = np.percentile(draws[:, i], [2.5, 97.5])
+            metrics.intervals[name] = [float(lo), float(hi)]
+    return metrics

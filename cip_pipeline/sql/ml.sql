@@ -1,0 +1,366 @@
+-- Machine learning: propensity features, product affinity and recommendations.
+
+-- name: data_range
+SELECT min(event_time), max(event_time) FROM core.events
+
+-- name: propensity_features
+-- One row per (snapshot cutoff, user active in the window before it). Every feature reads only
+-- events strictly before the cutoff (cutoffs are midnights, so: days before the cutoff);
+-- the label reads only [cutoff, cutoff + horizon). cutoffs is a VALUES list of
+-- (cutoff TIMESTAMP, role VARCHAR, labelled BOOLEAN).
+WITH cutoffs AS (
+    SELECT * FROM (VALUES {cutoffs}) AS c(cutoff, role, labelled)
+),
+view_mix AS (
+    -- Views per user, day, top-level category and brand: the basis of the preferred ones.
+    SELECT user_id, date_trunc('day', event_time) AS day,
+           split_part(category_code, '.', 1) AS category, brand, count(*) AS n
+    FROM core.events
+    WHERE event_type = 'view' AND event_time < (SELECT max(cutoff) FROM cutoffs)
+    GROUP BY ALL
+),
+day_category AS (
+    -- The day's most viewed category (ties: the alphabetically last, so it is deterministic)
+    SELECT user_id, day, arg_max(category, (n, category)) AS top_category
+    FROM (SELECT user_id, day, category, sum(n) AS n FROM view_mix
+          WHERE category <> '' GROUP BY ALL)
+    GROUP BY ALL
+),
+day_brand AS (
+    SELECT user_id, day, arg_max(brand, (n, brand)) AS top_brand
+    FROM (SELECT user_id, day, brand, sum(n) AS n FROM view_mix
+          WHERE brand IS NOT NULL GROUP BY ALL)
+    GROUP BY ALL
+),
+user_days AS (
+    -- One row per user and day: the unit every window sums over.
+    SELECT d.*, c.top_category, b.top_brand
+    FROM (
+        SELECT user_id,
+               date_trunc('day', event_time) AS day,
+               count(*) AS events,
+               count(*) FILTER (WHERE event_type = 'view') AS views,
+               count(*) FILTER (WHERE event_type = 'cart') AS carts,
+               count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+               coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0) AS revenue,
+               max(event_time) AS last_event,
+               max(event_time) FILTER (WHERE event_type = 'cart') AS last_cart,
+               count(DISTINCT product_id) AS products
+        FROM core.events
+        WHERE event_time < (SELECT max(cutoff) FROM cutoffs)
+        GROUP BY ALL
+    ) AS d
+    LEFT JOIN day_category AS c USING (user_id, day)
+    LEFT JOIN day_brand AS b USING (user_id, day)
+),
+carted_not_bought AS (
+    -- (user, day) carts of products the user did not buy the same day
+    SELECT user_id, date_trunc('day', event_time) AS day, count(DISTINCT product_id) AS n
+    FROM core.events AS e
+    WHERE event_type = 'cart' AND event_time < (SELECT max(cutoff) FROM cutoffs)
+      AND NOT EXISTS (
+        SELECT 1 FROM core.events AS p
+        WHERE p.event_type = 'purchase' AND p.user_id = e.user_id
+          AND p.product_id = e.product_id
+          AND date_trunc('day', p.event_time) = date_trunc('day', e.event_time))
+    GROUP BY ALL
+),
+history AS (
+    SELECT c.cutoff, c.role, c.labelled, u.user_id,
+           sum(u.events) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS events_w,
+           sum(u.views) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS views_w,
+           sum(u.carts) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS carts_w,
+           sum(u.purchases) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY)
+               AS purchases_w,
+           sum(u.products) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY)
+               AS product_days_w,
+           count(*) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS active_days_w,
+           date_diff('day',
+                     min(u.day) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
+                     max(u.day)) + 1 AS active_span_days,
+           coalesce(sum(u.events) FILTER (WHERE u.day >= c.cutoff - INTERVAL 7 DAY), 0)
+               AS events_7d,
+           coalesce(sum(u.carts) FILTER (WHERE u.day >= c.cutoff - INTERVAL 7 DAY), 0) AS carts_7d,
+           coalesce(sum(u.events) FILTER (WHERE u.day >= c.cutoff - INTERVAL 14 DAY
+                                          AND u.day < c.cutoff - INTERVAL 7 DAY), 0)
+               AS events_prev_7d,
+           date_diff('second', max(u.last_event), c.cutoff) / 86400.0 AS recency_days,
+           date_diff('second', max(u.last_cart), c.cutoff) / 86400.0 AS days_since_cart,
+           date_diff('day', min(u.day), c.cutoff) AS tenure_days,
+           sum(u.purchases) AS purchases_all,
+           sum(u.revenue)::DOUBLE AS revenue_all,  -- summed exactly, as DECIMAL
+           count(*) FILTER (WHERE u.purchases > 0) AS purchase_days_all,
+           max(u.day) FILTER (WHERE u.purchases > 0) AS last_purchase_day,
+           -- over the window's days, the top of the day with most views (then the latest)
+           arg_max(u.top_category, (u.views, u.day)) FILTER (
+               WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS primary_category,
+           arg_max(u.top_brand, (u.views, u.day)) FILTER (
+               WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS preferred_brand
+    FROM cutoffs AS c
+    JOIN user_days AS u ON u.day < c.cutoff
+    GROUP BY c.cutoff, c.role, c.labelled, u.user_id
+    HAVING sum(u.events) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) > 0
+),
+sessions AS (
+    -- Sessions started in the window; durations only of sessions over before the cutoff.
+    SELECT c.cutoff, s.user_id,
+           count(*) AS sessions_w,
+           avg(s.duration_seconds) FILTER (WHERE s.end_time < c.cutoff) AS avg_session_seconds
+    FROM cutoffs AS c
+    JOIN core.fact_sessions AS s
+      ON s.start_time < c.cutoff AND s.start_time >= c.cutoff - INTERVAL {window_days} DAY
+    GROUP BY ALL
+),
+abandoned AS (
+    SELECT c.cutoff, a.user_id, sum(a.n) AS carts_not_bought_w
+    FROM cutoffs AS c
+    JOIN carted_not_bought AS a
+      ON a.day < c.cutoff AND a.day >= c.cutoff - INTERVAL {window_days} DAY
+    GROUP BY ALL
+),
+labels AS (
+    SELECT c.cutoff, u.user_id, true AS purchased
+    FROM cutoffs AS c
+    JOIN (SELECT user_id, date_trunc('day', event_time) AS day
+          FROM core.events WHERE event_type = 'purchase') AS u
+      ON u.day >= c.cutoff AND u.day < c.cutoff + INTERVAL {horizon_days} DAY
+    WHERE c.labelled
+    GROUP BY ALL
+),
+rfm AS (
+    -- RFM as of the cutoff, among users who bought before it.
+    -- Tie-aware quintiles (equal values share a score), as in analytics.rfm_segments.
+    SELECT cutoff, user_id,
+           3 + (5 * (rank() OVER (PARTITION BY cutoff ORDER BY last_purchase_day) - 1))
+               // count(*) OVER (PARTITION BY cutoff)
+           + (5 * (rank() OVER (PARTITION BY cutoff ORDER BY purchase_days_all) - 1))
+               // count(*) OVER (PARTITION BY cutoff)
+           + (5 * (rank() OVER (PARTITION BY cutoff ORDER BY revenue_all) - 1))
+               // count(*) OVER (PARTITION BY cutoff) AS rfm_score
+    FROM history
+    WHERE purchases_all > 0
+)
+SELECT h.cutoff AS snapshot,
+       h.role,
+       h.user_id,
+       h.events_w, h.views_w, h.carts_w, h.purchases_w,
+       coalesce(s.sessions_w, 0) AS sessions_w,
+       s.avg_session_seconds,
+       h.product_days_w, h.active_days_w, h.active_span_days,
+       h.events_7d, h.carts_7d, h.events_prev_7d,
+       h.events_7d - h.events_prev_7d AS events_trend,
+       h.recency_days, h.days_since_cart, h.tenure_days,
+       coalesce(a.carts_not_bought_w, 0) AS carts_not_bought_w,
+       h.purchases_all > 0 AS prior_purchase,
+       h.purchases_all, h.revenue_all,
+       coalesce(r.rfm_score, 0) AS rfm_score,
+       h.primary_category, h.preferred_brand,
+       CASE WHEN h.labelled THEN coalesce(l.purchased, false) END AS label
+FROM history AS h
+LEFT JOIN sessions AS s USING (cutoff, user_id)
+LEFT JOIN abandoned AS a USING (cutoff, user_id)
+LEFT JOIN rfm AS r USING (cutoff, user_id)
+LEFT JOIN labels AS l USING (cutoff, user_id)
+
+-- name: feature_sample
+-- A reproducible uniform sample of one snapshot (hash of user and snapshot).
+SELECT *
+FROM ml.propensity_features
+WHERE snapshot = TIMESTAMP '{snapshot}'
+  AND hash(user_id, snapshot) % 1000000 < {per_million}
+
+-- name: snapshot_sizes
+SELECT snapshot, role, count(*) AS users, count(*) FILTER (WHERE label) AS positives
+FROM ml.propensity_features
+GROUP BY ALL
+ORDER BY snapshot
+
+-- name: create_scoring_staging
+-- Scores land here chunk by chunk before the IO manager publishes them in one transaction.
+CREATE OR REPLACE TABLE ml.scoring_staging (user_id INTEGER, snapshot TIMESTAMP, score DOUBLE)
+
+-- name: scoring_chunk
+SELECT *
+FROM ml.propensity_features
+WHERE role = 'score' AND hash(user_id) % {chunks} = {chunk}
+
+-- name: scores_from_staging
+SELECT user_id,
+       snapshot AS scored_as_of,
+       score,
+       ntile(10) OVER (ORDER BY score DESC, user_id) AS decile,
+       {version} AS model_version
+FROM ml.scoring_staging
+
+-- name: baskets
+-- Purchase baskets of events before cutoff: each session's distinct purchased products,
+-- and each user's purchases within one horizon days-day window. Baskets of more than
+-- max basket products (bulk buyers) are left out: their pairs would swamp the counts.
+WITH purchases AS (
+    SELECT DISTINCT user_session, user_id, product_id,
+           floor(epoch(event_time) / (86400 * {horizon_days}))::BIGINT AS horizon_bucket
+    FROM core.events
+    WHERE event_type = 'purchase' AND event_time < TIMESTAMP '{cutoff}'
+),
+all_baskets AS (
+    SELECT DISTINCT 'session' AS basket_kind, user_session::VARCHAR AS basket, product_id
+    FROM purchases WHERE user_session IS NOT NULL
+    UNION ALL
+    SELECT DISTINCT 'user_horizon', user_id::VARCHAR || ':' || horizon_bucket::VARCHAR,
+           product_id
+    FROM purchases
+)
+SELECT basket_kind, basket, product_id
+FROM all_baskets
+QUALIFY count(*) OVER (PARTITION BY basket_kind, basket) <= {max_basket}
+
+-- name: rules
+-- Association rules A -> B over the baskets: support, confidence and lift, both directions.
+WITH baskets AS ({baskets}),
+n AS (
+    SELECT basket_kind, count(DISTINCT basket) AS baskets FROM baskets GROUP BY ALL
+),
+items AS (
+    SELECT basket_kind, product_id, count(*) AS n_item FROM baskets GROUP BY ALL
+),
+pairs AS (
+    SELECT a.basket_kind, a.product_id AS a, b.product_id AS b, count(*) AS n_pair
+    FROM baskets AS a
+    JOIN baskets AS b
+      ON a.basket_kind = b.basket_kind AND a.basket = b.basket AND a.product_id < b.product_id
+    GROUP BY ALL
+    HAVING count(*) >= {min_pair_support}
+),
+directed AS (
+    SELECT basket_kind, a AS antecedent, b AS consequent, n_pair FROM pairs
+    UNION ALL
+    SELECT basket_kind, b, a, n_pair FROM pairs
+)
+SELECT d.basket_kind,
+       d.antecedent,
+       d.consequent,
+       d.n_pair AS pair_baskets,
+       d.n_pair / n.baskets AS support,
+       d.n_pair / ia.n_item AS confidence,
+       d.n_pair * n.baskets / (ia.n_item * ic.n_item) AS lift
+FROM directed AS d
+JOIN n USING (basket_kind)
+JOIN items AS ia ON ia.basket_kind = d.basket_kind AND ia.product_id = d.antecedent
+JOIN items AS ic ON ic.basket_kind = d.basket_kind AND ic.product_id = d.consequent
+WHERE d.n_pair * n.baskets / (ia.n_item * ic.n_item) >= {min_lift}
+
+-- name: recommendations
+-- Top 10 per product before cutoff: rules first, topped up from co-views, then, for
+-- products with too little history (cold start), the same category and brand by popularity,
+-- then the same category. rules is a relation of rules computed with the same cutoff.
+WITH products AS (
+    SELECT product_id,
+           any_value(category_id) AS category_id,
+           any_value(brand) AS brand,
+           count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+           count(*) FILTER (WHERE event_type = 'view') AS views
+    FROM core.events
+    WHERE event_time < TIMESTAMP '{cutoff}'
+    GROUP BY ALL
+),
+from_rules AS (
+    SELECT antecedent AS product_id, consequent AS recommended_product_id,
+           max(confidence * lift) AS score, 'rule' AS source, 1 AS tier
+    FROM {rules}
+    GROUP BY ALL
+),
+session_views AS (
+    SELECT user_session, product_id
+    FROM core.events
+    WHERE event_type = 'view' AND user_session IS NOT NULL
+      AND event_time < TIMESTAMP '{cutoff}'
+    GROUP BY user_session, product_id
+    QUALIFY count(*) OVER (PARTITION BY user_session) <= {max_basket}
+),
+co_views AS (
+    SELECT a.product_id, b.product_id AS recommended_product_id,
+           count(*)::DOUBLE AS score, 'co-view' AS source, 2 AS tier
+    FROM session_views AS a
+    JOIN session_views AS b ON a.user_session = b.user_session AND a.product_id <> b.product_id
+    GROUP BY a.product_id, b.product_id
+    HAVING count(*) >= 2
+    QUALIFY row_number() OVER (PARTITION BY a.product_id ORDER BY count(*) DESC,
+                               b.product_id) <= 10
+),
+popular AS (
+    SELECT product_id, category_id, brand,
+           row_number() OVER (PARTITION BY category_id, brand
+                              ORDER BY purchases DESC, views DESC, product_id) AS brand_rank,
+           row_number() OVER (PARTITION BY category_id
+                              ORDER BY purchases DESC, views DESC, product_id) AS category_rank,
+           purchases + views / 100.0 AS popularity
+    FROM products
+),
+fallback AS (
+    SELECT p.product_id, q.product_id AS recommended_product_id, q.popularity AS score,
+           'fallback' AS source, CASE WHEN q.brand IS NOT DISTINCT FROM p.brand THEN 3 ELSE 4 END
+               AS tier
+    FROM products AS p
+    JOIN popular AS q
+      ON q.category_id = p.category_id AND q.product_id <> p.product_id
+     AND ((q.brand IS NOT DISTINCT FROM p.brand AND q.brand_rank <= 11) OR q.category_rank <= 11)
+),
+candidates AS (
+    SELECT * FROM from_rules
+    UNION ALL SELECT * FROM co_views
+    UNION ALL SELECT * FROM fallback
+),
+best AS (
+    -- a product reached by several routes keeps its best tier
+    SELECT product_id, recommended_product_id, arg_min(source, tier) AS source,
+           min(tier) AS tier, arg_min(score, tier) AS score
+    FROM candidates
+    WHERE product_id <> recommended_product_id
+    GROUP BY ALL
+)
+SELECT product_id, recommended_product_id,
+       row_number() OVER (PARTITION BY product_id ORDER BY tier, score DESC,
+                          recommended_product_id) AS rank,
+       score, source
+FROM best
+QUALIFY rank <= 10
+
+-- name: recommendation_eval
+-- Out of time: users who bought in [cutoff, cutoff + horizon); the query product is the last
+-- product they touched before the cutoff. Hit rate and recall at 10 of recs against the
+-- 10 products most bought before the cutoff.
+WITH next_purchases AS (
+    SELECT DISTINCT user_id, product_id
+    FROM core.events
+    WHERE event_type = 'purchase' AND event_time >= TIMESTAMP '{cutoff}'
+      AND event_time < TIMESTAMP '{cutoff}' + INTERVAL {horizon_days} DAY
+),
+anchors AS (
+    SELECT user_id, arg_max(product_id, event_time) AS anchor
+    FROM core.events
+    WHERE event_time < TIMESTAMP '{cutoff}'
+      AND user_id IN (SELECT user_id FROM next_purchases)
+    GROUP BY ALL
+),
+popular AS (
+    SELECT product_id FROM core.events
+    WHERE event_type = 'purchase' AND event_time < TIMESTAMP '{cutoff}'
+    GROUP BY ALL ORDER BY count(*) DESC, product_id LIMIT 10
+),
+per_user AS (
+    SELECT a.user_id,
+           count(*) AS bought,
+           count(*) FILTER (WHERE n.product_id IN (
+               SELECT recommended_product_id FROM {recs} AS r WHERE r.product_id = a.anchor))
+               AS rec_hits,
+           count(*) FILTER (WHERE n.product_id IN (SELECT product_id FROM popular))
+               AS popular_hits
+    FROM anchors AS a JOIN next_purchases AS n USING (user_id)
+    GROUP BY ALL
+)
+SELECT count(*) AS users,
+       avg((rec_hits > 0)::INT) AS hit_rate_at_10,
+       sum(rec_hits) / sum(bought) AS recall_at_10,
+       avg((popular_hits > 0)::INT) AS popular_hit_rate_at_10,
+       sum(popular_hits) / sum(bought) AS popular_recall_at_10
+FROM per_user

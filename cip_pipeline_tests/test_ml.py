@@ -1,0 +1,254 @@
+"""Models and experiments on a generated sample, run through `cip run`, checked against
+independent computations."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import pytest
+
+from cip_pipeline import sql, stats
+from cip_pipeline.generator import generate
+from cip_pipeline.ml import propensity as prop
+from cip_pipeline.runner import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ml")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CIP_DATA_DIR", str(root))
+    try:
+        generate(2_000_000, seed=42, out=root / "raw")
+        out = io.StringIO()
+        code = run_pipeline(out=out)
+        assert code == 0, out.getvalue()
+    finally:
+        mp.undo()
+    return root / "warehouse" / "cip.duckdb"
+
+
+def _query(db: Path, query: str) -> pl.DataFrame:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.sql(query).pl()
+    finally:
+        con.close()
+
+
+def test_snapshot_windows_never_overlap_validation() -> None:
+    plan = prop.plan_snapshots(datetime(2019, 10, 1), datetime(2019, 11, 30, 23, 59))
+    assert plan.validation == datetime(2019, 11, 12)  # its label window ends Nov 26
+    assert plan.train == [datetime(2019, 10, 15), datetime(2019, 10, 22), datetime(2019, 10, 29)]
+    assert plan.score == datetime(2019, 12, 1)
+    short = prop.plan_snapshots(datetime(2019, 10, 1), datetime(2019, 10, 31))
+    assert not short.usable  # one month: no training snapshot before the validation one
+
+
+def test_model_beats_the_best_baseline_and_is_registered(warehouse: Path) -> None:
+    registry = _query(warehouse, "SELECT * FROM ml.model_registry ORDER BY version")
+    assert registry.height >= 1
+    latest = registry.row(-1, named=True)
+    metrics = json.loads(latest["metrics"])
+    model = metrics["lightgbm"]
+    baselines = {k: v for k, v in metrics.items() if k != "lightgbm"}
+    assert set(baselines) == {
+        "logistic_regression",
+        "rule_carted_last_7d",
+        "rule_purchased_before",
+        "rule_recency",
+    }
+    assert model["pr_auc"] > max(b["pr_auc"] for b in baselines.values())
+    assert 0.6 < model["roc_auc"] < 0.98  # learnable, not trivial
+    low, high = model["intervals"]["pr_auc"]
+    assert low <= model["pr_auc"] <= high
+    windows = json.loads(latest["windows"])
+    roles = windows["snapshots"]
+    assert sorted(roles.values()).count("validation") == 1
+    # The booster is LightGBM's text format and loads back.
+    booster = lgb.Booster(model_str=latest["booster"])
+    assert booster.feature_name() == prop.FEATURES
+    assert latest["booster"].startswith("tree")
+
+
+def test_scores_cover_the_last_window_with_deciles(warehouse: Path) -> None:
+    scores = _query(warehouse, "SELECT * FROM ml.propensity_scores")
+    features = _query(
+        warehouse, "SELECT count(*) AS n FROM ml.propensity_features WHERE role = 'score'"
+    )
+    assert scores.height == features["n"][0]
+    assert scores["user_id"].n_unique() == scores.height
+    assert sorted(scores["decile"].unique().to_list()) == list(range(1, 11))
+    top = scores.filter(pl.col("decile") == 1)["score"].min()
+    assert top >= scores.filter(pl.col("decile") == 2)["score"].max()
+
+
+def test_features_match_an_independent_computation(warehouse: Path) -> None:
+    events = _query(
+        warehouse, "SELECT user_id, event_time, event_type::VARCHAR AS event_type FROM core.events"
+    )
+    features = _query(warehouse, "SELECT * FROM ml.propensity_features WHERE role = 'train'")
+    snap = features["snapshot"].min()
+    mine = features.filter(pl.col("snapshot") == snap).sort("user_id")
+    before = events.filter(pl.col("event_time") < snap)
+    window = before.filter(pl.col("event_time") >= snap - pl.duration(days=28))
+    oracle = (
+        window.group_by("user_id")
+        .agg(pl.len().alias("events_w"), (pl.col("event_type") == "cart").sum().alias("carts_w"))
+        .join(
+            before.group_by("user_id").agg(
+                ((snap - pl.col("event_time").max()).dt.total_seconds() / 86400).alias(
+                    "recency_days"
+                ),
+                (pl.col("event_type") == "purchase").any().alias("prior_purchase"),
+            ),
+            on="user_id",
+        )
+        .join(
+            events.filter(
+                (pl.col("event_time") >= snap)
+                & (pl.col("event_time") < snap + pl.duration(days=14))
+                & (pl.col("event_type") == "purchase")
+            )
+            .select("user_id")
+            .unique()
+            .with_columns(pl.lit(True).alias("label")),
+            on="user_id",
+            how="left",
+        )
+        .with_columns(pl.col("label").fill_null(False))
+        .sort("user_id")
+    )
+    assert mine["user_id"].to_list() == oracle["user_id"].to_list()
+    for col in ("events_w", "carts_w", "prior_purchase", "label"):
+        assert mine[col].cast(oracle[col].dtype).to_list() == oracle[col].to_list(), col
+    assert np.allclose(mine["recency_days"].to_numpy(), oracle["recency_days"].to_numpy())
+
+
+def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path: Path) -> None:
+    """Rewrite every event at or after a cutoff (type, price, product, later time): no feature
+    of that snapshot changes; only the label may."""
+    db = tmp_path / "copy.duckdb"
+    db.write_bytes(warehouse.read_bytes())
+    cutoff = datetime(2019, 10, 29)
+    plan = prop.SnapshotPlan([], cutoff, datetime(2019, 12, 1), 14, 28)
+    query = sql.statement(
+        "ml", "propensity_features", cutoffs=plan.values_sql(), window_days="28", horizon_days="14"
+    )
+    con = duckdb.connect(str(db))
+    try:
+        before = con.sql(query).pl().filter(pl.col("role") == "validation")
+        con.execute(
+            """
+            UPDATE core.events
+            SET event_type = CASE event_type WHEN 'view' THEN 'purchase' ELSE 'view' END,
+                price = price * 3 + 1, product_id = product_id + 7,
+                event_time = event_time + INTERVAL 2 HOUR
+            WHERE event_time >= $cutoff""",
+            {"cutoff": cutoff},
+        )
+        con.execute(
+            """
+            UPDATE core.fact_sessions SET end_time = end_time + INTERVAL 2 HOUR
+            WHERE end_time >= $cutoff""",
+            {"cutoff": cutoff},
+        )
+        after = con.sql(query).pl().filter(pl.col("role") == "validation")
+    finally:
+        con.close()
+    columns = [c for c in before.columns if c != "label"]
+    assert before.height > 1000
+    b, a = before.sort("user_id"), after.sort("user_id")
+    changed = [c for c in columns if not b[c].equals(a[c])]
+    assert changed == []
+    assert not before["label"].equals(after["label"])  # the label does look ahead
+
+
+def test_rules_equal_an_independent_polars_computation(warehouse: Path) -> None:
+    rules = _query(warehouse, "SELECT * FROM ml.product_affinity WHERE basket_kind = 'session'")
+    events = _query(
+        warehouse,
+        "SELECT user_session::VARCHAR AS basket, product_id "
+        "FROM core.events WHERE event_type = 'purchase' "
+        "AND user_session IS NOT NULL",
+    )
+    baskets = events.unique()
+    baskets = baskets.filter(
+        pl.col("basket").is_in(
+            baskets.group_by("basket").len().filter(pl.col("len") <= 50)["basket"].implode()
+        )
+    )
+    n = baskets["basket"].n_unique()
+    items = baskets.group_by("product_id").agg(pl.len().alias("n_a"))
+    pairs = (
+        baskets.join(baskets, on="basket", suffix="_b")
+        .filter(pl.col("product_id") != pl.col("product_id_b"))
+        .group_by("product_id", "product_id_b")
+        .agg(pl.len().alias("n_ab"))
+        .filter(pl.col("n_ab") >= 5)
+        .join(items, on="product_id")
+        .join(items.rename({"product_id": "product_id_b", "n_a": "n_b"}), on="product_id_b")
+        .with_columns(
+            (pl.col("n_ab") / n).alias("support"),
+            (pl.col("n_ab") / pl.col("n_a")).alias("confidence"),
+            (pl.col("n_ab") * n / (pl.col("n_a") * pl.col("n_b"))).alias("lift"),
+        )
+        .filter(pl.col("lift") >= 1.2)
+        .sort("product_id", "product_id_b")
+    )
+    mine = rules.sort("antecedent", "consequent")
+    assert pairs.height > 0
+    assert mine["antecedent"].to_list() == pairs["product_id"].to_list()
+    assert mine["consequent"].to_list() == pairs["product_id_b"].to_list()
+    for col in ("support", "confidence", "lift"):
+        assert np.allclose(mine[col].to_numpy(), pairs[col].to_numpy(), rtol=1e-9), col
+
+
+def test_recommendations_cover_cold_start_and_never_self(warehouse: Path) -> None:
+    recs = _query(warehouse, "SELECT * FROM ml.recommendations")
+    products = _query(
+        warehouse,
+        "SELECT product_id, min(event_time) AS first_seen, "
+        "count(*) FILTER (WHERE event_type = 'purchase') AS bought "
+        "FROM core.events GROUP BY ALL",
+    )
+    assert (recs["product_id"] != recs["recommended_product_id"]).all()
+    per = recs.group_by("product_id").agg(pl.len().alias("n"), pl.col("rank").max().alias("r"))
+    assert per["n"].max() <= 10 and (per["n"] == per["r"]).all()
+    assert set(recs["source"].unique()) <= {"rule", "co-view", "fallback"}
+    cold = products.filter(
+        (pl.col("first_seen") >= datetime(2019, 11, 1)) & (pl.col("bought") == 0)
+    )
+    assert cold.height > 0
+    covered = cold.join(per, on="product_id", how="left")["n"].fill_null(0)
+    assert (covered > 0).mean() > 0.95  # a product alone in its category has no peer
+
+
+def test_power_tables_equal_the_stats_module(warehouse: Path) -> None:
+    table = _query(warehouse, "SELECT * FROM experiments.ab_power_tables")
+    sizes = table.filter(pl.col("table") == "conversion_sample_size")
+    assert sizes.filter(pl.col("baseline_source").str.starts_with("segment")).height > 0
+    for row in sizes.sample(20, seed=1).iter_rows(named=True):
+        want = stats.sample_size_two_proportions(
+            row["baseline"],
+            row["relative_lift"],
+            alpha=row["alpha"],
+            power=row["power"],
+            alternative=row["alternative"],
+        ).n_control
+        assert row["n_per_arm"] == want
+    plans = _query(warehouse, "SELECT * FROM experiments.segment_test_plans")
+    assert plans["segment"][0] == "Cant Lose Them"
+    sim = _query(warehouse, "SELECT * FROM experiments.reactivation_simulation")
+    assert sim["simulated"].all()
+    cuped = sim.filter(pl.col("method").str.starts_with("CUPED")).row(0, named=True)
+    assert 0 < cuped["variance_reduction"] < 1
