@@ -10,6 +10,7 @@ from cip_pipeline import sql
 from cip_pipeline.assets.common import (
     FLOAT_TOLERANCE,
     ON_ANY_MONTH_CHANGE,
+    ON_NEIGHBOUR_CHANGE,
     check_spec,
     fetch_row,
     headline,
@@ -50,6 +51,7 @@ def rfm_rules() -> str:
     kinds={"duckdb"},
     io_manager_key="sql_io_manager",
     pool=WAREHOUSE_POOL,
+    automation_condition=ON_NEIGHBOUR_CHANGE,
     metadata={PARTITION_EXPR: "month"},
     description="Profile of the month's events as a tidy table (section, key, metric): per "
     "column null share, distinct count, min and max; event mix; price quantiles per top-level "

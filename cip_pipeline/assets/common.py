@@ -120,6 +120,16 @@ def zero_counts(row: Mapping[str, Any], names: Sequence[str]) -> tuple[bool, dic
     return all((row[n] or 0) == 0 for n in names), {n: metadata_value(row[n]) for n in names}
 
 
+# A month derived from its neighbours (sessions crossing a month boundary) is derived again
+# when a neighbouring month's events change after it was built, e.g. month M+1 landing after
+# M. Only partitions built before are refreshed: months without data stay unmaterialized.
+ON_NEIGHBOUR_CHANGE = (
+    ~dg.AutomationCondition.missing()
+    & dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("rebuild when an upstream month changes")
+
 # Tables over all months refresh when missing or when any of their upstream assets, or any
 # month partition of them, has been updated. `AutomationCondition.eager()` would never fire
 # for them: it waits while any upstream partition is missing, and the monthly partitions run

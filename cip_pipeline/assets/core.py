@@ -24,8 +24,9 @@ into M+1 lack their M+1 events and M+1 leaves them out: `reconciles_with_events`
 fails (some of its events lie outside every session row) until `fact_sessions[M]` (and what
 depends on it) is materialized again. Likewise M+1 must be derived again when M is loaded
 after it. Dagster shows the partition as having a newer upstream (it depends on
-`core/events[M+1]`), and `cip run` does it by itself: it loads every month before deriving
-any, and re-derives the month before the first one it loads.
+`core/events[M+1]`); its automation condition (`ON_NEIGHBOUR_CHANGE`) has the automation
+sensor rebuild it, and `cip run` does it by itself: it loads every month before deriving
+any, and re-derives the already loaded neighbours of the months it loads.
 """
 
 import warnings
@@ -38,6 +39,7 @@ import duckdb
 from cip_pipeline import sql
 from cip_pipeline.assets.common import (
     ON_ANY_MONTH_CHANGE,
+    ON_NEIGHBOUR_CHANGE,
     check_spec,
     fetch_row,
     headline,
@@ -135,6 +137,7 @@ def _neighbouring_months() -> dg.TimeWindowPartitionMapping:
     kinds={"duckdb"},
     io_manager_key="sql_io_manager",
     pool=WAREHOUSE_POOL,
+    automation_condition=ON_NEIGHBOUR_CHANGE,
     metadata={PARTITION_EXPR: "start_time"},
     description="One row per session (user_session) whose first event lies in the month, "
     "with all its events, including those in the first hours of the next month: user, "
@@ -260,6 +263,7 @@ def fact_sessions_checks(
     kinds={"duckdb"},
     io_manager_key="sql_io_manager",
     pool=WAREHOUSE_POOL,
+    automation_condition=ON_NEIGHBOUR_CHANGE,
     metadata={PARTITION_EXPR: "day"},
     description="One row per day: events, DAU, sessions, views, carts, purchases, buyers, "
     "revenue, average order value, view->cart and cart->purchase rates, session conversion.",
