@@ -5,8 +5,9 @@ from __future__ import annotations
 import dagster as dg
 
 from cip_pipeline import automation
-from cip_pipeline.assets import analytics, core, ingest
+from cip_pipeline.assets import analytics, core, experiments, ingest, ml
 from cip_pipeline.io_managers import DuckDBPolarsIOManager, DuckDBSqlIOManager
+from cip_pipeline.io_managers.model_io_manager import ModelRegistryIOManager
 from cip_pipeline.resources import LakeResource, WarehouseResource
 
 # A month's partitions come in two stages: loading the month, then what is derived from it.
@@ -21,6 +22,8 @@ PARTITIONED_CHECKS = [*LOAD_CHECKS, *DERIVED_CHECKS]
 UNPARTITIONED_ASSETS: list[dg.AssetsDefinition] = [
     *core.UNPARTITIONED_ASSETS,
     *analytics.UNPARTITIONED_ASSETS,
+    *ml.ASSETS,
+    *experiments.ASSETS,
 ]
 UNPARTITIONED_CHECKS: list[dg.AssetChecksDefinition] = [
     *core.UNPARTITIONED_CHECKS,
@@ -36,6 +39,7 @@ def resources() -> dict[str, object]:
         "warehouse": warehouse,
         "sql_io_manager": DuckDBSqlIOManager(warehouse=warehouse),
         "polars_io_manager": DuckDBPolarsIOManager(warehouse=warehouse),
+        "model_io_manager": ModelRegistryIOManager(warehouse=warehouse),
     }
 
 
