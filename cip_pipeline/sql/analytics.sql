@@ -15,7 +15,7 @@
 --   ingest             <reason>               loaded / duplicate / quarantined: rows
 -- Price quantiles come from the (category, price) histogram: prices have few distinct values,
 -- so no list of a month's prices is ever held in memory.
-WITH stats AS (
+WITH stats AS MATERIALIZED (
     SELECT count(*) AS rows,
            count(event_time) AS n_event_time,
            count(DISTINCT event_time) AS d_event_time,
@@ -92,7 +92,7 @@ histogram AS (
     FROM code_prices
     GROUP BY category, price
 ),
-ranked AS (
+ranked AS MATERIALIZED (
     SELECT category, price, n,
            (sum(n) OVER (PARTITION BY category ORDER BY price
                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - n)::BIGINT AS below,
@@ -100,22 +100,25 @@ ranked AS (
     FROM histogram
 ),
 positions AS (
-    SELECT c.category, c.total, q.metric, q.pos,
-           (c.total - 1)::DOUBLE * q.q AS h
+    SELECT c.category, q.metric, q.pos,
+           (c.total - 1)::DOUBLE * q.q AS h,
+           floor((c.total - 1)::DOUBLE * q.q)::BIGINT AS k_lo,
+           ceil((c.total - 1)::DOUBLE * q.q)::BIGINT AS k_hi
     FROM (SELECT DISTINCT category, total FROM ranked) AS c
     CROSS JOIN (VALUES ('min', 2, 0.0), ('p25', 3, 0.25), ('p50', 4, 0.5), ('p75', 5, 0.75),
                        ('p95', 6, 0.95), ('max', 7, 1.0)) AS q(metric, pos, q)
 ),
-quantiles AS (
-    SELECT p.category, p.metric, p.pos,
-           lo.price + (p.h - floor(p.h)) * (hi.price - lo.price) AS value
+-- The k-th smallest price (0-based) is the price of the histogram row with the greatest
+-- `below` <= k: an ASOF join, then linear interpolation between the two neighbours.
+lower_values AS (
+    SELECT p.*, r.price AS lo
     FROM positions AS p
-    JOIN ranked AS lo
-        ON lo.category = p.category
-        AND lo.below <= floor(p.h)::BIGINT AND floor(p.h)::BIGINT < lo.below + lo.n
-    JOIN ranked AS hi
-        ON hi.category = p.category
-        AND hi.below <= ceil(p.h)::BIGINT AND ceil(p.h)::BIGINT < hi.below + hi.n
+    ASOF JOIN ranked AS r ON p.category = r.category AND p.k_lo >= r.below
+),
+quantiles AS (
+    SELECT l.category, l.metric, l.pos, l.lo + (l.h - l.k_lo) * (r.price - l.lo) AS value
+    FROM lower_values AS l
+    ASOF JOIN ranked AS r ON l.category = r.category AND l.k_hi >= r.below
 ),
 tidy AS (
     SELECT 'table' AS section, 0 AS section_pos, 'core.events' AS key, 0 AS key_pos,
