@@ -129,15 +129,27 @@ def raw_file_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> 
     )
 
 
+# Materialize an asset over all months when it is missing or any upstream month was updated
+# since it last ran. (Plain `eager()` never fires here: the monthly partitions run to the month
+# after today, so some upstream partition is always missing.)
+ON_ANY_MONTH_CHANGE = (
+    (dg.AutomationCondition.missing().newly_true() | dg.AutomationCondition.any_deps_updated())
+    .since_last_handled()
+    .with_label("missing, or any upstream month updated")
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("refresh when any month changes")
+
+
 def downstream_automation(
     unpartitioned: Sequence[dg.AssetsDefinition],
 ) -> dg.AutomationConditionSensorDefinition:
-    """Assets over all months follow their upstream months declaratively: eager means
-    'materialize after any upstream partition updates', with no second schedule."""
+    """Assets over all months follow their upstream months declaratively, with no second
+    schedule: those without a condition of their own get ON_ANY_MONTH_CHANGE."""
     return dg.AutomationConditionSensorDefinition(
         "downstream_automation",
         target=dg.AssetSelection.assets(*unpartitioned),
-        default_condition=dg.AutomationCondition.eager(),
+        default_condition=ON_ANY_MONTH_CHANGE,
         use_user_code_server=True,
         default_status=SENSOR_STATUS,
         minimum_interval_seconds=60,

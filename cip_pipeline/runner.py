@@ -77,6 +77,7 @@ class RunSummary:
     checks_passed: int = 0
     check_problems: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 def _summarize(
@@ -108,6 +109,13 @@ def _summarize(
                 f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} ({severity})"
             )
     for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
+            observation = event.asset_observation_data.asset_observation
+            reason = observation.metadata.get("skipped")
+            if reason is not None:
+                summary.skipped.append(f"{observation.asset_key.to_user_string()}: {reason.value}")
+        if event.event_type == dg.DagsterEventType.STEP_SKIPPED:
+            summary.skipped.append(f"{event.step_key}: nothing upstream to build on")
         if event.is_step_failure:
             error = event.step_failure_data.error
             while error is not None and error.cause is not None:  # the user code's own error
@@ -132,6 +140,8 @@ def print_summary(summary: RunSummary, out: TextIO = sys.stdout) -> None:
             summary.check_problems
         )
     print(checks, file=out)
+    for skipped in summary.skipped:
+        print(f"  skipped {skipped}", file=out)
     for failure in summary.failures:
         print(f"  FAILED {failure}", file=out)
 

@@ -140,6 +140,10 @@ def test_cip_run_on_partial_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     text = out.getvalue()
     assert "skipped 2019-11: no raw file" in text
     assert "2019-10  [ok" in text and "core/events" in text
+    # One short month: the model and the simulation say why they did not run, no failure.
+    assert "skipped ml/propensity_model: not enough history" in text
+    assert "skipped ml__propensity_scores" in text
+    assert "Traceback" not in text
     assert (tmp_path / "dagster_home" / "dagster.yaml").exists()
 
 

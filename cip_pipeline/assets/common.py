@@ -10,6 +10,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 
+from cip_pipeline import automation
 from cip_pipeline.partitions import monthly
 
 # Floating figures (rates, shares) must agree to this relative tolerance in checks.
@@ -130,14 +131,5 @@ ON_NEIGHBOUR_CHANGE = (
     & ~dg.AutomationCondition.in_progress()
 ).with_label("rebuild when an upstream month changes")
 
-# Tables over all months refresh when missing or when any of their upstream assets, or any
-# month partition of them, has been updated. `AutomationCondition.eager()` would never fire
-# for them: it waits while any upstream partition is missing, and the monthly partitions run
-# to the month after today, far past the months that hold data.
-ON_ANY_MONTH_CHANGE = (
-    (dg.AutomationCondition.missing().newly_true() | dg.AutomationCondition.any_deps_updated())
-    .since_last_handled()
-    .with_label("missing, or any upstream month updated")
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.in_progress()
-).with_label("refresh when any month changes")
+# Tables over all months: see automation.ON_ANY_MONTH_CHANGE.
+ON_ANY_MONTH_CHANGE = automation.ON_ANY_MONTH_CHANGE

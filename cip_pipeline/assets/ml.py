@@ -82,6 +82,22 @@ def _metrics_dict(m: prop.Metrics) -> dict[str, object]:
     return asdict(m)
 
 
+def _skipped_model(
+    context: dg.AssetExecutionContext, reason: str
+) -> Iterator[dg.AssetObservation | dg.AssetCheckResult]:
+    """No model this time: say why, and record the check as not evaluated (a warning, so
+    the run does not fail on data that is merely too short)."""
+    context.log.info(f"skipped: {reason}")
+    yield dg.AssetObservation(asset_key=MODEL_KEY, metadata={"skipped": reason})
+    yield dg.AssetCheckResult(
+        check_name="beats_best_baseline",
+        asset_key=MODEL_KEY,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"skipped": reason},
+    )
+
+
 @dg.asset(
     key=MODEL_KEY,
     deps=[FEATURES_KEY],
@@ -119,12 +135,18 @@ def propensity_model(
                 "whose label window ends before a later validation snapshot (about "
                 "five weeks of data with the default 14-day horizon)"
             )
-            context.log.warning(f"skipped: {reason}")
-            yield dg.AssetObservation(asset_key=MODEL_KEY, metadata={"skipped": reason})
+            yield from _skipped_model(context, reason)
             return
         users = dict(zip(sizes["snapshot"].to_list(), sizes["users"].to_list(), strict=True))
         train = pl.concat([_load_snapshot(con, s, users[s]) for s in train_snaps])
         val = _load_snapshot(con, val_snaps[0], users[val_snaps[0]])
+    if any(frame["label"].n_unique() < 2 for frame in (train, val)):
+        reason = (
+            "the training or validation snapshot holds only buyers or only non-buyers: "
+            "too few users to learn from or to validate on"
+        )
+        yield from _skipped_model(context, reason)
+        return
 
     threads = Budget.from_env().threads_per_run
     x_train, brand_codes = prop.encode(train)
