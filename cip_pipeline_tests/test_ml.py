@@ -14,7 +14,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cip_pipeline import sql, stats
+from cip_pipeline import stats
+from cip_pipeline.assets.ml import build_feature_staging
 from cip_pipeline.generator import generate
 from cip_pipeline.ml import propensity as prop
 from cip_pipeline.runner import run_pipeline
@@ -141,12 +142,11 @@ def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path
     db.write_bytes(warehouse.read_bytes())
     cutoff = datetime(2019, 10, 29)
     plan = prop.SnapshotPlan([], cutoff, datetime(2019, 12, 1), 14, 28)
-    query = sql.statement(
-        "ml", "propensity_features", cutoffs=plan.values_sql(), window_days="28", horizon_days="14"
-    )
+    query = "SELECT * FROM ml.feature_staging WHERE role = 'validation'"
     con = duckdb.connect(str(db))
     try:
-        before = con.sql(query).pl().filter(pl.col("role") == "validation")
+        build_feature_staging(con, plan)
+        before = con.sql(query).pl()
         con.execute(
             """
             UPDATE core.events
@@ -162,7 +162,8 @@ def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path
             WHERE end_time >= $cutoff""",
             {"cutoff": cutoff},
         )
-        after = con.sql(query).pl().filter(pl.col("role") == "validation")
+        build_feature_staging(con, plan)
+        after = con.sql(query).pl()
     finally:
         con.close()
     columns = [c for c in before.columns if c != "label"]

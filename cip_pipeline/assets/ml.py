@@ -55,16 +55,34 @@ def propensity_features(
     plan = _plan(warehouse, config)
     if plan is None:
         raise dg.Failure("core.events is empty")
+    with warehouse.connect() as con:
+        build_feature_staging(con, plan)
     context.add_output_metadata({"windows": dg.MetadataValue.json(plan.describe())})
-    return SqlQuery(
-        sql.statement(
+    return SqlQuery("SELECT * FROM ml.feature_staging")
+
+
+def build_feature_staging(con: duckdb.DuckDBPyConnection, plan: prop.SnapshotPlan) -> None:
+    """Fill ml.feature_staging one snapshot at a time, from user-day tables built once."""
+    until = f"{plan.score:%Y-%m-%d %H:%M:%S}"
+    con.execute("CREATE SCHEMA IF NOT EXISTS ml")
+    con.execute(sql.statement("ml", "feature_user_days", until=until))
+    con.execute(sql.statement("ml", "feature_carts_not_bought", until=until))
+    for i, (cutoff, role, labelled) in enumerate(plan.cutoffs()):
+        snapshot = sql.statement(
             "ml",
-            "propensity_features",
-            cutoffs=plan.values_sql(),
-            window_days=str(config.window_days),
-            horizon_days=str(config.horizon_days),
+            "propensity_snapshot",
+            cutoff=f"{cutoff:%Y-%m-%d %H:%M:%S}",
+            role=role,
+            labelled=str(labelled).lower(),
+            window_days=str(plan.window_days),
+            horizon_days=str(plan.horizon_days),
         )
-    )
+        verb = (
+            "CREATE OR REPLACE TABLE ml.feature_staging AS"
+            if i == 0
+            else ("INSERT INTO ml.feature_staging")
+        )
+        con.execute(f"{verb} {snapshot}")
 
 
 def _load_snapshot(con: duckdb.DuckDBPyConnection, snapshot: datetime, users: int) -> pl.DataFrame:

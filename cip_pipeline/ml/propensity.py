@@ -76,14 +76,13 @@ class SnapshotPlan:
     def usable(self) -> bool:
         return self.validation is not None and len(self.train) >= 1
 
-    def values_sql(self) -> str:
+    def cutoffs(self) -> list[tuple[datetime, str, bool]]:
+        """(cutoff, role, labelled) of every snapshot, oldest first."""
         rows = [(c, "train", True) for c in self.train]
         if self.validation is not None:
             rows.append((self.validation, "validation", True))
         rows.append((self.score, "score", False))
-        return ", ".join(
-            f"(TIMESTAMP '{c:%Y-%m-%d %H:%M:%S}', '{r}', {str(lab).lower()})" for c, r, lab in rows
-        )
+        return rows
 
     def describe(self) -> dict[str, object]:
         h = timedelta(days=self.horizon_days)
