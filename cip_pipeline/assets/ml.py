@@ -21,7 +21,7 @@ from cip_pipeline.resources import WarehouseResource
 FEATURES_KEY = dg.AssetKey(["ml", "propensity_features"])
 MODEL_KEY = dg.AssetKey(["ml", "propensity_model"])
 # Rows of each snapshot that reach Python: a uniform hash sample keeps metrics unbiased.
-MAX_ROWS_PER_SNAPSHOT = 250_000
+MAX_ROWS_PER_SNAPSHOT = 100_000
 SCORING_CHUNKS_PER_MILLION = 4
 
 
@@ -67,6 +67,7 @@ def build_feature_staging(con: duckdb.DuckDBPyConnection, plan: prop.SnapshotPla
     con.execute("CREATE SCHEMA IF NOT EXISTS ml")
     con.execute(sql.statement("ml", "feature_user_days", until=until))
     con.execute(sql.statement("ml", "feature_carts_not_bought", until=until))
+    con.execute(sql.statement("ml", "feature_purchase_days"))
     for i, (cutoff, role, labelled) in enumerate(plan.cutoffs()):
         snapshot = sql.statement(
             "ml",

@@ -60,6 +60,13 @@ WHERE event_type = 'cart' AND event_time < TIMESTAMP '{until}'
       AND date_trunc('day', p.event_time) = date_trunc('day', e.event_time))
 GROUP BY ALL
 
+-- name: feature_purchase_days
+-- Days on which each user bought: what every snapshot's label looks up.
+CREATE OR REPLACE TABLE ml.feature_purchase_days AS
+SELECT DISTINCT user_id, date_trunc('day', event_time) AS day
+FROM core.events
+WHERE event_type = 'purchase'
+
 -- name: propensity_snapshot
 -- One snapshot: a row per user active in the window before the cutoff. Every feature reads
 -- only days strictly before the cutoff (a midnight); the label reads only
@@ -123,11 +130,10 @@ abandoned AS (
     GROUP BY ALL
 ),
 labels AS (
-    SELECT c.cutoff, u.user_id, true AS purchased
+    SELECT c.cutoff, p.user_id, true AS purchased
     FROM cutoffs AS c
-    JOIN (SELECT user_id, date_trunc('day', event_time) AS day
-          FROM core.events WHERE event_type = 'purchase') AS u
-      ON u.day >= c.cutoff AND u.day < c.cutoff + INTERVAL {horizon_days} DAY
+    JOIN ml.feature_purchase_days AS p
+      ON p.day >= c.cutoff AND p.day < c.cutoff + INTERVAL {horizon_days} DAY
     WHERE c.labelled
     GROUP BY ALL
 ),
@@ -274,12 +280,16 @@ from_rules AS (
     GROUP BY ALL
 ),
 session_views AS (
+    -- The last four weeks' sessions that viewed 2 to 20 products: co-views are about what
+    -- is browsed together now, and long sessions add pairs quadratically.
     SELECT user_session, product_id
     FROM core.events
     WHERE event_type = 'view' AND user_session IS NOT NULL
       AND event_time < TIMESTAMP '{cutoff}'
+      AND event_time >= (SELECT max(event_time) FROM core.events
+                         WHERE event_time < TIMESTAMP '{cutoff}') - INTERVAL 28 DAY
     GROUP BY user_session, product_id
-    QUALIFY count(*) OVER (PARTITION BY user_session) <= {max_basket}
+    QUALIFY count(*) OVER (PARTITION BY user_session) BETWEEN 2 AND 20
 ),
 co_views AS (
     SELECT a.product_id, b.product_id AS recommended_product_id,
