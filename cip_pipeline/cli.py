@@ -118,8 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_run_at_a_time() -> None:
+    """`cip run` and `cip bench` execute their runs one after another in this process, so the
+    process is the only run: it gets the whole memory budget's cores (the budget's split
+    among concurrent runs is for runs the daemon launches)."""
+    import os
+
+    from cip_pipeline.budget import available_cores
+
+    os.environ["CIP_MEMORY_BUDGET"] = os.environ.get("CIP_RUN_MEMORY", "2GiB")
+    if "polars" not in sys.modules:  # Polars reads this once, when it is first imported
+        os.environ["POLARS_MAX_THREADS"] = str(available_cores())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "bench"):
+        _one_run_at_a_time()
     return int(args.func(args))
 
 

@@ -3,7 +3,7 @@
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import dagster as dg
 import duckdb
@@ -65,7 +65,22 @@ def build_feature_staging(con: duckdb.DuckDBPyConnection, plan: prop.SnapshotPla
     """Fill ml.feature_staging one snapshot at a time, from user-day tables built once."""
     until = f"{plan.score:%Y-%m-%d %H:%M:%S}"
     con.execute("CREATE SCHEMA IF NOT EXISTS ml")
-    con.execute(sql.statement("ml", "feature_user_days", until=until))
+    first = con.execute("SELECT min(event_time) FROM core.events").fetchall()[0][0]
+    week, since = timedelta(days=7), datetime(first.year, first.month, first.day)
+    while since < plan.score:
+        chunk = sql.statement(
+            "ml",
+            "feature_user_days",
+            since=f"{since:%Y-%m-%d %H:%M:%S}",
+            until=f"{min(since + week, plan.score):%Y-%m-%d %H:%M:%S}",
+        )
+        verb = (
+            "CREATE OR REPLACE TABLE ml.feature_user_days AS"
+            if since == datetime(first.year, first.month, first.day)
+            else "INSERT INTO ml.feature_user_days"
+        )
+        con.execute(f"{verb} {chunk}")
+        since += week
     con.execute(sql.statement("ml", "feature_carts_not_bought", until=until))
     con.execute(sql.statement("ml", "feature_purchase_days"))
     for i, (cutoff, role, labelled) in enumerate(plan.cutoffs()):

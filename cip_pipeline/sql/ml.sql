@@ -7,13 +7,14 @@ SELECT min(event_time), max(event_time) FROM core.events
 -- Built once per run of ml/propensity_features: one row per user and day before the last
 -- cutoff, the unit every window sums over, with the day's most viewed top-level category and
 -- brand (ties: the alphabetically last, so it is deterministic). Products per day are counted
--- with HyperLogLog (about 2% error), which keeps memory flat at full scale.
-CREATE OR REPLACE TABLE ml.feature_user_days AS
+-- with HyperLogLog (about 2% error). Run one week of events [since, until) at a time: a
+-- user-day never spans two weeks, and each pass stays inside DuckDB's memory budget.
 WITH view_mix AS (
     SELECT user_id, date_trunc('day', event_time) AS day,
            split_part(category_code, '.', 1) AS category, brand, count(*) AS n
     FROM core.events
-    WHERE event_type = 'view' AND event_time < TIMESTAMP '{until}'
+    WHERE event_type = 'view'
+      AND event_time >= TIMESTAMP '{since}' AND event_time < TIMESTAMP '{until}'
     GROUP BY ALL
 ),
 day_category AS (
@@ -41,7 +42,7 @@ FROM (
            max(event_time) FILTER (WHERE event_type = 'cart') AS last_cart,
            approx_count_distinct(product_id) AS products
     FROM core.events
-    WHERE event_time < TIMESTAMP '{until}'
+    WHERE event_time >= TIMESTAMP '{since}' AND event_time < TIMESTAMP '{until}'
     GROUP BY ALL
 ) AS d
 LEFT JOIN day_category AS c USING (user_id, day)
