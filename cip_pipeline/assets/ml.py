@@ -23,6 +23,8 @@ MODEL_KEY = dg.AssetKey(["ml", "propensity_model"])
 # Rows of each snapshot that reach Python: a uniform hash sample keeps metrics unbiased.
 MAX_ROWS_PER_SNAPSHOT = 100_000
 SCORING_CHUNKS_PER_MILLION = 4
+# Below this many buyers (or non-buyers) per side, PR-AUC comparisons are noise.
+MIN_BUYERS = 200
 
 
 class PropensityConfig(dg.Config):
@@ -174,10 +176,14 @@ def propensity_model(
         users = dict(zip(sizes["snapshot"].to_list(), sizes["users"].to_list(), strict=True))
         train = pl.concat([_load_snapshot(con, s, users[s]) for s in train_snaps])
         val = _load_snapshot(con, val_snaps[0], users[val_snaps[0]])
-    if any(frame["label"].n_unique() < 2 for frame in (train, val)):
+    buyers = [int(frame["label"].sum()) for frame in (train, val)]
+    if min(buyers) < MIN_BUYERS or any(
+        f.height - b < MIN_BUYERS for f, b in zip((train, val), buyers, strict=True)
+    ):
         reason = (
-            "the training or validation snapshot holds only buyers or only non-buyers: "
-            "too few users to learn from or to validate on"
+            f"too few users to learn from or to validate on: {buyers[0]} buyers in the "
+            f"training snapshots, {buyers[1]} in the validation one (at least "
+            f"{MIN_BUYERS} each, and as many non-buyers)"
         )
         yield from _skipped_model(context, reason)
         return

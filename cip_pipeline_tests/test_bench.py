@@ -1,0 +1,34 @@
+"""`cip bench` on a small sample: every asset gets its figures, and the report is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cip_pipeline import definitions
+from cip_pipeline.bench import run_bench, to_markdown, write_report
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_reports_every_asset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
+    report = run_bench(60_000, seed=3, repeat=1, refresh=True)
+    expected = {a.key.to_user_string() for a in definitions.PARTITIONED_ASSETS} | {
+        a.key.to_user_string() for a in definitions.UNPARTITIONED_ASSETS
+    }
+    # The model and its scores need five weeks of labelled history; a tiny sample may skip them.
+    assert expected - {"ml/propensity_model", "ml/propensity_scores"} <= set(report.assets)
+    events = report.assets["events_parquet"]
+    assert events.rows and events.rows > 50_000 and events.seconds[0] > 0
+    assert all(p > 0 for f in report.assets.values() for p in f.peak_rss)
+    assert len(report.totals) == 1 and len(report.refresh_totals) == 1
+    assert 0 < report.parquet_bytes < report.raw_bytes
+    json_path, md_path = write_report(report)
+    assert json.loads(json_path.read_text())["events"] == 60_000
+    assert (
+        md_path.read_text() == to_markdown(report) and "| events_parquet |" in md_path.read_text()
+    )
+    assert (tmp_path / "bench" / "raw" / "60000-seed3" / ".complete").exists()
