@@ -10,6 +10,7 @@ from pydantic import Field
 
 from cip_pipeline import paths, sql
 from cip_pipeline.budget import Budget
+from cip_pipeline.months import month_of_raw_file, raw_file_name
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -68,8 +69,6 @@ class LakeResource(dg.ConfigurableResource):
 
     def raw_file(self, month: str) -> Path | None:
         """The month's raw file; `.csv` wins over `.csv.gz` when both exist."""
-        from cip_pipeline.months import raw_file_name
-
         for suffix in (".csv", ".csv.gz"):
             candidate = Path(self.raw_dir) / (raw_file_name(month) + suffix)
             if candidate.exists():
@@ -77,8 +76,6 @@ class LakeResource(dg.ConfigurableResource):
         return None
 
     def raw_months(self) -> list[str]:
-        from cip_pipeline.months import month_of_raw_file
-
         root = Path(self.raw_dir)
         if not root.is_dir():
             return []

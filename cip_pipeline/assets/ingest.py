@@ -32,6 +32,13 @@ def _raw_file(lake: LakeResource, partition_key: str) -> Path:
     return raw
 
 
+def _lake_counts(lake: LakeResource, month: str) -> tuple[int, dict[str, int]]:
+    """Rows in the month's events Parquet (from its footer), and quarantined rows by reason."""
+    parquet_rows = pq.ParquetFile(lake.events_path(month)).metadata.num_rows
+    reasons = pl.read_parquet(lake.quarantine_path(month), columns=["reason"])["reason"]
+    return parquet_rows, dict(reasons.value_counts().iter_rows())
+
+
 def _parquet_schema(path: Path) -> dg.TableSchema:
     schema = pq.read_schema(path)
     return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
@@ -119,12 +126,11 @@ def events_parquet_checks(
     context: dg.AssetCheckExecutionContext, lake: LakeResource
 ) -> Iterator[dg.AssetCheckResult]:
     month = month_of_partition(context.partition_key)
-    events, quarantine = lake.events_path(month), lake.quarantine_path(month)
+    events = lake.events_path(month)
     raw_rows = reader.count_raw_rows(_raw_file(lake, context.partition_key))
-    parquet_rows = pq.ParquetFile(events).metadata.num_rows
-    reasons = pl.read_parquet(quarantine, columns=["reason"])["reason"]
-    invalid = int((reasons != reader.DUPLICATE).sum())
-    duplicates = int((reasons == reader.DUPLICATE).sum())
+    parquet_rows, reasons = _lake_counts(lake, month)
+    duplicates = reasons.pop(reader.DUPLICATE, 0)
+    invalid = sum(reasons.values())
     yield dg.AssetCheckResult(
         check_name="row_accounting",
         passed=raw_rows == parquet_rows + invalid,
@@ -234,13 +240,8 @@ def core_events_checks(
 ) -> Iterator[dg.AssetCheckResult]:
     month = month_of_partition(context.partition_key)
     start, end = month_window(context.partition_key)
-    parquet_rows = pq.ParquetFile(lake.events_path(month)).metadata.num_rows
-    duplicates = int(
-        (
-            pl.read_parquet(lake.quarantine_path(month), columns=["reason"])["reason"]
-            == reader.DUPLICATE
-        ).sum()
-    )
+    parquet_rows, reasons = _lake_counts(lake, month)
+    duplicates = reasons.get(reader.DUPLICATE, 0)
     with warehouse.connect(read_only=True) as con:
         stats = con.execute(
             sql.statement("ingest", "events_partition_profile"), {"start": start, "end": end}
@@ -302,19 +303,11 @@ def core_events_checks(
 def ingest_audit(context: dg.AssetExecutionContext, lake: LakeResource) -> pl.DataFrame:
     month = month_of_partition(context.partition_key)
     start, _ = month_window(context.partition_key)
-    parquet_rows = pq.ParquetFile(lake.events_path(month)).metadata.num_rows
-    reasons = (
-        pl.read_parquet(lake.quarantine_path(month), columns=["reason"])
-        .group_by("reason")
-        .agg(pl.len().alias("rows"))
-    )
-    duplicates = int(reasons.filter(pl.col("reason") == reader.DUPLICATE)["rows"].sum())
-    outcomes = pl.concat(
-        [
-            pl.DataFrame({"reason": ["loaded"], "rows": [parquet_rows - duplicates]}),
-            reasons,
-        ],
-        how="vertical_relaxed",
+    parquet_rows, reasons = _lake_counts(lake, month)
+    loaded = parquet_rows - reasons.get(reader.DUPLICATE, 0)
+    outcomes = pl.DataFrame(
+        {"reason": ["loaded", *reasons], "rows": [loaded, *reasons.values()]},
+        schema={"reason": pl.String, "rows": pl.Int64},
     )
     return outcomes.select(
         pl.lit(start).cast(pl.Datetime("us")).alias("month"),
