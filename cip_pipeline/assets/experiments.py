@@ -11,6 +11,7 @@ import polars as pl
 
 from cip_pipeline import sql, stats
 from cip_pipeline.assets.analytics import RFM_SEGMENTS, rfm_rules
+from cip_pipeline.io_managers import SqlQuery, SqlTable
 from cip_pipeline.partitions import WAREHOUSE_POOL
 from cip_pipeline.resources import WarehouseResource
 
@@ -31,30 +32,49 @@ class ExperimentConfig(dg.Config):
     seed: int = 2019
 
 
+OUTCOMES_KEY = dg.AssetKey(["experiments", "segment_outcomes"])
+
+
+@dg.asset(
+    key=OUTCOMES_KEY,
+    deps=[RFM_SEGMENTS],
+    group_name="experiments",
+    kinds={"duckdb"},
+    io_manager_key="sql_io_manager",
+    pool=WAREHOUSE_POOL,
+    output_required=False,
+    description="Per buyer: the RFM segment as of one window before the end of the data, and "
+    "what they did in that last window (bought, revenue) with their revenue before it. The "
+    "power tables, test plans and simulation all read it.",
+)
 def segment_outcomes(
-    warehouse: WarehouseResource, window_days: int
-) -> tuple[pl.DataFrame, datetime, datetime] | None:
-    """Per buyer: segment as of (end - window), and what they did in the last window."""
+    config: ExperimentConfig, warehouse: WarehouseResource
+) -> Iterator[dg.Output | dg.AssetObservation]:
     with warehouse.connect(read_only=True) as con:
         first, last = con.execute(sql.statement("ml", "data_range")).fetchall()[0]
-        if first is None:
-            return None
-        end = datetime(last.year, last.month, last.day) + timedelta(days=1)
-        cutoff = end - timedelta(days=window_days)
-        if cutoff <= first:
-            return None
-        before = f"(SELECT * FROM core.events WHERE event_time < {sql.timestamp(cutoff)})"
-        segments = sql.statement("analytics", "rfm_segments", events=before, rules=rfm_rules())
-        frame = con.sql(
-            sql.statement(
-                "experiments",
-                "segment_outcomes",
-                segments=segments,
-                cutoff=sql.timestamp(cutoff),
-                end=sql.timestamp(end),
-            )
-        ).pl()
-    return frame, cutoff, end
+    if first is None:
+        yield _skip(OUTCOMES_KEY, NOT_ENOUGH)
+        return
+    end = datetime(last.year, last.month, last.day) + timedelta(days=1)
+    cutoff = end - timedelta(days=config.window_days)
+    if cutoff <= first:
+        yield _skip(OUTCOMES_KEY, NOT_ENOUGH)
+        return
+    before = f"(SELECT * FROM core.events WHERE event_time < {sql.timestamp(cutoff)})"
+    segments = sql.statement("analytics", "rfm_segments", events=before, rules=rfm_rules())
+    query = sql.statement(
+        "experiments",
+        "segment_outcomes",
+        segments=segments,
+        cutoff=sql.timestamp(cutoff),
+        end=sql.timestamp(end),
+    )
+    yield dg.Output(SqlQuery(query), metadata={"window": f"{cutoff:%Y-%m-%d} to {end:%Y-%m-%d}"})
+
+
+def _load_outcomes(warehouse: WarehouseResource, outcomes: SqlTable) -> pl.DataFrame:
+    with warehouse.connect(read_only=True) as con:
+        return con.sql(outcomes.select()).pl()
 
 
 def _segment_figures(frame: pl.DataFrame, window_days: int) -> pl.DataFrame:
@@ -83,7 +103,7 @@ SIM_KEY = dg.AssetKey(["experiments", "reactivation_simulation"])
 
 @dg.asset(
     key=POWER_KEY,
-    deps=[RFM_SEGMENTS],
+    ins={"outcomes": dg.AssetIn(OUTCOMES_KEY)},
     group_name="experiments",
     kinds={"polars", "duckdb"},
     io_manager_key="polars_io_manager",
@@ -95,13 +115,13 @@ SIM_KEY = dg.AssetKey(["experiments", "reactivation_simulation"])
     "test duration from each segment's daily eligible users.",
 )
 def ab_power_tables(
-    context: dg.AssetExecutionContext, config: ExperimentConfig, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: ExperimentConfig,
+    warehouse: WarehouseResource,
+    outcomes: SqlTable,
 ) -> Iterator[dg.Output | dg.AssetObservation]:
-    found = segment_outcomes(warehouse, config.window_days)
-    if found is None:
-        yield _skip(POWER_KEY, NOT_ENOUGH)
-        return
-    segments = _segment_figures(found[0], config.window_days)
+    frame = _load_outcomes(warehouse, outcomes)
+    segments = _segment_figures(frame, config.window_days)
     baselines = [("standard", p, None) for p in STANDARD_BASELINES] + [
         (f"segment: {r['segment']}", r["baseline_conversion"], r["daily_eligible_users"])
         for r in segments.iter_rows(named=True)
@@ -177,7 +197,7 @@ def ab_power_tables(
         metadata={
             "rows": table.height,
             "segments": segments.height,
-            "window": f"{found[1]:%Y-%m-%d} to {found[2]:%Y-%m-%d}",
+            "window": f"{frame['cutoff'][0]:%Y-%m-%d} to {frame['window_end'][0]:%Y-%m-%d}",
             "segment_baselines": dg.MetadataValue.json(segments.to_dicts()),
         },
     )
@@ -191,7 +211,7 @@ def _days(total_users: int, daily: float | None) -> int | None:
 
 @dg.asset(
     key=PLANS_KEY,
-    deps=[RFM_SEGMENTS],
+    ins={"outcomes": dg.AssetIn(OUTCOMES_KEY)},
     group_name="experiments",
     kinds={"polars", "duckdb"},
     io_manager_key="polars_io_manager",
@@ -202,14 +222,11 @@ def _days(total_users: int, daily: float | None) -> int | None:
     "the days its daily eligible users need to reach it.",
 )
 def segment_test_plans(
-    config: ExperimentConfig, warehouse: WarehouseResource
+    config: ExperimentConfig, warehouse: WarehouseResource, outcomes: SqlTable
 ) -> Iterator[dg.Output | dg.AssetObservation]:
-    found = segment_outcomes(warehouse, config.window_days)
-    if found is None:
-        yield _skip(PLANS_KEY, NOT_ENOUGH)
-        return
     rows = []
-    for r in _segment_figures(found[0], config.window_days).iter_rows(named=True):
+    frame = _load_outcomes(warehouse, outcomes)
+    for r in _segment_figures(frame, config.window_days).iter_rows(named=True):
         p, daily = r["baseline_conversion"], r["daily_eligible_users"]
         plan = {
             "segment": r["segment"],
@@ -234,7 +251,7 @@ def segment_test_plans(
 
 @dg.asset(
     key=SIM_KEY,
-    deps=[RFM_SEGMENTS],
+    ins={"outcomes": dg.AssetIn(OUTCOMES_KEY)},
     group_name="experiments",
     kinds={"polars", "duckdb"},
     io_manager_key="polars_io_manager",
@@ -245,16 +262,13 @@ def segment_test_plans(
     "outcomes; analysed with and without CUPED, with SRM and significance.",
 )
 def reactivation_simulation(
-    config: ExperimentConfig, warehouse: WarehouseResource
+    config: ExperimentConfig, warehouse: WarehouseResource, outcomes: SqlTable
 ) -> Iterator[dg.Output | dg.AssetObservation]:
-    found = segment_outcomes(warehouse, config.window_days)
-    users = (
-        None
-        if found is None
-        else found[0].filter(pl.col("segment").is_in([TARGET_SEGMENT, "At Risk"]))
+    users = _load_outcomes(warehouse, outcomes).filter(
+        pl.col("segment").is_in([TARGET_SEGMENT, "At Risk"])
     )
-    if users is None or users.height < 20:
-        yield _skip(SIM_KEY, NOT_ENOUGH + " (and at least 20 at-risk users)")
+    if users.height < 20:
+        yield _skip(SIM_KEY, "fewer than 20 at-risk users (Cant Lose Them, At Risk)")
         return
     rng = np.random.default_rng(config.seed)
     treated = rng.random(users.height) < 0.5
@@ -347,4 +361,4 @@ def reactivation_simulation(
     )
 
 
-ASSETS = [ab_power_tables, segment_test_plans, reactivation_simulation]
+ASSETS = [segment_outcomes, ab_power_tables, segment_test_plans, reactivation_simulation]

@@ -19,6 +19,8 @@ SELECT s.user_id,
        s.monetary::DOUBLE AS pre_revenue,
        coalesce(n.bought, false) AS bought,
        coalesce(n.revenue, 0) AS revenue,
-       n.first_active_day IS NOT NULL AS active
+       n.first_active_day IS NOT NULL AS active,
+       {cutoff} AS cutoff,
+       {end} AS window_end
 FROM segments AS s
 LEFT JOIN next_window AS n USING (user_id)
