@@ -10,6 +10,7 @@ from pydantic import Field
 
 from cip_pipeline import paths, sql
 from cip_pipeline.budget import Budget
+from cip_pipeline.duckdb_locks import connect_waiting
 from cip_pipeline.months import month_of_raw_file, raw_file_name
 
 
@@ -25,6 +26,11 @@ class WarehouseResource(dg.ConfigurableResource):
     )
     threads: int = Field(default=0, description="DuckDB threads; 0 = the run's share of cores")
     spill_dir: str = Field(default="", description="temp_directory; default beside the file")
+    lock_timeout: float = Field(
+        default=60.0,
+        description="seconds to wait, with backoff, while another process (the dashboard) holds "
+        "a conflicting lock on the file before failing",
+    )
 
     def effective_threads(self) -> int:
         return self.threads or Budget.from_env().threads_per_run
@@ -40,15 +46,28 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The warehouse file. Writers must hold the warehouse pool (one at a time)."""
+        """The warehouse file. Writers must hold the warehouse pool (one at a time); a lock
+        held by another process, such as the dashboard reading, is waited for (`lock_timeout`)."""
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(self.path, read_only=read_only, config=self._config())
+        con = connect_waiting(
+            self.path,
+            read_only=read_only,
+            config=self._config(),
+            timeout=self.lock_timeout,
+            on_wait=self._log_wait,
+        )
         try:
             if not read_only:
                 con.execute(sql.statement("warehouse", "create_types"))
             yield con
         finally:
             con.close()
+
+    def _log_wait(self, exc: duckdb.IOException) -> None:
+        dg.get_dagster_logger().warning(
+            f"{self.path} is locked by another process; retrying for up to "
+            f"{self.lock_timeout:g} s ({str(exc).splitlines()[0]})"
+        )
 
     def scratch(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB under the same budget, for work that needs no warehouse lock."""
