@@ -1,6 +1,6 @@
 # Two entry points, both self-contained on a fresh machine (see README):
 #   make run   - set up, generate the built-in sample if data/raw is empty, run the main job
-#   make test  - set up with the dev extra, lint, run the test suite
+#   make test  - set up with the dev and dashboard extras, lint, run the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,dashboard]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -67,6 +67,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from cip_pipeline.dashboard.launch import measure, serve
+
+    if args.measure:
+        return measure(repeat=args.repeat)
+    return serve(args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cip", description="Customer Intelligence Platform")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)
+
+    dash = sub.add_parser(
+        "dashboard",
+        help="the analytics dashboard over the warehouse, read-only (needs the dashboard extra)",
+    )
+    dash.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)"
+    )
+    dash.add_argument("--port", type=int, default=8501)
+    dash.add_argument(
+        "--measure",
+        action="store_true",
+        help="instead of serving, time each page's render (cold and warm caches) and print it",
+    )
+    dash.add_argument("--repeat", type=_count, default=1, help="with --measure: best of N")
+    dash.set_defaults(func=cmd_dashboard)
     return parser
 
 

@@ -1,0 +1,299 @@
+"""Experiment lab: plan an A/B test on a baseline from the warehouse with the project's own
+statistics (cip_pipeline.stats), and the segment test plans and the simulated reactivation test
+the pipeline computed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+import polars as pl
+import streamlit as st
+from scipy.stats import norm
+
+from cip_pipeline import stats
+from cip_pipeline.dashboard import data, ui
+
+ALPHAS = [0.01, 0.05, 0.10]
+POWERS = [0.7, 0.8, 0.9, 0.95]
+ALTERNATIVES = ["two-sided", "one-sided"]
+DEFAULT_LIFT_PERCENT = 10
+DEFAULT_PLANNED_DAYS = 14
+
+
+@dataclass(frozen=True)
+class Baseline:
+    label: str
+    rate: float
+    daily: float  # new eligible units per day
+    unit: str
+
+
+def baselines() -> list[Baseline]:
+    """The overall session conversion, then each RFM segment's next-window purchase rate."""
+    found: list[Baseline] = []
+    overall = data.row("overall_baseline")
+    if overall.get("baseline"):
+        found.append(
+            Baseline(
+                "All sessions: session conversion",
+                overall["baseline"],
+                overall["daily_units"],
+                "sessions",
+            )
+        )
+    try:
+        plans = data.query("segment_test_plans")
+    except data.NotBuilt:
+        plans = pl.DataFrame()
+    for r in plans.iter_rows(named=True):
+        p, daily = r["baseline_conversion"], r["daily_eligible_users"]
+        if p and 0 < p < 1 and daily:
+            found.append(Baseline(f"RFM segment: {r['segment']}", p, daily, "eligible buyers"))
+    return found
+
+
+@dataclass(frozen=True)
+class Inputs:
+    baseline: float
+    lift: float
+    alpha: float
+    power: float
+    traffic: int
+    alternative: str
+    planned_days: int
+
+
+def inputs(options: list[Baseline]) -> tuple[Baseline, Inputs]:
+    source = st.selectbox(
+        "Baseline from the warehouse",
+        range(len(options)),
+        format_func=lambda i: f"{options[i].label} ({ui.percent(options[i].rate)})",
+        key="lab_source",
+    )
+    base = options[source]
+    left, right = st.columns(2)
+    with left:
+        rate = st.slider(
+            "Baseline conversion (%)",
+            min_value=0.01,
+            max_value=max(99.0, math.ceil(base.rate * 100)),
+            value=base.rate * 100,
+            step=0.01,
+            format="%.2f",
+            key=f"lab_baseline_{source}",  # a new source starts from its own rate
+        )
+        lift = st.slider(
+            "Relative lift to detect (%)",
+            min_value=1,
+            max_value=100,
+            value=DEFAULT_LIFT_PERCENT,
+            key="lab_lift",
+        )
+        alpha = st.select_slider("Significance level α", ALPHAS, value=0.05, key="lab_alpha")
+        power = st.select_slider("Power (1 − β)", POWERS, value=0.8, key="lab_power")
+    with right:
+        default_traffic = max(1, round(base.daily))
+        traffic = st.slider(
+            f"Traffic: new {base.unit} per day",
+            min_value=1,
+            max_value=max(100, default_traffic * 10),
+            value=default_traffic,
+            key=f"lab_traffic_{source}",
+        )
+        alternative = st.radio("Test", ALTERNATIVES, horizontal=True, key="lab_alternative")
+        planned = st.slider(
+            "Planned test length for the MDE (days)",
+            min_value=1,
+            max_value=90,
+            value=DEFAULT_PLANNED_DAYS,
+            key="lab_days",
+        )
+    return base, Inputs(rate / 100, lift / 100, alpha, power, traffic, alternative, planned)
+
+
+def plan(base: Baseline, x: Inputs) -> None:
+    if x.baseline * (1 + x.lift) >= 1:
+        st.warning("Baseline x (1 + lift) must stay below 100%: lower one of them.")
+        return
+    size = stats.sample_size_two_proportions(
+        x.baseline, x.lift, alpha=x.alpha, power=x.power, alternative=x.alternative
+    )
+    days = stats.experiment_duration_days(size, x.traffic)
+    per_arm_planned = x.traffic * x.planned_days / 2
+    cols = st.columns(4)
+    cols[0].metric(
+        "Sample size per arm",
+        ui.integer(size.n_control),
+        help=f"achieved power {ui.percent(size.achieved_power, 1)} (Cohen's h, normal approx.)",
+        border=True,
+    )
+    cols[1].metric("Total sample", ui.integer(size.total), border=True)
+    cols[2].metric(
+        "Duration",
+        f"{ui.integer(days)} days",
+        help=f"both arms at {ui.integer(x.traffic)} new {base.unit} per day, all enrolled",
+        border=True,
+    )
+    try:
+        mde = stats.mde_two_proportions(
+            x.baseline, per_arm_planned, alpha=x.alpha, power=x.power, alternative=x.alternative
+        )
+        cols[3].metric(
+            f"MDE in {x.planned_days} days",
+            ui.percent(mde.relative_lift, 1),
+            help=f"relative lift; absolute {ui.percent(mde.absolute_effect, 3)} with "
+            f"{ui.integer(per_arm_planned)} per arm",
+            border=True,
+        )
+    except ValueError:
+        cols[3].metric(f"MDE in {x.planned_days} days", "not reachable", border=True)
+    distributions(x, size)
+
+
+def distributions(x: Inputs, size: stats.SampleSize) -> None:
+    """The sampling distributions of the two arms' observed conversion at that sample size."""
+    n = size.n_control
+    p_c, p_t = x.baseline, x.baseline * (1 + x.lift)
+    se_c, se_t = math.sqrt(p_c * (1 - p_c) / n), math.sqrt(p_t * (1 - p_t) / n)
+    grid = np.linspace(
+        min(p_c - 4 * se_c, p_t - 4 * se_t), max(p_c + 4 * se_c, p_t + 4 * se_t), 300
+    )
+    sides = 2 if x.alternative == "two-sided" else 1
+    threshold = p_c + norm.ppf(1 - x.alpha / sides) * math.sqrt(se_c**2 + se_t**2)
+    fig = go.Figure()
+    for name, p, se in (("control", p_c, se_c), ("treatment", p_t, se_t)):
+        fig.add_trace(
+            go.Scatter(
+                x=grid, y=norm.pdf(grid, p, se), name=f"{name} ({ui.percent(p)})", fill="tozeroy"
+            )
+        )
+    fig.add_vline(
+        x=threshold,
+        line_dash="dash",
+        annotation_text="significant beyond",
+        annotation_position="top right",
+    )
+    fig.update_layout(
+        title=f"Observed conversion per arm with {ui.integer(n)} users each",
+        xaxis_tickformat=".2%",
+        yaxis_title="density",
+        legend={"orientation": "h", "y": -0.2},
+    )
+    ui.chart(fig, key="lab_distributions")
+
+
+def segment_plans() -> None:
+    st.subheader("Segment test plans")
+    window = data.row("outcome_window")
+    plans = data.query("segment_test_plans")
+    if window.get("cutoff") is not None:
+        st.caption(
+            f"Each RFM segment (as of {ui.when(window['cutoff'])}) and what its buyers did in "
+            f"the window to {ui.when(window['window_end'])}: the sample per arm and days to "
+            "detect +20% and +50% on that purchase rate (alpha 0.05, power 0.8)."
+        )
+    st.dataframe(
+        plans,
+        hide_index=True,
+        column_config={
+            "users": st.column_config.NumberColumn(format="localized"),
+            "baseline_conversion": st.column_config.NumberColumn("baseline", format="percent"),
+            "revenue_per_user": st.column_config.NumberColumn(format="%.2f"),
+            "daily_eligible_users": st.column_config.NumberColumn("daily users", format="%.1f"),
+            "n_per_arm_lift_20": st.column_config.NumberColumn("n/arm +20%", format="localized"),
+            "days_lift_20": st.column_config.NumberColumn("days +20%", format="localized"),
+            "feasible_lift_20": st.column_config.CheckboxColumn("feasible +20%"),
+            "n_per_arm_lift_50": st.column_config.NumberColumn("n/arm +50%", format="localized"),
+            "days_lift_50": st.column_config.NumberColumn("days +50%", format="localized"),
+            "feasible_lift_50": st.column_config.CheckboxColumn("feasible +50%"),
+        },
+    )
+
+
+def simulation() -> None:
+    st.subheader("Reactivation test (simulated)")
+    sim = data.query("reactivation_simulation")
+    if sim.height == 0:
+        st.info("The simulation has not run.")
+        return
+    first = sim.row(0, named=True)
+    st.warning(
+        f"**Simulated**: {ui.integer(first['users'])} real at-risk buyers randomly assigned, "
+        f"with an injected effect of +{ui.percent(first['injected_conversion_lift'], 0)} "
+        f"conversion and +{ui.percent(first['injected_revenue_lift'], 0)} revenue per user on "
+        "the treatment's real outcomes. It shows the analysis, not a measured effect.",
+        icon=":material/science:",
+    )
+    left, right = st.columns([2, 3])
+    with left:
+        for metric, label, fmt in (
+            ("conversion", "conversion rate", ".1%"),
+            ("revenue_per_user", "revenue per user", ",.2f"),
+        ):
+            rows = sim.filter((pl.col("metric") == metric) & pl.col("ci_low").is_not_null())
+            if rows.height:
+                ui.chart(_intervals(rows, f"{label}: treatment - control, 95% interval", fmt))
+    with right:
+        st.dataframe(
+            sim.select(
+                "metric",
+                "method",
+                "estimate",
+                "ci_low",
+                "ci_high",
+                "p_value",
+                "significant",
+                "variance_reduction",
+            ),
+            hide_index=True,
+            column_config={
+                "estimate": st.column_config.NumberColumn(format="%.4f"),
+                "ci_low": st.column_config.NumberColumn(format="%.4f"),
+                "ci_high": st.column_config.NumberColumn(format="%.4f"),
+                "p_value": st.column_config.NumberColumn("p-value", format="%.4f"),
+                "variance_reduction": st.column_config.NumberColumn(
+                    "CUPED variance reduction", format="percent"
+                ),
+            },
+        )
+
+
+def _intervals(rows: pl.DataFrame, title: str, tickformat: str) -> go.Figure:
+    fig = go.Figure(
+        go.Scatter(
+            x=rows["estimate"].to_list(),
+            y=rows["method"].to_list(),
+            mode="markers",
+            marker_size=10,
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": (rows["ci_high"] - rows["estimate"]).to_list(),
+                "arrayminus": (rows["estimate"] - rows["ci_low"]).to_list(),
+            },
+        )
+    )
+    fig.add_vline(x=0, line_dash="dot")
+    fig.update_layout(title=title, xaxis_tickformat=tickformat, height=90 + 60 * rows.height)
+    return fig
+
+
+def render() -> None:
+    st.title("Experiment lab")
+    options = baselines()
+    if not options:
+        raise data.NotBuilt("core.fact_daily_kpis has no sessions yet")
+    st.subheader("Plan a test")
+    base, x = inputs(options)
+    plan(base, x)
+    with ui.section("Segment test plans"):
+        segment_plans()
+    with ui.section("Simulated reactivation test"):
+        simulation()
+
+
+if __name__ == "__main__":
+    render()

@@ -1,0 +1,160 @@
+"""User intelligence: the RFM landscape, segment shares and value, and cohort retention."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import plotly.graph_objects as go
+import polars as pl
+import streamlit as st
+
+from cip_pipeline.dashboard import data, ui
+
+COHORT_KINDS = {
+    "activity": "Activity: users by the week of their first event, active in later weeks",
+    "purchase": "Purchase: buyers by the week of their first purchase, buying again later",
+}
+
+
+def segments() -> pl.DataFrame:
+    summary = data.query("rfm_summary")
+    buyers = int(summary["users"].sum())
+    top = summary.sort("revenue_share", descending=True).row(0, named=True)
+    cols = st.columns(4)
+    cols[0].metric("Buyers", ui.integer(buyers), border=True)
+    cols[1].metric("Buyer revenue", ui.money(summary["revenue"].sum()), border=True)
+    cols[2].metric(
+        "Top segment by revenue",
+        top["segment"],
+        delta=f"{ui.percent(top['revenue_share'], 1)} of revenue",
+        delta_color="off",
+        border=True,
+    )
+    cols[3].metric(
+        "Average spend per buyer",
+        ui.money(summary["revenue"].sum() / buyers if buyers else None),
+        border=True,
+    )
+    return summary
+
+
+def landscape(summary: pl.DataFrame) -> None:
+    st.subheader("RFM landscape")
+    sample = data.query("rfm_landscape")
+    order = summary["segment"].to_list()
+    fig = px.scatter(
+        sample,
+        x="recency_days",
+        y="monetary",
+        size="frequency",
+        color="segment",
+        category_orders={"segment": order},
+        color_discrete_sequence=px.colors.qualitative.Bold,
+        hover_data=["user_id", "rfm_code", "frequency"],
+        log_y=True,
+        size_max=18,
+        opacity=0.7,
+    )
+    fig.update_layout(
+        xaxis_title="recency: days since the last purchase",
+        yaxis_title="monetary: total spend (log scale)",
+    )
+    ui.chart(fig, key="rfm_landscape")
+    st.caption(
+        f"A fixed random sample of {ui.integer(sample.height)} of "
+        f"{ui.integer(summary['users'].sum())} buyers; point size: purchase days."
+    )
+
+
+def shares(summary: pl.DataFrame) -> None:
+    st.subheader("Segment shares and value")
+    long = summary.select(
+        "segment",
+        pl.col("user_share").alias("share of buyers"),
+        pl.col("revenue_share").alias("share of revenue"),
+    ).unpivot(index="segment", variable_name="share", value_name="value")
+    left, right = st.columns([1, 1])
+    with left:
+        fig = px.bar(long, x="segment", y="value", color="share", barmode="group")
+        fig.update_layout(yaxis_tickformat=".0%", xaxis_title=None, yaxis_title=None)
+        ui.chart(fig, key="segment_shares")
+    with right:
+        st.dataframe(
+            summary.select(
+                "segment",
+                "users",
+                "user_share",
+                "revenue",
+                "revenue_share",
+                "average_spend",
+                "average_recency_days",
+                "average_frequency",
+            ),
+            hide_index=True,
+            column_config={
+                "users": st.column_config.NumberColumn(format="localized"),
+                "user_share": st.column_config.NumberColumn("share", format="percent"),
+                "revenue": st.column_config.NumberColumn(format="localized"),
+                "revenue_share": st.column_config.NumberColumn("of revenue", format="percent"),
+                "average_spend": st.column_config.NumberColumn(format="%.2f"),
+                "average_recency_days": st.column_config.NumberColumn(
+                    "recency (days)", format="%.1f"
+                ),
+                "average_frequency": st.column_config.NumberColumn("purchase days", format="%.2f"),
+            },
+        )
+
+
+def retention() -> None:
+    st.subheader("Cohort retention")
+    kind = st.radio(
+        "Cohorts",
+        list(COHORT_KINDS),
+        format_func=lambda k: COHORT_KINDS[k],
+        key="cohort_kind",
+    )
+    cohorts = data.query("cohort_retention", kind=kind)
+    if cohorts.height == 0:
+        st.info("No cohort of this kind yet.")
+        return
+    grid = cohorts.pivot("weeks_since", index="cohort_week", values="retention_rate").sort(
+        "cohort_week"
+    )
+    weeks = [c for c in grid.columns if c != "cohort_week"]
+    sizes = cohorts.filter(pl.col("weeks_since") == 0).sort("cohort_week")["cohort_users"]
+    labels = [
+        f"{w:%Y-%m-%d} ({ui.integer(n)})" for w, n in zip(grid["cohort_week"], sizes, strict=True)
+    ]
+    z = grid.select(weeks).to_numpy()
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[int(w) for w in weeks],
+            y=labels,
+            colorscale="Blues",
+            zmin=0,
+            zmax=max(
+                0.05, float(cohorts.filter(pl.col("weeks_since") > 0)["retention_rate"].max() or 0)
+            ),
+            text=[[ui.percent(v, 1) if v == v else "" for v in r] for r in z],
+            texttemplate="%{text}",
+            hovertemplate="cohort %{y}<br>week %{x}: %{z:.2%}<extra></extra>",
+        )
+    )
+    fig.update_layout(xaxis_title="weeks since the cohort's week", yaxis_title="cohort (users)")
+    fig.update_yaxes(autorange="reversed")
+    ui.chart(fig, key="retention")
+    st.caption("Week 0 is 100% by definition; the colour scale spans the later weeks.")
+
+
+def render() -> None:
+    st.title("User intelligence")
+    with ui.section("RFM segments"):
+        summary = segments()
+        landscape(summary)
+        shares(summary)
+    with ui.section("Cohort retention"):
+        retention()
+
+
+if __name__ == "__main__":
+    render()

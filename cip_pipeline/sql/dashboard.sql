@@ -1,0 +1,296 @@
+-- The dashboard's queries (cip_pipeline/dashboard), all read-only. Values are bound as $name
+-- parameters, never spliced in. They read the aggregated tables; the few that touch
+-- core.events or core.fact_sessions are bounded by a time range (zone maps skip the rest) or
+-- by a block sample.
+
+-- Home ------------------------------------------------------------------------------------
+
+-- name: headline
+-- Events, users, revenue, orders (purchase events: the data has no order id) and session
+-- conversion over every month.
+SELECT sum(k.events)::BIGINT AS events,
+       (SELECT count(*) FROM core.dim_users) AS users,
+       sum(k.revenue)::DOUBLE AS revenue,
+       sum(k.purchases)::BIGINT AS orders,
+       sum(k.sessions)::BIGINT AS sessions,
+       sum(k.converting_sessions) / nullif(sum(k.sessions), 0) AS conversion,
+       min(k.day) AS first_day,
+       max(k.day) AS last_day
+FROM core.fact_daily_kpis AS k
+
+-- name: month_rows
+-- Rows of each month by ingest outcome.
+SELECT month::DATE AS month,
+       coalesce(sum(rows) FILTER (WHERE outcome = 'loaded'), 0)::BIGINT AS loaded,
+       coalesce(sum(rows) FILTER (WHERE outcome = 'duplicate'), 0)::BIGINT AS duplicates,
+       coalesce(sum(rows) FILTER (WHERE outcome = 'quarantined'), 0)::BIGINT AS quarantined
+FROM core.ingest_audit
+GROUP BY ALL
+ORDER BY month
+
+-- name: catalog
+-- Every table of the warehouse; estimated_size is DuckDB's row count estimate.
+SELECT schema_name AS schema,
+       table_name AS name,
+       estimated_size AS rows,
+       column_count AS columns
+FROM duckdb_tables()
+WHERE database_name = current_database() AND NOT internal
+ORDER BY schema_name, table_name
+
+-- Data explorer ---------------------------------------------------------------------------
+
+-- name: profile_months
+SELECT DISTINCT month FROM analytics.data_profile ORDER BY month
+
+-- name: profile_section
+-- One section of a month's data profile (column, event_type, price_by_category, table).
+SELECT key, metric, value, value_text
+FROM analytics.data_profile
+WHERE month = $month AND section = $section
+ORDER BY key, metric
+
+-- name: daily_kpis
+SELECT day,
+       events,
+       dau,
+       sessions,
+       converting_sessions,
+       views,
+       carts,
+       purchases,
+       remove_from_carts,
+       buyers,
+       revenue::DOUBLE AS revenue,
+       average_order_value,
+       session_conversion_rate
+FROM core.fact_daily_kpis
+WHERE day >= $start AND day < $end
+ORDER BY day
+
+-- name: hourly_events
+-- Events per hour and type in [start, end): one day, read through the zone maps.
+SELECT date_trunc('hour', event_time) AS hour,
+       event_type::VARCHAR AS event_type,
+       count(*) AS events
+FROM core.events
+WHERE event_time >= $start AND event_time < $end
+GROUP BY ALL
+ORDER BY hour, event_type
+
+-- name: hour_of_day
+-- Events per hour of the day and type over a month, every row read.
+SELECT hour(event_time) AS hour_of_day,
+       event_type::VARCHAR AS event_type,
+       count(*) AS events
+FROM core.events
+WHERE event_time >= $start AND event_time < $end
+GROUP BY ALL
+ORDER BY hour_of_day, event_type
+
+-- name: hour_of_day_sampled
+-- The same from a 2% block sample (vectors of 2,048 rows, seed fixed), for months too big
+-- to read whole on every cache miss; shares by hour are what the page shows.
+SELECT hour(event_time) AS hour_of_day,
+       event_type::VARCHAR AS event_type,
+       count(*) AS events
+FROM core.events TABLESAMPLE 2% (system, 42)
+WHERE event_time >= $start AND event_time < $end
+GROUP BY ALL
+ORDER BY hour_of_day, event_type
+
+-- name: ingest_audit
+SELECT month::DATE AS month, outcome, reason, rows
+FROM core.ingest_audit
+ORDER BY month, outcome, reason
+
+-- Optimization ----------------------------------------------------------------------------
+
+-- name: events_columns
+SELECT column_name, data_type
+FROM information_schema.columns
+WHERE table_schema = 'core' AND table_name = 'events'
+ORDER BY ordinal_position
+
+-- name: database_size
+SELECT block_size, total_blocks, used_blocks, free_blocks, wal_size
+FROM pragma_database_size()
+
+-- Executive overview ----------------------------------------------------------------------
+
+-- name: period_headline
+SELECT sum(revenue)::DOUBLE AS revenue,
+       sum(purchases)::BIGINT AS orders,
+       avg(dau)::DOUBLE AS average_dau,
+       sum(sessions)::BIGINT AS sessions,
+       sum(converting_sessions) / nullif(sum(sessions), 0) AS conversion,
+       sum(revenue)::DOUBLE / nullif(sum(purchases), 0) AS average_order_value
+FROM core.fact_daily_kpis
+WHERE day >= $start AND day < $end
+
+-- name: funnel_period
+-- The session funnel of the sessions begun in [start, end), from its per-day rows (each
+-- session counts on the day it began, so the days add up to any period).
+SELECT step, step_name, sum(sessions)::BIGINT AS sessions
+FROM analytics.funnel
+WHERE dimension = 'day' AND key::DATE >= $start AND key::DATE < $end
+GROUP BY step, step_name
+ORDER BY step
+
+-- name: category_conversion_all
+-- Per top-level category over every month: sessions, and those that viewed, carted and
+-- bought (the funnel's last step).
+SELECT key AS category,
+       max(sessions) FILTER (WHERE step = 0)::BIGINT AS sessions,
+       max(sessions) FILTER (WHERE step = 3)::BIGINT AS converted
+FROM analytics.funnel
+WHERE dimension = 'category'
+GROUP BY key
+ORDER BY sessions DESC, category
+
+-- name: category_conversion_period
+-- The same for the sessions begun in [start, end), from core.fact_sessions (the funnel table
+-- has categories over every month only).
+SELECT coalesce(main_category, '(none)') AS category,
+       count(*) AS sessions,
+       count(*) FILTER (WHERE views > 0 AND has_cart AND has_purchase) AS converted
+FROM core.fact_sessions
+WHERE start_time >= $start AND start_time < $end
+GROUP BY ALL
+ORDER BY sessions DESC, category
+
+-- User intelligence -----------------------------------------------------------------------
+
+-- name: rfm_summary
+SELECT segment,
+       rule_order,
+       users,
+       user_share,
+       average_spend,
+       revenue::DOUBLE AS revenue,
+       revenue_share,
+       average_recency_days,
+       average_frequency
+FROM analytics.rfm_segment_summary
+ORDER BY rule_order
+
+-- name: rfm_landscape
+-- A fixed random sample of buyers (reservoir, seed 42): a scatter of every buyer would
+-- send hundreds of thousands of points to the browser.
+SELECT user_id, recency_days, frequency, monetary::DOUBLE AS monetary, segment, rfm_code
+FROM analytics.rfm_segments
+USING SAMPLE reservoir(4000 ROWS) REPEATABLE (42)
+
+-- name: cohort_retention
+SELECT cohort_week, weeks_since, cohort_users, active_users, retention_rate
+FROM analytics.cohort_retention
+WHERE cohort_kind = $kind
+ORDER BY cohort_week, weeks_since
+
+-- Experiment lab --------------------------------------------------------------------------
+
+-- name: overall_baseline
+-- Session conversion and sessions per day: the lab's default baseline and traffic.
+SELECT sum(converting_sessions) / nullif(sum(sessions), 0) AS baseline,
+       avg(sessions)::DOUBLE AS daily_units
+FROM core.fact_daily_kpis
+
+-- name: segment_test_plans
+SELECT * FROM experiments.segment_test_plans ORDER BY rowid
+
+-- name: outcome_window
+SELECT min(cutoff) AS cutoff, max(window_end) AS window_end, count(*) AS buyers
+FROM experiments.segment_outcomes
+
+-- name: reactivation_simulation
+SELECT * FROM experiments.reactivation_simulation ORDER BY rowid
+
+-- ML engine -------------------------------------------------------------------------------
+
+-- name: model_versions
+-- Every registered version without its booster (the booster is read for one version).
+SELECT model_name, version, created_at, params, features, windows, metrics, encodings
+FROM ml.model_registry
+ORDER BY model_name, version DESC
+
+-- name: model_booster
+SELECT booster FROM ml.model_registry WHERE model_name = $model AND version = $version
+
+-- name: score_histogram
+-- Users per score bin of width 0.02.
+SELECT least(floor(score * 50), 49)::INTEGER AS bin, count(*) AS users
+FROM ml.propensity_scores
+GROUP BY ALL
+ORDER BY bin
+
+-- name: score_deciles
+SELECT decile,
+       count(*) AS users,
+       min(score) AS min_score,
+       avg(score) AS mean_score,
+       max(score) AS max_score,
+       min(model_version) AS model_version,
+       max(scored_as_of) AS scored_as_of
+FROM ml.propensity_scores
+GROUP BY decile
+ORDER BY decile
+
+-- name: recommendation_sources
+-- How the top 10s were filled, and for how many products each route comes first.
+SELECT source,
+       count(*) AS recommendations,
+       count(*) FILTER (WHERE rank = 1) AS products_led
+FROM ml.recommendations
+GROUP BY source
+ORDER BY recommendations DESC
+
+-- name: recommended_products
+-- The most bought products whose best recommendation comes from `source` (rule, co-view or
+-- fallback, i.e. cold start), for the product picker.
+SELECT p.product_id, p.category_code, p.brand, p.purchases, p.views
+FROM core.dim_products AS p
+SEMI JOIN (
+    SELECT product_id FROM ml.recommendations WHERE rank = 1 AND source = $source
+) AS r USING (product_id)
+ORDER BY p.purchases DESC, p.views DESC, p.product_id
+LIMIT 200
+
+-- name: product
+SELECT product_id, category_id, category_code, brand, latest_price::DOUBLE AS price,
+       views, carts, purchases, first_seen, last_seen
+FROM core.dim_products
+WHERE product_id = $product
+
+-- name: recommendations_for
+-- A product's top 10 with what explains each: the association rule (strongest of the two
+-- basket kinds), co-view sessions (the score), or the category and brand match of a fallback.
+WITH rules AS (
+    SELECT consequent,
+           max(pair_baskets) AS pair_baskets,
+           max(confidence) AS confidence,
+           max(lift) AS lift
+    FROM ml.product_affinity
+    WHERE antecedent = $product
+    GROUP BY consequent
+),
+anchor AS (
+    SELECT category_id, brand FROM core.dim_products WHERE product_id = $product
+)
+SELECT r.rank,
+       r.recommended_product_id,
+       d.category_code,
+       d.brand,
+       d.latest_price::DOUBLE AS price,
+       r.source,
+       r.score,
+       rules.pair_baskets,
+       rules.confidence,
+       rules.lift,
+       d.category_id = a.category_id AS same_category,
+       d.brand IS NOT DISTINCT FROM a.brand AS same_brand
+FROM ml.recommendations AS r
+LEFT JOIN core.dim_products AS d ON d.product_id = r.recommended_product_id
+LEFT JOIN rules ON rules.consequent = r.recommended_product_id
+LEFT JOIN anchor AS a ON true
+WHERE r.product_id = $product
+ORDER BY r.rank
