@@ -5,7 +5,11 @@ from pathlib import Path
 import pytest
 
 from cip_pipeline.generator import generate
-from cip_pipeline_tests.warehouse_sample import WarehouseSample, run_sample
+from cip_pipeline_tests.warehouse_sample import (
+    WarehouseSample,
+    build_dashboard_sample,
+    run_sample,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_HEAD = REPO.parent / "shared" / "reference" / "real_samples" / "2019-Oct-head.csv"
@@ -33,3 +37,13 @@ def warehouse_sample(tmp_path_factory: pytest.TempPathFactory) -> WarehouseSampl
     generate(150_000, seed=5, out=root / "raw")
     instance, summaries = run_sample(root, ["2019-10", "2019-11"])
     return WarehouseSample(root, instance, summaries)
+
+
+@pytest.fixture(scope="session")
+def dashboard_sample(
+    warehouse_sample: WarehouseSample, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of the sample's data folder with the models and experiments built too, and a
+    Dagster home holding their materializations: what the dashboard reads. Returns the
+    folder to use as CIP_DATA_DIR."""
+    return build_dashboard_sample(warehouse_sample.root, tmp_path_factory.mktemp("dashboard"))

@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,17 +22,11 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from cip_pipeline.budget import Budget
 from cip_pipeline.generator import generate
 from cip_pipeline.runner import write_instance_config
+from cip_pipeline_tests.browser import ARTIFACTS, browser_page, free_port
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 PARTITIONED = [["events_parquet"], ["core", "events"], ["core", "ingest_audit"]]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Dagster:
@@ -105,7 +97,7 @@ def dagster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dagster]:
     home.mkdir(parents=True)
     generate(30_000, seed=4, out=data / "raw")
     write_instance_config(home, Budget.from_env())
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CIP_DATA_DIR": str(data),
@@ -204,45 +196,10 @@ def test_two_months_launched_at_once_both_succeed(dagster: Dagster) -> None:
     assert pool.slot_count == 1
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path:
-        return path
-    # Debian's package, installed by the test set-up (never a browser download).
-    for cmd in (
-        ["apt-get", "install", "-y", "-q", "chromium"],
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "chromium"],
-    ):
-        if subprocess.run(cmd, capture_output=True).returncode == 0 and shutil.which("chromium"):
-            break
-    path = shutil.which("chromium")
-    if not path:
-        pytest.fail("could not install Debian's chromium package")
-    return path
-
-
 @pytest.fixture(scope="module")
 def page() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=_chromium(),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            yield browser.new_page(viewport={"width": 1600, "height": 1000})
-        finally:
-            browser.close()
+    with browser_page() as p:
+        yield p
 
 
 def _open(page: object, url: str, wait_for: str) -> None:

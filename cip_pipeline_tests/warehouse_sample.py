@@ -4,6 +4,7 @@ the Polars oracle."""
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import polars as pl
 import pytest
 
 from cip_pipeline import definitions
-from cip_pipeline.assets import analytics, core
+from cip_pipeline.assets import analytics, core, experiments, ml
 from cip_pipeline.automation import ALL_MONTHS_JOB
-from cip_pipeline.runner import RunSummary, execute, run_months
+from cip_pipeline.budget import Budget
+from cip_pipeline.runner import RunSummary, execute, run_months, write_instance_config
 
 REL_TOLERANCE = 1e-6
 
@@ -59,6 +61,30 @@ def run_sample(
     over_all_months = [*core.UNPARTITIONED_ASSETS, *analytics.UNPARTITIONED_ASSETS]
     summaries.append(execute(defs, ALL_MONTHS_JOB, instance, "all months", assets=over_all_months))
     return instance, summaries
+
+
+def build_dashboard_sample(source: Path, folder: Path) -> Path:
+    """Copy the data folder `source` (raw files, lake, warehouse) under `folder`, then build
+    the models and experiments on it through a persistent Dagster home there. Returns the new
+    data folder."""
+    root = folder / "data"
+    shutil.copytree(source, root, ignore=shutil.ignore_patterns("spill", "dagster_home"))
+    home = root / "dagster_home"
+    home.mkdir()
+    write_instance_config(home, Budget.from_env())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIP_DATA_DIR", str(root))
+        defs = definitions.build_definitions()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        summary = execute(
+            defs,
+            ALL_MONTHS_JOB,
+            instance,
+            "models and experiments",
+            assets=[*ml.ASSETS, *experiments.ASSETS],
+        )
+    assert summary.success and not summary.skipped, summary
+    return root
 
 
 def check_problems(summaries: list[RunSummary]) -> list[str]:

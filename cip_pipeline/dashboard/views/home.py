@@ -55,15 +55,16 @@ def freshness() -> None:
     months = data.query("month_rows")
     mats = data.materializations()
     table = months.with_columns(pl.col("month").dt.strftime("%Y-%m").alias("month"))
-    if mats is not None and mats.height:
-        per_month = (
-            mats.filter(pl.col("partition").is_not_null() & pl.col("asset").is_in(MONTH_STEPS))
-            .with_columns(
-                pl.col("partition").str.slice(0, 7).alias("month"),
-                pl.col("asset").replace_strict(MONTH_STEPS),
-            )
-            .pivot("asset", index="month", values="materialized_at")
-        )
+    steps = (
+        mats.filter(pl.col("partition").is_not_null() & pl.col("asset").is_in(MONTH_STEPS))
+        if mats is not None
+        else None
+    )
+    if steps is not None and steps.height:
+        per_month = steps.with_columns(
+            pl.col("partition").str.slice(0, 7).alias("month"),
+            pl.col("asset").replace_strict(MONTH_STEPS),
+        ).pivot("asset", index="month", values="materialized_at")
         table = table.join(per_month, on="month", how="left").select(
             *months.columns, *[s for s in MONTH_STEPS.values() if s in per_month.columns]
         )
@@ -76,7 +77,8 @@ def freshness() -> None:
             .alias("Parquet written at")
         )
         st.caption(
-            "No Dagster history beside this warehouse: when each month reached the lake (UTC)."
+            "No Dagster history of the months beside this warehouse: when each month reached "
+            "the lake (UTC)."
         )
     times = {
         c: st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")

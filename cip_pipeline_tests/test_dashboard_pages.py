@@ -1,0 +1,268 @@
+"""Every dashboard page rendered by Streamlit's AppTest against the sample warehouse: no
+exception, and the figures shown equal those computed independently from the warehouse and
+the project's statistics. Also: no warehouse yet, tables not built yet, and the pipeline
+holding the file (last good data with a notice, or a clear message; never a traceback)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cip_pipeline import stats
+from cip_pipeline.dashboard import app, data
+from cip_pipeline.dashboard.launch import APP, measure_pages
+from cip_pipeline_tests import dashboard_expected as expected
+from cip_pipeline_tests.dashboard_expected import number
+from cip_pipeline_tests.warehouse_sample import WarehouseSample
+
+pytestmark = pytest.mark.slow
+PAGES = [f"views/{file}" for file, *_ in app.PAGES]
+
+
+@pytest.fixture
+def at(dashboard_sample: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
+    monkeypatch.setenv("CIP_DATA_DIR", str(dashboard_sample))
+    data.clear_caches()
+    yield AppTest.from_file(str(APP), default_timeout=60).run()
+    data.clear_caches()
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_every_page_renders(at: AppTest) -> None:
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert_clean(at)
+        assert at.title, f"{page} shows no title"
+
+
+def test_home_headline_equals_the_warehouse(at: AppTest, dashboard_sample: Path) -> None:
+    assert_clean(at)
+    shown = metrics(at)
+    want = expected.headline(dashboard_sample)
+    assert shown["Events"] == f"{want['events']:,}"
+    assert shown["Users"] == f"{want['users']:,}"
+    assert shown["Orders"] == f"{want['orders']:,}"
+    assert number(shown["Revenue"]) == pytest.approx(want["revenue"], abs=0.005)
+    assert number(shown["Conversion"]) == pytest.approx(100 * want["conversion"], abs=0.005)
+    # Freshness: one row per month of the warehouse; the months' steps were materialized by
+    # another instance here, so their times come from the lake.
+    freshness = at.dataframe[0].value
+    assert list(freshness["month"]) == ["2019-10", "2019-11"]
+    assert "Parquet written at" in freshness.columns
+    assert freshness["loaded"].sum() == want["events"]
+
+
+def test_executive_overview_per_month(at: AppTest, dashboard_sample: Path) -> None:
+    at.switch_page("views/executive.py").run()
+    assert_clean(at)
+    want = expected.headline(dashboard_sample)
+    shown = metrics(at)
+    assert number(shown["Revenue"]) == pytest.approx(want["revenue"], abs=0.005)
+    assert shown["Orders"] == f"{want['orders']:,}"
+    assert shown["Average DAU"] == f"{round(want['average_dau']):,}"
+    november = date(2019, 11, 1)
+    at.selectbox(key="executive_month").set_value(november).run()
+    assert_clean(at)
+    want = expected.headline(dashboard_sample, november)
+    shown = metrics(at)
+    assert number(shown["Revenue"]) == pytest.approx(want["revenue"], abs=0.005)
+    assert shown["Orders"] == f"{want['orders']:,}"
+    assert number(shown["Conversion"]) == pytest.approx(100 * want["conversion"], abs=0.005)
+
+
+def test_explorer_users_and_optimization(at: AppTest, dashboard_sample: Path) -> None:
+    at.switch_page("views/explorer.py").run()
+    assert_clean(at)
+    november = expected.headline(dashboard_sample, date(2019, 11, 1))
+    assert f"{november['events']:,} events in November 2019" in at.caption[0].value
+
+    at.switch_page("views/users.py").run()
+    assert_clean(at)
+    want = expected.headline(dashboard_sample)
+    assert metrics(at)["Buyers"] == f"{want['buyers']:,}"
+
+    at.switch_page("views/optimization.py").run()
+    assert_clean(at)
+    shown = metrics(at)
+    assert shown["Raw CSV"] == f"{expected.raw_mebibytes(dashboard_sample):,.1f} MiB"
+
+
+def test_experiment_lab_uses_the_project_statistics(at: AppTest, dashboard_sample: Path) -> None:
+    at.switch_page("views/experiments.py").run()
+    assert_clean(at)
+    want = expected.headline(dashboard_sample)
+    p, traffic = want["conversion"], round(want["sessions"] / want["days"])
+    size = stats.sample_size_two_proportions(p, 0.10, alpha=0.05, power=0.8)
+    shown = metrics(at)
+    assert shown["Sample size per arm"] == f"{size.n_control:,}"
+    assert shown["Total sample"] == f"{size.total:,}"
+    assert shown["Duration"] == f"{stats.experiment_duration_days(size.total, traffic):,} days"
+    mde = stats.mde_two_proportions(p, traffic * 14 / 2)
+    assert number(shown["MDE in 14 days"]) == pytest.approx(100 * mde.relative_lift, abs=0.05)
+
+    at.slider(key="lab_lift").set_value(20).run()
+    at.select_slider(key="lab_alpha").set_value(0.01).run()
+    assert_clean(at)
+    size = stats.sample_size_two_proportions(p, 0.20, alpha=0.01, power=0.8)
+    assert metrics(at)["Sample size per arm"] == f"{size.n_control:,}"
+
+    # A segment's own baseline and traffic, from its next-window outcomes.
+    source = at.selectbox(key="lab_source")
+    label = source.options[1]
+    source.set_value(1).run()
+    assert_clean(at)
+    segment = label.removeprefix("RFM segment: ").rsplit(" (", 1)[0]
+    rate, daily = expected.segment_baselines(dashboard_sample)[segment]
+    size = stats.sample_size_two_proportions(rate, 0.20, alpha=0.01, power=0.8)
+    shown = metrics(at)
+    assert shown["Sample size per arm"] == f"{size.n_control:,}"
+    days = stats.experiment_duration_days(size.total, max(1, round(daily)))
+    assert shown["Duration"] == f"{days:,} days"
+    # The pipeline's own plans and the simulation are on the page, labelled as simulated.
+    assert any("Simulated" in w.value for w in at.warning)
+    assert len(at.dataframe) == 2
+
+
+def test_ml_engine_model_card_and_recommendations(at: AppTest, dashboard_sample: Path) -> None:
+    at.switch_page("views/ml.py").run()
+    assert_clean(at)
+    model = expected.latest_model(dashboard_sample)
+    lgbm = model["metrics"]["lightgbm"]
+    shown = metrics(at)
+    assert shown["ROC-AUC"] == f"{lgbm['roc_auc']:.3f}"
+    assert shown["PR-AUC"] == f"{lgbm['pr_auc']:.3f}"
+    assert f"v{model['version']}" in at.selectbox(key="ml_version").format_func(
+        at.selectbox(key="ml_version").value
+    )
+    card = at.dataframe[0].value  # the comparison with the baselines
+    assert set(card["model"]) == set(model["metrics"])
+
+    for source in ("rule", "co-view", "fallback"):
+        at.radio(key="ml_source").set_value(source).run()
+        assert_clean(at)
+        product = at.selectbox(key=f"ml_product_{source}").value
+        recs = next(d.value for d in at.dataframe if "why" in d.value.columns)
+        want = expected.recommendations(dashboard_sample, product)
+        assert list(zip(recs["recommended_product_id"], recs["source"], strict=True)) == want
+        assert want[0][1] == source  # the picker lists products led by that source
+        if source == "fallback":
+            assert all(w.startswith("cold start") for w in recs["why"])
+
+
+def test_no_warehouse_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
+    data.clear_caches()
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+        messages = " ".join(m.value for m in [*at.info, *at.warning])
+        assert "cip run" in messages, page
+    assert not (tmp_path / "warehouse").exists()  # nothing was created
+
+
+def test_tables_not_built_yet(
+    warehouse_sample: WarehouseSample, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sample without models and experiments: those sections say so, the rest works."""
+    monkeypatch.setenv("CIP_DATA_DIR", str(warehouse_sample.root))
+    data.clear_caches()
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at.switch_page("views/ml.py").run()
+    assert_clean(at)
+    assert any("not in the warehouse yet" in i.value for i in at.info)
+    at.switch_page("views/experiments.py").run()
+    assert_clean(at)
+    assert "Sample size per arm" in metrics(at)
+    assert any("not in the warehouse yet" in i.value for i in at.info)
+    data.clear_caches()
+
+
+# Holds the warehouse's write lock, as a pipeline step does, until its input closes.
+WRITER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1])
+print("held", flush=True)
+sys.stdin.read()
+con.close()
+"""
+
+
+@contextmanager
+def writer_holding(db: Path) -> Iterator[None]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_pipeline_holding_the_file(
+    dashboard_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "data"
+    (root / "warehouse").mkdir(parents=True)
+    db = root / "warehouse" / "cip.duckdb"
+    shutil.copy(dashboard_sample / "warehouse" / "cip.duckdb", db)
+    monkeypatch.setenv("CIP_DATA_DIR", str(root))
+    data.clear_caches()
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    before = metrics(at)
+    assert before["Events"] and not at.warning
+
+    with writer_holding(db):
+        # The cache expired while the writer holds the file: the last good data, and a notice.
+        import streamlit as st
+
+        st.cache_data.clear()
+        at.run()
+        assert_clean(at)
+        assert metrics(at) == before
+        assert any("Refreshing" in w.value for w in at.warning)
+        # Nothing read before: a clear message, no figures.
+        data.clear_caches()
+        at.run()
+        assert_clean(at)
+        assert not at.metric
+        assert any("being refreshed" in w.value for w in at.warning)
+    at.run()
+    assert_clean(at)
+    assert metrics(at) == before and not at.warning
+    data.clear_caches()
+
+
+def test_measure_pages_reports_every_page(
+    dashboard_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIP_DATA_DIR", str(dashboard_sample))
+    timings = measure_pages()
+    assert [t.page for t in timings] == [title for _f, title, *_ in app.PAGES]
+    for t in timings:
+        assert not t.problems, (t.page, t.problems)
+        print(f"{t.page:<20} cold {t.cold:.3f} s  warm {t.warm:.3f} s")
+        assert t.warm > 0 and 0 < t.cold < 30
+    data.clear_caches()
