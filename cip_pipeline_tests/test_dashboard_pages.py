@@ -17,14 +17,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cip_pipeline import stats
-from cip_pipeline.dashboard import app, data
+from cip_pipeline.dashboard import data
 from cip_pipeline.dashboard.launch import APP, measure_pages
+from cip_pipeline.dashboard.views import PAGES as VIEWS
 from cip_pipeline_tests import dashboard_expected as expected
 from cip_pipeline_tests.dashboard_expected import number
 from cip_pipeline_tests.warehouse_sample import WarehouseSample
 
 pytestmark = pytest.mark.slow
-PAGES = [f"views/{file}" for file, *_ in app.PAGES]
+PAGES = [f"views/{file}" for file, *_ in VIEWS]
 
 
 @pytest.fixture
@@ -236,9 +237,7 @@ def test_pipeline_holding_the_file(
 
     with writer_holding(db):
         # The cache expired while the writer holds the file: the last good data, and a notice.
-        import streamlit as st
-
-        st.cache_data.clear()
+        data.expire_cache()
         at.run()
         assert_clean(at)
         assert metrics(at) == before
@@ -260,7 +259,7 @@ def test_measure_pages_reports_every_page(
 ) -> None:
     monkeypatch.setenv("CIP_DATA_DIR", str(dashboard_sample))
     timings = measure_pages()
-    assert [t.page for t in timings] == [title for _f, title, *_ in app.PAGES]
+    assert [t.page for t in timings] == [title for _f, title, *_ in VIEWS]
     for t in timings:
         assert not t.problems, (t.page, t.problems)
         print(f"{t.page:<20} cold {t.cold:.3f} s  warm {t.warm:.3f} s")

@@ -10,18 +10,9 @@ from pathlib import Path
 import streamlit as st
 
 from cip_pipeline.dashboard import data, ui
+from cip_pipeline.dashboard.views import PAGES
 
 VIEWS = Path(__file__).resolve().parent / "views"
-# (file, title, icon, url path): the order of the navigation.
-PAGES = [
-    ("home.py", "Home", ":material/home:", ""),
-    ("explorer.py", "Data explorer", ":material/table_chart:", "explorer"),
-    ("optimization.py", "Optimization", ":material/compress:", "optimization"),
-    ("executive.py", "Executive overview", ":material/monitoring:", "executive"),
-    ("users.py", "User intelligence", ":material/group:", "users"),
-    ("experiments.py", "Experiment lab", ":material/science:", "experiments"),
-    ("ml.py", "ML engine", ":material/model_training:", "ml"),
-]
 REFRESHING = "Refreshing"
 log = logging.getLogger("cip_pipeline.dashboard")
 
@@ -49,6 +40,7 @@ def main() -> None:
         layout="wide",
     )
     page = st.navigation(pages())
+    data.start_warm_up()
     st.sidebar.caption(f"Warehouse: `{data.warehouse_path()}` (read-only)")
     data.reset_stale()
     notice = st.empty()  # filled once the page knows whether it showed older results

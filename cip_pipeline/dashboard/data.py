@@ -12,7 +12,9 @@ instead of failing, and only when nothing was ever read do they say the warehous
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import json
 import logging
 import threading
@@ -171,8 +173,8 @@ def row(statement: str, /, **params: Any) -> dict[str, Any]:
     return frame.row(0, named=True) if frame.height else {}
 
 
-def clear_caches() -> None:
-    """Forget every cached and last good result (tests and `cip dashboard --measure`)."""
+def expire_cache() -> None:
+    """Drop the cached results, as their TTL would, keeping the last good ones."""
     # Outside a server run Streamlit warns that it has no runtime each time; nothing is wrong.
     chatty = logging.getLogger("streamlit.runtime.caching.cache_data_api")
     was, chatty.disabled = chatty.disabled, True
@@ -180,6 +182,11 @@ def clear_caches() -> None:
         st.cache_data.clear()
     finally:
         chatty.disabled = was
+
+
+def clear_caches() -> None:
+    """Forget every cached and last good result (tests and `cip dashboard --measure`)."""
+    expire_cache()
     store = _LAST_GOOD
     with store.lock:
         store.results.clear()
@@ -237,8 +244,11 @@ def storage_files() -> pl.DataFrame:
         for f in sorted((lake / kind).glob("month=*/*.parquet")):
             month = f.parent.name.removeprefix("month=")
             entry = months.setdefault(month, {})
+            try:
+                rows = pq.ParquetFile(f).metadata.num_rows
+            except (OSError, ValueError):  # replaced by a run right now: counted next time
+                continue
             entry[f"{kind}_bytes"] = entry.get(f"{kind}_bytes", 0) + _size(f)
-            rows = pq.ParquetFile(f).metadata.num_rows
             entry[f"{kind}_rows"] = entry.get(f"{kind}_rows", 0) + rows
     columns = [
         "raw_file",
@@ -384,10 +394,32 @@ def lake_written() -> dict[str, datetime]:
     """When each month's events Parquet was written: freshness without a Dagster home."""
     written: dict[str, datetime] = {}
     for f in (paths.lake_dir() / "events").glob("month=*/events.parquet"):
-        written[f.parent.name.removeprefix("month=")] = datetime.fromtimestamp(
-            f.stat().st_mtime, UTC
-        )
+        try:
+            mtime = f.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        written[f.parent.name.removeprefix("month=")] = datetime.fromtimestamp(mtime, UTC)
     return written
+
+
+# What pages other than Home import, loaded in the background while the first page renders.
+WARM_UP_MODULES = ("scipy.stats", "lightgbm", "plotly.subplots", "pyarrow.parquet", "dagster")
+_warm_up_started = threading.Event()
+
+
+def start_warm_up() -> None:
+    """Once per server process: import the other pages' heavy modules in a daemon thread, so
+    the first visit to each page does not pay for them."""
+    if _warm_up_started.is_set():
+        return
+    _warm_up_started.set()
+
+    def run() -> None:
+        for module in WARM_UP_MODULES:
+            with contextlib.suppress(ImportError):  # the page that needs it will say so
+                importlib.import_module(module)
+
+    threading.Thread(target=run, name="cip-dashboard-warm-up", daemon=True).start()
 
 
 # The model registry ------------------------------------------------------------------------

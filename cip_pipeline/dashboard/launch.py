@@ -81,10 +81,11 @@ def measure_pages(repeat: int = 1) -> list[PageTiming]:
 
     at = AppTest.from_file(str(APP), default_timeout=300)
     at.run()  # page registration, not timed; imports the modules inside a (mock) runtime
-    from cip_pipeline.dashboard import app, data
+    from cip_pipeline.dashboard import data
+    from cip_pipeline.dashboard.views import PAGES
 
     timings = []
-    for file, title, _icon, _path in app.PAGES:
+    for file, title, _icon, _path in PAGES:
         cold, warm = float("inf"), float("inf")
         at.switch_page(f"views/{file}").run()  # the page's imports, as a running server has
         for _ in range(repeat):
