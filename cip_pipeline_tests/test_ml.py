@@ -55,6 +55,36 @@ def test_snapshot_windows_never_overlap_validation() -> None:
     assert not short.usable  # one month: no training snapshot before the validation one
 
 
+def test_day_chunks_pack_whole_days_under_the_event_cap() -> None:
+    d = [datetime(2019, 10, day) for day in (1, 2, 3, 4, 5)]
+    end = datetime(2019, 10, 6)
+    days = list(zip(d, [4, 5, 12, 1, 2], strict=True))
+    assert prop.day_chunks(days, 10, end) == [(d[0], d[2]), (d[2], d[3]), (d[3], end)]
+    assert prop.day_chunks(days, 100, end) == [(d[0], end)]
+    assert prop.day_chunks([], 10, end) == []
+
+
+def test_feature_chunking_does_not_change_features(warehouse: Path, tmp_path: Path) -> None:
+    """Days cut into many small chunks give the same features as one chunk."""
+    db = tmp_path / "copy.duckdb"
+    db.write_bytes(warehouse.read_bytes())
+    con = duckdb.connect(str(db))
+    try:
+        first, last = con.execute(
+            "SELECT min(event_time), max(event_time) FROM core.events"
+        ).fetchall()[0]
+        plan = prop.plan_snapshots(first, last)
+        query = "SELECT * FROM ml.feature_staging ORDER BY snapshot, user_id"
+        build_feature_staging(con, plan, chunk_events=10**12)
+        whole = con.sql(query).pl()
+        build_feature_staging(con, plan, chunk_events=50_000)
+        chunked = con.sql(query).pl()
+    finally:
+        con.close()
+    assert whole.height > 10_000
+    assert chunked.equals(whole)
+
+
 def test_model_beats_the_best_baseline_and_is_registered(warehouse: Path) -> None:
     registry = _query(warehouse, "SELECT * FROM ml.model_registry ORDER BY version")
     assert registry.height >= 1
@@ -145,7 +175,7 @@ def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path
     query = "SELECT * FROM ml.feature_staging WHERE role = 'validation'"
     con = duckdb.connect(str(db))
     try:
-        build_feature_staging(con, plan)
+        build_feature_staging(con, plan, chunk_events=200_000)
         before = con.sql(query).pl()
         con.execute(
             """
@@ -162,7 +192,7 @@ def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path
             WHERE end_time >= $cutoff""",
             {"cutoff": cutoff},
         )
-        build_feature_staging(con, plan)
+        build_feature_staging(con, plan, chunk_events=200_000)
         after = con.sql(query).pl()
     finally:
         con.close()

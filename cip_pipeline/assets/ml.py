@@ -3,7 +3,7 @@
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import dagster as dg
 import duckdb
@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from cip_pipeline import sql
-from cip_pipeline.budget import Budget
+from cip_pipeline.budget import Budget, parse_size
 from cip_pipeline.io_managers import SqlQuery
 from cip_pipeline.io_managers.model_io_manager import RegisteredModel, TrainedModel
 from cip_pipeline.ml import propensity as prop
@@ -22,6 +22,8 @@ FEATURES_KEY = dg.AssetKey(["ml", "propensity_features"])
 MODEL_KEY = dg.AssetKey(["ml", "propensity_model"])
 # Rows of each snapshot that reach Python: a uniform hash sample keeps metrics unbiased.
 MAX_ROWS_PER_SNAPSHOT = 100_000
+# DuckDB memory per event of a user-day chunk: chunks this size aggregate without spilling.
+BYTES_PER_EVENT = 200
 SCORING_CHUNKS_PER_MILLION = 4
 # Below this many buyers (or non-buyers) per side, PR-AUC comparisons are noise.
 MIN_BUYERS = 200
@@ -58,31 +60,33 @@ def propensity_features(
     if plan is None:
         raise dg.Failure("core.events is empty")
     with warehouse.connect() as con:
-        build_feature_staging(con, plan)
+        build_feature_staging(con, plan, parse_size(warehouse.memory_limit) // BYTES_PER_EVENT)
     context.add_output_metadata({"windows": dg.MetadataValue.json(plan.describe())})
     return SqlQuery("SELECT * FROM ml.feature_staging")
 
 
-def build_feature_staging(con: duckdb.DuckDBPyConnection, plan: prop.SnapshotPlan) -> None:
-    """Fill ml.feature_staging one snapshot at a time, from user-day tables built once."""
+def build_feature_staging(
+    con: duckdb.DuckDBPyConnection, plan: prop.SnapshotPlan, chunk_events: int
+) -> None:
+    """Fill ml.feature_staging one snapshot at a time, from user-day tables built once, in
+    chunks of whole days of at most `chunk_events` events."""
     until = f"{plan.score:%Y-%m-%d %H:%M:%S}"
     con.execute("CREATE SCHEMA IF NOT EXISTS ml")
-    first = con.execute("SELECT min(event_time) FROM core.events").fetchall()[0][0]
-    week, since = timedelta(days=7), datetime(first.year, first.month, first.day)
-    while since < plan.score:
+    con.execute(sql.statement("ml", "feature_top_categories"))
+    days = con.execute(sql.statement("ml", "feature_day_events", until=until)).fetchall()
+    for i, (since, chunk_until) in enumerate(prop.day_chunks(days, chunk_events, plan.score)):
         chunk = sql.statement(
             "ml",
             "feature_user_days",
             since=f"{since:%Y-%m-%d %H:%M:%S}",
-            until=f"{min(since + week, plan.score):%Y-%m-%d %H:%M:%S}",
+            until=f"{chunk_until:%Y-%m-%d %H:%M:%S}",
         )
         verb = (
             "CREATE OR REPLACE TABLE ml.feature_user_days AS"
-            if since == datetime(first.year, first.month, first.day)
-            else "INSERT INTO ml.feature_user_days"
+            if i == 0
+            else ("INSERT INTO ml.feature_user_days")
         )
         con.execute(f"{verb} {chunk}")
-        since += week
     con.execute(sql.statement("ml", "feature_carts_not_bought", until=until))
     con.execute(sql.statement("ml", "feature_purchase_days"))
     for i, (cutoff, role, labelled) in enumerate(plan.cutoffs()):

@@ -3,30 +3,49 @@
 -- name: data_range
 SELECT min(event_time), max(event_time) FROM core.events
 
+-- name: feature_day_events
+-- Events per day before the last cutoff: how the user-day build is cut into chunks.
+SELECT date_trunc('day', event_time) AS day, count(*) AS events
+FROM core.events
+WHERE event_time < TIMESTAMP '{until}'
+GROUP BY ALL
+ORDER BY day
+
+-- name: feature_top_categories
+-- Each category_id's top-level category (first segment of its code; REES46 has one code per
+-- id, should an id carry several, the first): views are then counted on integers.
+CREATE OR REPLACE TEMP TABLE feature_top_categories AS
+SELECT category_id, min(split_part(category_code, '.', 1)) AS category
+FROM core.events
+WHERE category_code IS NOT NULL
+GROUP BY category_id
+
 -- name: feature_user_days
 -- Built once per run of ml/propensity_features: one row per user and day before the last
 -- cutoff, the unit every window sums over, with the day's most viewed top-level category and
 -- brand (ties: the alphabetically last, so it is deterministic). Products per day are counted
--- with HyperLogLog (about 2% error). Run one week of events [since, until) at a time: a
--- user-day never spans two weeks, and each pass stays inside DuckDB's memory budget.
-WITH view_mix AS (
-    SELECT user_id, date_trunc('day', event_time) AS day,
-           split_part(category_code, '.', 1) AS category, brand, count(*) AS n
-    FROM core.events
-    WHERE event_type = 'view'
-      AND event_time >= TIMESTAMP '{since}' AND event_time < TIMESTAMP '{until}'
-    GROUP BY ALL
-),
-day_category AS (
+-- with HyperLogLog (about 2% error). Run on whole days [since, until) sized to DuckDB's
+-- memory budget: a user-day never spans two chunks, and no pass spills.
+WITH day_category AS (
     SELECT user_id, day, arg_max(category, (n, category)) AS top_category
-    FROM (SELECT user_id, day, category, sum(n) AS n FROM view_mix
-          WHERE category <> '' GROUP BY ALL)
+    FROM (
+        SELECT e.user_id, date_trunc('day', e.event_time) AS day, t.category, count(*) AS n
+        FROM core.events AS e JOIN feature_top_categories AS t USING (category_id)
+        WHERE e.event_type = 'view'
+          AND e.event_time >= TIMESTAMP '{since}' AND e.event_time < TIMESTAMP '{until}'
+        GROUP BY ALL
+    )
     GROUP BY ALL
 ),
 day_brand AS (
     SELECT user_id, day, arg_max(brand, (n, brand)) AS top_brand
-    FROM (SELECT user_id, day, brand, sum(n) AS n FROM view_mix
-          WHERE brand IS NOT NULL GROUP BY ALL)
+    FROM (
+        SELECT user_id, date_trunc('day', event_time) AS day, brand, count(*) AS n
+        FROM core.events
+        WHERE event_type = 'view' AND brand IS NOT NULL
+          AND event_time >= TIMESTAMP '{since}' AND event_time < TIMESTAMP '{until}'
+        GROUP BY ALL
+    )
     GROUP BY ALL
 )
 SELECT d.*, c.top_category, b.top_brand
