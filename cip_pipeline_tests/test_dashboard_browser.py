@@ -84,7 +84,7 @@ def open_page(page: Any, url: str, title: str) -> float:
     )
     page.locator('[data-testid="stMain"]').first.wait_for(timeout=10_000)
     seconds = time.monotonic() - t0
-    time.sleep(1.0)
+    time.sleep(2.0)  # widgets and charts paint after the script ends
     return seconds
 
 
@@ -118,7 +118,7 @@ def test_every_page_in_chromium(dashboard_sample: Path, tmp_path: Path) -> None:
     with (
         open(log_path, "w") as log,
         dashboard(dashboard_sample, log) as (url, port),
-        browser_page(height=1400) as page,
+        browser_page(height=3000) as page,
     ):
         assert _listening_addresses(port) <= {"0100007F", "00000000000000000000000001000000"}
         for _file, title, _icon, path in PAGES:

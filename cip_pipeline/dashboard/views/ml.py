@@ -207,6 +207,7 @@ def recommendations() -> None:
             ui.integer(r["recommendations"]),
             delta=f"first choice for {ui.integer(r['products_led'])} products",
             delta_color="off",
+            delta_arrow="off",
             border=True,
         )
     left, right = st.columns([1, 2])
@@ -259,6 +260,7 @@ def recommendations() -> None:
             column_config={
                 "recommended_product_id": st.column_config.NumberColumn("product", format="%d"),
                 "price": st.column_config.NumberColumn(format="%.2f"),
+                "why": st.column_config.TextColumn(width="large"),
             },
         )
 

@@ -27,6 +27,7 @@ def segments() -> pl.DataFrame:
         top["segment"],
         delta=f"{ui.percent(top['revenue_share'], 1)} of revenue",
         delta_color="off",
+        delta_arrow="off",
         border=True,
     )
     cols[3].metric(
