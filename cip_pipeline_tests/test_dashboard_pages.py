@@ -265,3 +265,60 @@ def test_measure_pages_reports_every_page(
         print(f"{t.page:<20} cold {t.cold:.3f} s  warm {t.warm:.3f} s")
         assert t.warm > 0 and 0 < t.cold < 30
     data.clear_caches()
+
+
+def test_month_freshness_from_the_dagster_instance(
+    dashboard_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the Dagster home recorded the months' steps, Home shows when each ran."""
+    import dagster as dg
+
+    root = tmp_path / "data"
+    shutil.copytree(dashboard_sample, root, ignore=shutil.ignore_patterns("spill", "raw"))
+    with dg.DagsterInstance.from_config(str(root / "dagster_home")) as instance:
+        for key in (["events_parquet"], ["core", "events"], ["core", "fact_sessions"]):
+            for partition in ("2019-10-01", "2019-11-01"):
+                instance.report_runless_asset_event(
+                    dg.AssetMaterialization(asset_key=key, partition=partition)
+                )
+        latest = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(["core", "events"])), limit=1
+        ).records[0]
+    monkeypatch.setenv("CIP_DATA_DIR", str(root))
+    data.clear_caches()
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert_clean(at)
+    freshness = at.dataframe[0].value
+    assert list(freshness["month"]) == ["2019-10", "2019-11"]
+    assert {"validated at", "loaded at", "derived at"} <= set(freshness.columns)
+    loaded = freshness.set_index("month")["loaded at"]["2019-11"]
+    assert abs(loaded.timestamp() - latest.timestamp) < 1
+    data.clear_caches()
+
+
+def test_cli_serves_locally_headless_without_telemetry() -> None:
+    from cip_pipeline.cli import build_parser
+    from cip_pipeline.dashboard.launch import streamlit_command
+
+    args = build_parser().parse_args(["dashboard"])
+    assert (args.host, args.port, args.measure) == ("127.0.0.1", 8501, False)
+    command = " ".join(streamlit_command(args.host, args.port))
+    for option in (
+        "--server.address 127.0.0.1",
+        "--server.port 8501",
+        "--server.headless true",
+        "--browser.gatherUsageStats false",
+        "--client.showErrorDetails none",
+    ):
+        assert option in command
+
+
+def test_dashboard_sql_takes_values_only_as_bound_parameters() -> None:
+    """No statement is completed by string formatting: every value is a $parameter."""
+    from cip_pipeline import sql
+
+    statements = sql._statements("dashboard")
+    assert len(statements) > 20
+    for name, text in statements.items():
+        assert "{" not in text and "}" not in text, name
+        assert sql.statement("dashboard", name) == text

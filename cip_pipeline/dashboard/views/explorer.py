@@ -13,7 +13,7 @@ import streamlit as st
 from cip_pipeline.dashboard import data, ui
 
 # Above this many events a month's hour-of-day profile is read from a 2% block sample.
-SAMPLE_ABOVE_ROWS = 20_000_000
+SAMPLE_ABOVE_ROWS = 10_000_000
 EVENT_ORDER = ["view", "cart", "remove_from_cart", "purchase"]
 
 
