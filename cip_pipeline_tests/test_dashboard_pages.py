@@ -322,3 +322,17 @@ def test_dashboard_sql_takes_values_only_as_bound_parameters() -> None:
     for name, text in statements.items():
         assert "{" not in text and "}" not in text, name
         assert sql.statement("dashboard", name) == text
+
+
+def test_last_good_results_are_bounded() -> None:
+    from datetime import UTC, datetime
+
+    import polars as pl
+
+    store = data._LastGood(limit=3)
+    snapshot = data.Snapshot(pl.DataFrame({"x": [1]}), datetime.now(UTC))
+    for product in range(5):
+        store.put(("db", "recommendations_for", (("product", product),)), snapshot)
+    kept = [key[2][0][1] for key in store.results]
+    assert kept == [2, 3, 4]
+    assert store.get(("db", "recommendations_for", (("product", 0),))) is None

@@ -27,7 +27,7 @@ def pages() -> list[st.Page]:
 def show_unavailable(exc: data.Unavailable) -> None:
     if isinstance(exc, data.WarehouseBusy):
         st.warning(f"**{exc.headline}.** {exc.detail}", icon=":material/sync:")
-    elif isinstance(exc, data.WarehouseMissing):
+    elif isinstance(exc, data.WarehouseMissing | data.NotBuilt):
         st.info(f"**{exc.headline}.** {exc.detail}", icon=":material/database:")
     else:
         st.error(f"**{exc.headline}.** {exc.detail}", icon=":material/error:")

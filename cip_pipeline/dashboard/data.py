@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -78,8 +79,27 @@ class Snapshot:
 
 @dataclass
 class _LastGood:
+    """The last result of each query, the least recently stored dropped beyond `limit` (a
+    product picker alone could otherwise keep one per product for the life of the server)."""
+
+    limit: int = 2 * CACHE_ENTRIES
     lock: threading.Lock = field(default_factory=threading.Lock)
-    results: dict[tuple[str, str, Params], Snapshot] = field(default_factory=dict)
+    results: OrderedDict[tuple[str, str, Params], Snapshot] = field(default_factory=OrderedDict)
+
+    def get(self, key: tuple[str, str, Params]) -> Snapshot | None:
+        with self.lock:
+            return self.results.get(key)
+
+    def put(self, key: tuple[str, str, Params], snapshot: Snapshot) -> None:
+        with self.lock:
+            self.results[key] = snapshot
+            self.results.move_to_end(key)
+            while len(self.results) > self.limit:
+                self.results.popitem(last=False)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.results.clear()
 
 
 # Shared by every session of the server process (imported modules live as long as it does).
@@ -147,9 +167,10 @@ def query(statement: str, /, **params: Any) -> pl.DataFrame:
         snapshot = _cached_read(str(db), file_version(db), statement, bound)
     except duckdb.CatalogException as exc:
         raise NotBuilt(str(exc).splitlines()[0]) from exc
-    except (duckdb.Error, WarehouseMissing) as exc:
-        with store.lock:
-            last = store.results.get(key)
+    except (duckdb.IOException, WarehouseMissing) as exc:
+        # The file is locked by a writer, missing or unreadable for now: what was read last.
+        # Other errors (a query that no longer fits the schema) are not hidden behind it.
+        last = store.get(key)
         if last is not None:
             _note_stale(last.read_at)
             return last.frame
@@ -162,8 +183,7 @@ def query(statement: str, /, **params: Any) -> pl.DataFrame:
                 "has built it yet, run `cip run`."
             ) from exc
         raise Unavailable(str(exc).splitlines()[0]) from exc
-    with store.lock:
-        store.results[key] = snapshot
+    store.put(key, snapshot)
     return snapshot.frame
 
 
@@ -187,9 +207,7 @@ def expire_cache() -> None:
 def clear_caches() -> None:
     """Forget every cached and last good result (tests and `cip dashboard --measure`)."""
     expire_cache()
-    store = _LAST_GOOD
-    with store.lock:
-        store.results.clear()
+    _LAST_GOOD.clear()
     _dagster_instance.cache_clear()
 
 
