@@ -125,7 +125,9 @@ def test_scores_cover_the_last_window_with_deciles(warehouse: Path) -> None:
 
 def test_features_match_an_independent_computation(warehouse: Path) -> None:
     events = _query(
-        warehouse, "SELECT user_id, event_time, event_type::VARCHAR AS event_type FROM core.events"
+        warehouse,
+        "SELECT user_id, product_id, event_time, event_type::VARCHAR AS event_type"
+        " FROM core.events",
     )
     features = _query(warehouse, "SELECT * FROM ml.propensity_features WHERE role = 'train'")
     snap = features["snapshot"].min()
@@ -135,6 +137,13 @@ def test_features_match_an_independent_computation(warehouse: Path) -> None:
     oracle = (
         window.group_by("user_id")
         .agg(pl.len().alias("events_w"), (pl.col("event_type") == "cart").sum().alias("carts_w"))
+        .join(  # distinct products per day, summed over the window's days
+            window.group_by("user_id", pl.col("event_time").dt.date())
+            .agg(pl.col("product_id").n_unique())
+            .group_by("user_id")
+            .agg(pl.col("product_id").sum().alias("product_days_w")),
+            on="user_id",
+        )
         .join(
             before.group_by("user_id").agg(
                 ((snap - pl.col("event_time").max()).dt.total_seconds() / 86400).alias(
@@ -160,7 +169,7 @@ def test_features_match_an_independent_computation(warehouse: Path) -> None:
         .sort("user_id")
     )
     assert mine["user_id"].to_list() == oracle["user_id"].to_list()
-    for col in ("events_w", "carts_w", "prior_purchase", "label"):
+    for col in ("events_w", "carts_w", "product_days_w", "prior_purchase", "label"):
         assert mine[col].cast(oracle[col].dtype).to_list() == oracle[col].to_list(), col
     assert np.allclose(mine["recency_days"].to_numpy(), oracle["recency_days"].to_numpy())
 
