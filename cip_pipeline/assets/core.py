@@ -75,6 +75,13 @@ def month_before(start: datetime) -> datetime:
     return datetime(previous.year, previous.month, 1)
 
 
+def top_categories_sql(events: SqlTable) -> str:
+    """Each category_id's top-level category (`top_categories` in core.sql)."""
+    return sql.statement(
+        "core", "top_categories", events=events.select("category_id, category_code")
+    )
+
+
 def boundary_sql(events: SqlTable, start: datetime, end: datetime) -> str:
     """The sessions crossing the month's boundaries (`boundary_sessions` in core.sql)."""
     return sql.statement(
@@ -159,6 +166,7 @@ def fact_sessions(
         "core",
         "fact_sessions",
         boundary=boundary,
+        top_categories=top_categories_sql(events),
         events=events.select(),
         start=sql.timestamp(start),
         end=sql.timestamp(end),
@@ -405,7 +413,13 @@ def dim_users(
 ) -> dg.Output[SqlQuery]:
     with warehouse.connect(read_only=True) as con:
         figures = headline(con, sql.statement("core", "dim_users_headline"))
-    query = sql.statement("core", "dim_users", events=events.select(), sessions=sessions.select())
+    query = sql.statement(
+        "core",
+        "dim_users",
+        events=events.select(),
+        sessions=sessions.select(),
+        top_categories=top_categories_sql(events),
+    )
     return dg.Output(SqlQuery(query), metadata=figures)
 
 

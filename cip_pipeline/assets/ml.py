@@ -11,8 +11,9 @@ import numpy as np
 import polars as pl
 
 from cip_pipeline import sql
+from cip_pipeline.assets.core import top_categories_sql
 from cip_pipeline.budget import Budget, parse_size
-from cip_pipeline.io_managers import SqlQuery
+from cip_pipeline.io_managers import SqlQuery, SqlTable
 from cip_pipeline.io_managers.model_io_manager import RegisteredModel, TrainedModel
 from cip_pipeline.ml import propensity as prop
 from cip_pipeline.partitions import WAREHOUSE_POOL
@@ -72,12 +73,16 @@ def build_feature_staging(
     chunks of whole days of at most `chunk_events` events."""
     until = f"{plan.score:%Y-%m-%d %H:%M:%S}"
     con.execute("CREATE SCHEMA IF NOT EXISTS ml")
-    con.execute(sql.statement("ml", "feature_top_categories"))
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE feature_top_categories AS "
+        + top_categories_sql(SqlTable("core", "events"))
+    )
     days = con.execute(sql.statement("ml", "feature_day_events", until=until)).fetchall()
     for i, (since, chunk_until) in enumerate(prop.day_chunks(days, chunk_events, plan.score)):
         chunk = sql.statement(
             "ml",
             "feature_user_days",
+            top_categories="feature_top_categories",
             since=f"{since:%Y-%m-%d %H:%M:%S}",
             until=f"{chunk_until:%Y-%m-%d %H:%M:%S}",
         )

@@ -49,6 +49,15 @@ SELECT count(*) FILTER (WHERE side = 'inherited') AS inherited,
        count(*) FILTER (WHERE side = 'continuing') AS continuing
 FROM boundary
 
+-- name: top_categories
+-- Each category_id's top-level category: the first segment of its code (REES46 has one code
+-- per id; should an id carry several, the alphabetically first). Counting on the integer id
+-- and mapping through this small relation is cheaper than grouping on the code's text.
+SELECT category_id, min(split_part(category_code, '.', 1)) AS category
+FROM {events}
+WHERE category_code IS NOT NULL
+GROUP BY category_id
+
 -- name: fact_sessions
 -- One row per session whose first event lies in the month [{start}, {end}), with all its
 -- events: those of the month, and for sessions that continue past the month's end, those of
@@ -59,19 +68,13 @@ FROM boundary
 -- budget (measured 3x slower).
 --   user_id        the session's user (REES46 sessions have one; should one carry several,
 --                  the smallest id)
---   main_category  top-level category (first segment of category_code) with the most events
---                  in the session; ties go to the alphabetically first; NULL when no event
---                  has a code. A category_id's top-level category comes from its code (one
---                  code per id in REES46; should an id carry several, the first).
+--   main_category  top-level category (see top_categories) with the most events in the
+--                  session; ties go to the alphabetically first; NULL when no event has a
+--                  code.
 --   cart_abandoned the session carted and bought nothing
 --   revenue        sum of the purchase events' prices
 WITH boundary AS MATERIALIZED ({boundary}),
-top_categories AS (
-    SELECT category_id, min(split_part(category_code, '.', 1)) AS category
-    FROM {events}
-    WHERE event_time >= {start} AND event_time < {until} AND category_code IS NOT NULL
-    GROUP BY category_id
-),
+top_categories AS ({top_categories}),
 session_events AS NOT MATERIALIZED (
     SELECT e.user_session, e.user_id, e.event_time, e.event_type, e.product_id,
            e.category_id, e.price
@@ -260,10 +263,11 @@ FROM core.events
 -- One row per user seen in any month.
 --   tenure_days          calendar days from the first to the last day with an event
 --   sessions             sessions of the user in core.fact_sessions
---   preferred_category   top-level category with the most of the user's events
+--   preferred_category   top-level category (see top_categories) with the most of the
+--                        user's events
 --   preferred_brand      brand with the most of the user's events
 --   (ties of either go to the alphabetically first; NULL when no event has one)
--- Three narrow passes over the events (user figures; counts per (user, category_code); counts
+-- Three narrow passes over the events (user figures; counts per (user, category_id); counts
 -- per (user, brand)) cost less than one wide pass grouped by (user, category_code, brand),
 -- which has several times as many groups as users, each with every figure; and DuckDB runs
 -- GROUPING SETS by materializing its input first.
@@ -281,16 +285,12 @@ WITH users AS (
     FROM {events}
     GROUP BY user_id
 ),
-by_code AS (
-    SELECT user_id, category_code, count(*) AS events
-    FROM {events}
-    WHERE category_code IS NOT NULL
-    GROUP BY user_id, category_code
-),
+top_categories AS ({top_categories}),
 by_category AS (
-    SELECT user_id, split_part(category_code, '.', 1) AS category, sum(events) AS events
-    FROM by_code
-    GROUP BY user_id, category
+    SELECT b.user_id, t.category, sum(b.events) AS events
+    FROM (SELECT user_id, category_id, count(*) AS events FROM {events} GROUP BY ALL) AS b
+    JOIN top_categories AS t USING (category_id)
+    GROUP BY ALL
 ),
 by_brand AS (
     SELECT user_id, brand, count(*) AS events

@@ -11,15 +11,6 @@ WHERE event_time < TIMESTAMP '{until}'
 GROUP BY ALL
 ORDER BY day
 
--- name: feature_top_categories
--- Each category_id's top-level category (first segment of its code; REES46 has one code per
--- id, should an id carry several, the first): views are then counted on integers.
-CREATE OR REPLACE TEMP TABLE feature_top_categories AS
-SELECT category_id, min(split_part(category_code, '.', 1)) AS category
-FROM core.events
-WHERE category_code IS NOT NULL
-GROUP BY category_id
-
 -- name: feature_user_days
 -- Built once per run of ml/propensity_features: one row per user and day before the last
 -- cutoff, the unit every window sums over, with the day's most viewed top-level category and
@@ -30,7 +21,7 @@ WITH day_category AS (
     SELECT user_id, day, arg_max(category, (n, category)) AS top_category
     FROM (
         SELECT e.user_id, date_trunc('day', e.event_time) AS day, t.category, count(*) AS n
-        FROM core.events AS e JOIN feature_top_categories AS t USING (category_id)
+        FROM core.events AS e JOIN {top_categories} AS t USING (category_id)
         WHERE e.event_type = 'view'
           AND e.event_time >= TIMESTAMP '{since}' AND e.event_time < TIMESTAMP '{until}'
         GROUP BY ALL
