@@ -113,11 +113,12 @@ history AS (
            sum(u.revenue)::DOUBLE AS revenue_all,  -- summed exactly, as DECIMAL
            count(*) FILTER (WHERE u.purchases > 0) AS purchase_days_all,
            max(u.day) FILTER (WHERE u.purchases > 0) AS last_purchase_day,
-           -- over the window's days, the top of the day with most views (then the latest)
-           arg_max(u.top_category, (u.views, u.day)) FILTER (
-               WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS primary_category,
-           arg_max(u.top_brand, (u.views, u.day)) FILTER (
-               WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS preferred_brand
+           -- over the window's days, the top of the day with most views (then the latest);
+           -- (views, day) packed in one integer: arg_max over a struct was 3x the whole query
+           arg_max(u.top_category, u.views * 100000 + (u.day::DATE - DATE '1970-01-01'))
+               FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS primary_category,
+           arg_max(u.top_brand, u.views * 100000 + (u.day::DATE - DATE '1970-01-01'))
+               FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS preferred_brand
     FROM cutoffs AS c
     JOIN user_days AS u ON u.day < c.cutoff
     GROUP BY c.cutoff, c.role, c.labelled, u.user_id
