@@ -18,9 +18,10 @@ ORDER BY day
 -- (exact: cheaper than HyperLogLog's per-group state here). Run on whole days [since, until)
 -- sized to DuckDB's memory budget: a user-day never spans two chunks, and no pass spills.
 WITH day_category AS (
-    SELECT user_id, day, arg_max(category, (n, category)) AS top_category
+    SELECT user_id, day, arg_max(category, n * 65536 + category_rank) AS top_category
     FROM (
-        SELECT e.user_id, date_trunc('day', e.event_time) AS day, t.category, count(*) AS n
+        SELECT e.user_id, date_trunc('day', e.event_time) AS day, t.category, t.category_rank,
+               count(*) AS n
         FROM core.events AS e JOIN {top_categories} AS t USING (category_id)
         WHERE e.event_type = 'view'
           AND e.event_time >= TIMESTAMP '{since}' AND e.event_time < TIMESTAMP '{until}'
