@@ -304,15 +304,22 @@ session_views AS (
     GROUP BY user_session, product_id
     QUALIFY count(*) OVER (PARTITION BY user_session) BETWEEN 2 AND 20
 ),
-co_views AS (
-    SELECT a.product_id, b.product_id AS recommended_product_id,
-           count(*)::DOUBLE AS score, 'co-view' AS source, 2 AS tier
+co_view_pairs AS (
+    -- each unordered pair counted once (half the join rows), then both directions
+    SELECT a.product_id AS a, b.product_id AS b, count(*) AS n
     FROM session_views AS a
-    JOIN session_views AS b ON a.user_session = b.user_session AND a.product_id <> b.product_id
-    GROUP BY a.product_id, b.product_id
+    JOIN session_views AS b ON a.user_session = b.user_session AND a.product_id < b.product_id
+    GROUP BY ALL
     HAVING count(*) >= 2
-    QUALIFY row_number() OVER (PARTITION BY a.product_id ORDER BY count(*) DESC,
-                               b.product_id) <= 10
+),
+co_views AS (
+    SELECT product_id, recommended_product_id, n::DOUBLE AS score, 'co-view' AS source,
+           2 AS tier
+    FROM (SELECT a AS product_id, b AS recommended_product_id, n FROM co_view_pairs
+          UNION ALL
+          SELECT b, a, n FROM co_view_pairs)
+    QUALIFY row_number() OVER (PARTITION BY product_id ORDER BY n DESC,
+                               recommended_product_id) <= 10
 ),
 popular AS (
     SELECT product_id, category_id, brand,
@@ -375,14 +382,15 @@ popular AS (
     GROUP BY ALL ORDER BY count(*) DESC, product_id LIMIT 10
 ),
 per_user AS (
+    -- recs has one row per (product, recommended product): the joins add no rows
     SELECT a.user_id,
            count(*) AS bought,
-           count(*) FILTER (WHERE n.product_id IN (
-               SELECT recommended_product_id FROM {recs} AS r WHERE r.product_id = a.anchor))
-               AS rec_hits,
-           count(*) FILTER (WHERE n.product_id IN (SELECT product_id FROM popular))
-               AS popular_hits
-    FROM anchors AS a JOIN next_purchases AS n USING (user_id)
+           count(r.recommended_product_id) AS rec_hits,
+           count(p.product_id) AS popular_hits
+    FROM anchors AS a
+    JOIN next_purchases AS n USING (user_id)
+    LEFT JOIN {recs} AS r ON r.product_id = a.anchor AND r.recommended_product_id = n.product_id
+    LEFT JOIN popular AS p ON p.product_id = n.product_id
     GROUP BY ALL
 )
 SELECT count(*) AS users,
