@@ -308,10 +308,15 @@ preferred_category AS (
     FROM by_category
     GROUP BY user_id
 ),
+brand_ranks AS (
+    -- alphabetical, so that ties are broken on one packed integer (see top_categories)
+    SELECT brand, row_number() OVER (ORDER BY brand) AS brand_rank
+    FROM (SELECT DISTINCT brand FROM by_brand)
+),
 preferred_brand AS (
-    SELECT user_id, arg_min(brand, (-events, brand)) AS preferred_brand
-    FROM by_brand
-    GROUP BY user_id
+    SELECT b.user_id, arg_min(b.brand, -b.events * 1048576 + r.brand_rank) AS preferred_brand
+    FROM by_brand AS b JOIN brand_ranks AS r USING (brand)
+    GROUP BY b.user_id
 ),
 sessions AS (
     SELECT user_id, count(*) AS sessions FROM {sessions} GROUP BY user_id

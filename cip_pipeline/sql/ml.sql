@@ -29,16 +29,22 @@ WITH day_category AS (
     )
     GROUP BY ALL
 ),
-day_brand AS (
-    SELECT user_id, day, arg_max(brand, (n, brand)) AS top_brand
-    FROM (
-        SELECT user_id, date_trunc('day', event_time) AS day, brand, count(*) AS n
-        FROM core.events
-        WHERE event_type = 'view' AND brand IS NOT NULL
-          AND event_time >= TIMESTAMP '{since}' AND event_time < TIMESTAMP '{until}'
-        GROUP BY ALL
-    )
+brand_views AS (
+    SELECT user_id, date_trunc('day', event_time) AS day, brand, count(*) AS n
+    FROM core.events
+    WHERE event_type = 'view' AND brand IS NOT NULL
+      AND event_time >= TIMESTAMP '{since}' AND event_time < TIMESTAMP '{until}'
     GROUP BY ALL
+),
+brand_ranks AS (
+    -- alphabetical, so that ties are broken on one packed integer
+    SELECT brand, row_number() OVER (ORDER BY brand) AS brand_rank
+    FROM (SELECT DISTINCT brand FROM brand_views)
+),
+day_brand AS (
+    SELECT v.user_id, v.day, arg_max(v.brand, v.n * 1048576 + r.brand_rank) AS top_brand
+    FROM brand_views AS v JOIN brand_ranks AS r USING (brand)
+    GROUP BY v.user_id, v.day
 )
 SELECT d.*, c.top_category, b.top_brand
 FROM (
