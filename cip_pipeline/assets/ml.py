@@ -89,7 +89,7 @@ def build_feature_staging(
         verb = (
             "CREATE OR REPLACE TABLE ml.feature_user_days AS"
             if i == 0
-            else ("INSERT INTO ml.feature_user_days")
+            else "INSERT INTO ml.feature_user_days"
         )
         con.execute(f"{verb} {chunk}")
     con.execute(sql.statement("ml", "feature_carts_not_bought", until=until))
@@ -107,7 +107,7 @@ def build_feature_staging(
         verb = (
             "CREATE OR REPLACE TABLE ml.feature_staging AS"
             if i == 0
-            else ("INSERT INTO ml.feature_staging")
+            else "INSERT INTO ml.feature_staging"
         )
         con.execute(f"{verb} {snapshot}")
 
