@@ -40,7 +40,6 @@ def main() -> None:
         layout="wide",
     )
     page = st.navigation(pages())
-    data.start_warm_up()
     st.sidebar.caption(f"Warehouse: `{data.warehouse_path()}` (read-only)")
     data.reset_stale()
     notice = st.empty()  # filled once the page knows whether it showed older results
@@ -63,6 +62,7 @@ def main() -> None:
             f"at {ui.when(since)}; reload the page once the run has finished.",
             icon=":material/sync:",
         )
+    data.warm_up()
 
 
 if __name__ == "__main__":  # Streamlit runs this file as __main__

@@ -420,24 +420,22 @@ def lake_written() -> dict[str, datetime]:
     return written
 
 
-# What pages other than Home import, loaded in the background while the first page renders.
+# What pages other than Home import: loaded once the first page has been drawn.
 WARM_UP_MODULES = ("scipy.stats", "lightgbm", "plotly.subplots", "pyarrow.parquet", "dagster")
-_warm_up_started = threading.Event()
+_warmed_up = threading.Event()
 
 
-def start_warm_up() -> None:
-    """Once per server process: import the other pages' heavy modules in a daemon thread, so
-    the first visit to each page does not pay for them."""
-    if _warm_up_started.is_set():
+def warm_up() -> None:
+    """Once per server process, after the first page is drawn: import the other pages' heavy
+    modules, so the first visit to each page does not pay for them. In the script's own
+    thread: CPython 3.11 can fail with "AST constructor recursion depth mismatch" when two
+    threads compile at once (an import compiles a module that has no bytecode cache yet)."""
+    if _warmed_up.is_set():
         return
-    _warm_up_started.set()
-
-    def run() -> None:
-        for module in WARM_UP_MODULES:
-            with contextlib.suppress(ImportError):  # the page that needs it will say so
-                importlib.import_module(module)
-
-    threading.Thread(target=run, name="cip-dashboard-warm-up", daemon=True).start()
+    _warmed_up.set()
+    for module in WARM_UP_MODULES:
+        with contextlib.suppress(ImportError):  # the page that needs it will say so
+            importlib.import_module(module)
 
 
 # The model registry ------------------------------------------------------------------------
