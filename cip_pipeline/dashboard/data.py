@@ -13,7 +13,6 @@ instead of failing, and only when nothing was ever read do they say the warehous
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import json
 import logging
@@ -208,7 +207,6 @@ def clear_caches() -> None:
     """Forget every cached and last good result (tests and `cip dashboard --measure`)."""
     expire_cache()
     _LAST_GOOD.clear()
-    _dagster_instance.cache_clear()
 
 
 # Months ------------------------------------------------------------------------------------
@@ -343,20 +341,21 @@ def latest_bench() -> BenchReport | None:
 # The Dagster instance: last materializations ----------------------------------------------
 
 
-@functools.cache
-def _dagster_instance(home: str) -> Any:
-    """The project's Dagster instance (SQLite storage opens a connection per query, so
-    keeping it holds no lock)."""
-    import dagster as dg
-
-    return dg.DagsterInstance.from_config(home)
-
-
 @st.cache_data(ttl=FILE_TTL_SECONDS, show_spinner=False)
 def _materializations(home: str) -> pl.DataFrame:
     import dagster as dg
 
-    instance = _dagster_instance(home)
+    # Opened and disposed in this thread: an instance kept across Streamlit's script threads
+    # leaves SQLite connections to be finalized (and their errors logged) in another thread,
+    # which on CPython 3.11 can break a concurrent ast.parse ("AST constructor recursion
+    # depth mismatch").
+    with dg.DagsterInstance.from_config(home) as instance:
+        return _materialization_records(instance)
+
+
+def _materialization_records(instance: Any) -> pl.DataFrame:
+    import dagster as dg
+
     records: list[dict[str, Any]] = []
     keys = list(instance.get_asset_keys())
     latest = instance.get_latest_materialization_events(keys)
