@@ -16,6 +16,7 @@ import dagster as dg
 
 from cip_pipeline import definitions, paths
 from cip_pipeline.assets import ingest
+from cip_pipeline.assets.common import SKIPPED
 from cip_pipeline.automation import ALL_MONTHS_JOB, MONTHLY_JOB
 from cip_pipeline.budget import Budget
 from cip_pipeline.months import next_month, partition_key, previous_month
@@ -111,7 +112,7 @@ def _summarize(
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
             observation = event.asset_observation_data.asset_observation
-            reason = observation.metadata.get("skipped")
+            reason = observation.metadata.get(SKIPPED)
             if reason is not None:
                 summary.skipped.append(f"{observation.asset_key.to_user_string()}: {reason.value}")
         if event.event_type == dg.DagsterEventType.STEP_SKIPPED:

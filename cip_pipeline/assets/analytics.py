@@ -9,7 +9,6 @@ import dagster as dg
 from cip_pipeline import sql
 from cip_pipeline.assets.common import (
     FLOAT_TOLERANCE,
-    ON_ANY_MONTH_CHANGE,
     ON_NEIGHBOUR_CHANGE,
     check_spec,
     fetch_row,
@@ -21,6 +20,7 @@ from cip_pipeline.assets.common import (
     zero_counts,
 )
 from cip_pipeline.assets.core import EVENTS, FACT_SESSIONS
+from cip_pipeline.automation import ON_ANY_MONTH_CHANGE
 from cip_pipeline.io_managers import SqlQuery, SqlTable
 from cip_pipeline.io_managers.tables import PARTITION_EXPR
 from cip_pipeline.partitions import WAREHOUSE_POOL, month_window, monthly

@@ -10,7 +10,6 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from cip_pipeline import automation
 from cip_pipeline.partitions import monthly
 
 # Floating figures (rates, shares) must agree to this relative tolerance in checks.
@@ -131,5 +130,11 @@ ON_NEIGHBOUR_CHANGE = (
     & ~dg.AutomationCondition.in_progress()
 ).with_label("rebuild when an upstream month changes")
 
-# Tables over all months: see automation.ON_ANY_MONTH_CHANGE.
-ON_ANY_MONTH_CHANGE = automation.ON_ANY_MONTH_CHANGE
+# Metadata key of an observation saying why an asset was not built this time (`cip run`
+# lists them).
+SKIPPED = "skipped"
+
+
+def skipped(key: dg.AssetKey, reason: str) -> dg.AssetObservation:
+    """The asset was not built this time, and why (too little data, say)."""
+    return dg.AssetObservation(asset_key=key, metadata={SKIPPED: reason})

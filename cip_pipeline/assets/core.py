@@ -38,7 +38,6 @@ import duckdb
 
 from cip_pipeline import sql
 from cip_pipeline.assets.common import (
-    ON_ANY_MONTH_CHANGE,
     ON_NEIGHBOUR_CHANGE,
     check_spec,
     fetch_row,
@@ -47,6 +46,7 @@ from cip_pipeline.assets.common import (
     reconcile,
     zero_counts,
 )
+from cip_pipeline.automation import ON_ANY_MONTH_CHANGE
 from cip_pipeline.io_managers import SqlQuery, SqlTable
 from cip_pipeline.io_managers.tables import PARTITION_EXPR
 from cip_pipeline.months import month_bounds

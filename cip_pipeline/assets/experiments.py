@@ -11,6 +11,7 @@ import polars as pl
 
 from cip_pipeline import sql, stats
 from cip_pipeline.assets.analytics import RFM_SEGMENTS, rfm_rules
+from cip_pipeline.assets.common import skipped
 from cip_pipeline.io_managers import SqlQuery, SqlTable
 from cip_pipeline.partitions import WAREHOUSE_POOL
 from cip_pipeline.resources import WarehouseResource
@@ -53,12 +54,12 @@ def segment_outcomes(
     with warehouse.connect(read_only=True) as con:
         first, last = con.execute(sql.statement("ml", "data_range")).fetchall()[0]
     if first is None:
-        yield _skip(OUTCOMES_KEY, NOT_ENOUGH)
+        yield skipped(OUTCOMES_KEY, NOT_ENOUGH)
         return
     end = datetime(last.year, last.month, last.day) + timedelta(days=1)
     cutoff = end - timedelta(days=config.window_days)
     if cutoff <= first:
-        yield _skip(OUTCOMES_KEY, NOT_ENOUGH)
+        yield skipped(OUTCOMES_KEY, NOT_ENOUGH)
         return
     before = f"(SELECT * FROM core.events WHERE event_time < {sql.timestamp(cutoff)})"
     segments = sql.statement("analytics", "rfm_segments", events=before, rules=rfm_rules())
@@ -89,10 +90,6 @@ def _segment_figures(frame: pl.DataFrame, window_days: int) -> pl.DataFrame:
         )
         .sort("segment")
     )
-
-
-def _skip(key: dg.AssetKey, reason: str) -> dg.AssetObservation:
-    return dg.AssetObservation(asset_key=key, metadata={"skipped": reason})
 
 
 NOT_ENOUGH = "not enough data: needs buyers before a cutoff one window before the end"
@@ -268,7 +265,7 @@ def reactivation_simulation(
         pl.col("segment").is_in([TARGET_SEGMENT, "At Risk"])
     )
     if users.height < 20:
-        yield _skip(SIM_KEY, "fewer than 20 at-risk users (Cant Lose Them, At Risk)")
+        yield skipped(SIM_KEY, "fewer than 20 at-risk users (Cant Lose Them, At Risk)")
         return
     rng = np.random.default_rng(config.seed)
     treated = rng.random(users.height) < 0.5

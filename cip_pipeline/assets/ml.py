@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from cip_pipeline import sql
+from cip_pipeline.assets.common import SKIPPED, skipped
 from cip_pipeline.assets.core import top_categories_sql
 from cip_pipeline.budget import Budget, parse_size
 from cip_pipeline.io_managers import SqlQuery, SqlTable
@@ -133,13 +134,13 @@ def _skipped_model(
     """No model this time: say why, and record the check as not evaluated (a warning, so
     the run does not fail on data that is merely too short)."""
     context.log.info(f"skipped: {reason}")
-    yield dg.AssetObservation(asset_key=MODEL_KEY, metadata={"skipped": reason})
+    yield skipped(MODEL_KEY, reason)
     yield dg.AssetCheckResult(
         check_name="beats_best_baseline",
         asset_key=MODEL_KEY,
         passed=False,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"skipped": reason},
+        metadata={SKIPPED: reason},
     )
 
 

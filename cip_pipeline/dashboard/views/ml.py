@@ -56,24 +56,19 @@ def model_card(card: data.ModelCard) -> None:
     baselines = {k: v for k, v in card.metrics.items() if k != MODEL}
     best = max(baselines, key=lambda k: baselines[k]["pr_auc"]) if baselines else None
     cols = st.columns(5)
-    delta_roc = delta_pr = None
-    if best is not None:
-        delta_roc = f"{metrics['roc_auc'] - baselines[best]['roc_auc']:+.3f} vs baseline"
-        delta_pr = f"{metrics['pr_auc'] - baselines[best]['pr_auc']:+.3f} vs baseline"
-    cols[0].metric(
-        "ROC-AUC",
-        ui.decimal(metrics["roc_auc"]),
-        delta=delta_roc,
-        help=_interval(metrics, "roc_auc"),
-        border=True,
-    )
-    cols[1].metric(
-        "PR-AUC",
-        ui.decimal(metrics["pr_auc"]),
-        delta=delta_pr,
-        help=_interval(metrics, "pr_auc"),
-        border=True,
-    )
+    for col, (label, key) in zip(
+        cols, (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc")), strict=False
+    ):
+        delta = None
+        if best is not None:
+            delta = f"{metrics[key] - baselines[best][key]:+.3f} vs baseline"
+        col.metric(
+            label,
+            ui.decimal(metrics[key]),
+            delta=delta,
+            help=_interval(metrics, key),
+            border=True,
+        )
     cols[2].metric(
         "Lift at top 10%",
         ui.decimal(metrics["at_k"]["10%"]["lift"], 2),
