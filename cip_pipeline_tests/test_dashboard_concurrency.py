@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from cip_pipeline.dashboard import data
-from cip_pipeline.dashboard.launch import APP
+from cip_pipeline.dashboard.launch import app_test
 from cip_pipeline.dashboard.views import PAGES
 from cip_pipeline_tests import dashboard_expected as expected
 
@@ -31,7 +30,7 @@ def test_dashboard_while_the_pipeline_writes(
     shutil.copytree(dashboard_sample, root, ignore=shutil.ignore_patterns("spill"))
     monkeypatch.setenv("CIP_DATA_DIR", str(root))
     data.clear_caches()
-    at = AppTest.from_file(str(APP), default_timeout=120)
+    at = app_test(timeout=120)
     for file, *_ in PAGES:  # every page once before the run: the last good data to fall back on
         at.switch_page(f"views/{file}").run()
         assert not at.exception and not at.error, file

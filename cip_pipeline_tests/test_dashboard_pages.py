@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from cip_pipeline import stats
 from cip_pipeline.dashboard import data
-from cip_pipeline.dashboard.launch import APP, measure_pages
+from cip_pipeline.dashboard.launch import app_test, measure_pages
 from cip_pipeline.dashboard.views import PAGES as VIEWS
 from cip_pipeline_tests import dashboard_expected as expected
 from cip_pipeline_tests.dashboard_expected import number
@@ -32,7 +32,7 @@ PAGES = [f"views/{file}" for file, *_ in VIEWS]
 def at(dashboard_sample: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
     monkeypatch.setenv("CIP_DATA_DIR", str(dashboard_sample))
     data.clear_caches()
-    yield AppTest.from_file(str(APP), default_timeout=60).run()
+    yield app_test(timeout=60).run()
     data.clear_caches()
 
 
@@ -169,7 +169,7 @@ def test_ml_engine_model_card_and_recommendations(at: AppTest, dashboard_sample:
 def test_no_warehouse_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
     data.clear_caches()
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at = app_test(timeout=60).run()
     for page in PAGES:
         at.switch_page(page).run()
         assert not at.exception, [e.value for e in at.exception]
@@ -184,7 +184,7 @@ def test_tables_not_built_yet(
     """The sample without models and experiments: those sections say so, the rest works."""
     monkeypatch.setenv("CIP_DATA_DIR", str(warehouse_sample.root))
     data.clear_caches()
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at = app_test(timeout=60).run()
     at.switch_page("views/ml.py").run()
     assert_clean(at)
     assert any("not in the warehouse yet" in i.value for i in at.info)
@@ -231,7 +231,7 @@ def test_pipeline_holding_the_file(
     shutil.copy(dashboard_sample / "warehouse" / "cip.duckdb", db)
     monkeypatch.setenv("CIP_DATA_DIR", str(root))
     data.clear_caches()
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at = app_test(timeout=60).run()
     before = metrics(at)
     assert before["Events"] and not at.warning
 
@@ -286,7 +286,7 @@ def test_month_freshness_from_the_dagster_instance(
         ).records[0]
     monkeypatch.setenv("CIP_DATA_DIR", str(root))
     data.clear_caches()
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at = app_test(timeout=60).run()
     assert_clean(at)
     freshness = at.dataframe[0].value
     assert list(freshness["month"]) == ["2019-10", "2019-11"]
@@ -309,6 +309,7 @@ def test_cli_serves_locally_headless_without_telemetry() -> None:
         "--server.headless true",
         "--browser.gatherUsageStats false",
         "--client.showErrorDetails none",
+        "--runner.magicEnabled false",
     ):
         assert option in command
 

@@ -13,6 +13,7 @@ instead of failing, and only when nothing was ever read do they say the warehous
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -32,6 +33,7 @@ from cip_pipeline.budget import available_cores
 from cip_pipeline.duckdb_locks import is_lock_conflict
 from cip_pipeline.months import month_of_raw_file
 
+log = logging.getLogger("cip_pipeline.dashboard")
 CACHE_TTL_SECONDS = 600  # bounds memory; freshness comes from the file version in the key
 FILE_TTL_SECONDS = 60  # lake, benchmark and Dagster figures
 CACHE_ENTRIES = 512
@@ -403,8 +405,12 @@ def materializations() -> pl.DataFrame | None:
         return None
     try:
         return _materializations(str(home))
-    except Exception:  # a damaged or newer instance must not break the page
-        return None
+    except Exception:  # a damaged, newer or busy instance must not break the page
+        log.warning("could not read the Dagster home %s", home, exc_info=True)
+    # The failure's traceback holds SQLite connections in reference cycles: collected in this
+    # thread, where they were opened (see _materializations).
+    gc.collect()
+    return None
 
 
 def lake_written() -> dict[str, datetime]:

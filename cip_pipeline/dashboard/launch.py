@@ -3,45 +3,61 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
 
 APP = Path(__file__).resolve().parent / "app.py"
 INSTALL_HINT = "the dashboard needs its extra: pip install '.[dashboard]' (or make test)"
 
 
+# The server's options. Magic (bare expressions written to the page) is off: the pages call
+# `st` explicitly, and magic's ast.parse of each page fails on CPython 3.11 when a garbage
+# collection inside it finalizes another thread's objects ("AST constructor recursion depth
+# mismatch").
+SERVER_OPTIONS = {
+    "server.headless": True,
+    "server.fileWatcherType": "none",
+    "server.runOnSave": False,
+    "browser.gatherUsageStats": False,
+    "client.showErrorDetails": "none",
+    "client.toolbarMode": "viewer",
+    "global.developmentMode": False,
+    "runner.magicEnabled": False,
+}
+IN_PROCESS_OPTIONS = ("runner.magicEnabled",)  # the ones AppTest's runs need as well
+
+
 def streamlit_command(host: str, port: int) -> list[str]:
     """The `streamlit run` command line: bound to `host`, no browser opened, no usage
     statistics sent, no file watcher, error details kept in the server's log."""
-    return [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(APP),
-        "--server.address",
-        host,
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-        "--server.fileWatcherType",
-        "none",
-        "--server.runOnSave",
-        "false",
-        "--browser.gatherUsageStats",
-        "false",
-        "--client.showErrorDetails",
-        "none",
-        "--client.toolbarMode",
-        "viewer",
-        "--global.developmentMode",
-        "false",
+    options = {"server.address": host, "server.port": port, **SERVER_OPTIONS}
+    flags = [
+        arg
+        for key, value in options.items()
+        for arg in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))
     ]
+    return [sys.executable, "-m", "streamlit", "run", str(APP), *flags]
+
+
+def app_test(timeout: float) -> AppTest:
+    """The dashboard under Streamlit's AppTest, with the server's script options. Garbage this
+    thread left (e.g. Dagster's SQLite connections) is collected here first, not later inside
+    a script thread, where finalizing it fails and its logged error breaks a compile."""
+    from streamlit import config
+    from streamlit.testing.v1 import AppTest
+
+    for key in IN_PROCESS_OPTIONS:
+        config.set_option(key, SERVER_OPTIONS[key])
+    gc.collect()
+    return AppTest.from_file(str(APP), default_timeout=timeout)
 
 
 def has_streamlit() -> bool:
@@ -77,9 +93,7 @@ def measure_pages(repeat: int = 1) -> list[PageTiming]:
     """Render each page with AppTest, first with every cache cleared, then again warm; the
     best of `repeat` tries of each. Each page's modules are imported by an untimed run first,
     as in a server that has shown the page before."""
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(APP), default_timeout=300)
+    at = app_test(timeout=300)
     at.run()  # page registration, not timed; imports the modules inside a (mock) runtime
     from cip_pipeline.dashboard import data
     from cip_pipeline.dashboard.views import PAGES
