@@ -5,12 +5,13 @@ holding the file (last good data with a notice, or a clear message; never a trac
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,31 @@ def test_tables_not_built_yet(
     assert_clean(at)
     assert "Sample size per arm" in metrics(at)
     assert any("not in the warehouse yet" in i.value for i in at.info)
+    data.clear_caches()
+
+
+def test_an_unreadable_dagster_home_falls_back_to_the_lake(
+    dashboard_sample: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A damaged instance config: Home logs why and shows when each month reached the lake."""
+    root = tmp_path / "data"
+    shutil.copytree(dashboard_sample, root, ignore=shutil.ignore_patterns("spill"))
+    (root / "dagster_home" / "dagster.yaml").write_text("storage: [not, a, mapping]\n")
+    monkeypatch.setenv("CIP_DATA_DIR", str(root))
+    data.clear_caches()
+    with caplog.at_level(logging.WARNING, logger="cip_pipeline.dashboard"):
+        at = app_test(timeout=60).run()
+    assert_clean(at)
+    assert "could not read the Dagster home" in caplog.text
+    table = next(d.value for d in at.dataframe if "Parquet written at" in d.value.columns)
+    shown = dict(zip(table["month"], table["Parquet written at"], strict=True))
+    for f in (root / "lake" / "events").glob("month=*/events.parquet"):
+        written = datetime.fromtimestamp(f.stat().st_mtime, UTC)
+        assert abs(shown[f.parent.name.removeprefix("month=")] - written) < timedelta(seconds=1)
+    assert len(shown) == 2
     data.clear_caches()
 
 
