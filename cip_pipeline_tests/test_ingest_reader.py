@@ -30,6 +30,8 @@ CORPUS = [
         "wrong_column_count",
     ),
     (GOOD + ",extra", "wrong_column_count"),
+    (GOOD + ",extra,more", "wrong_column_count"),
+    ("", "wrong_column_count"),
     ("2019-13-01 00:00:04 UTC" + GOOD[23:], "unparsable_timestamp"),
     ("yesterday" + GOOD[23:], "unparsable_timestamp"),
     ("2019-11-01 00:00:00 UTC" + GOOD[23:], "timestamp_outside_month"),

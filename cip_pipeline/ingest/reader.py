@@ -111,21 +111,25 @@ def _lines(path: Path) -> pl.LazyFrame:
         separator="\x1f",
         quote_char=None,
         schema={"raw_line": pl.String},
+        empty_string_is_null=False,  # an empty line is quarantined as "", not as null
         row_index_name="line",
         row_index_offset=2,
-    ).with_columns(pl.col("line").cast(pl.Int64), pl.col("raw_line").str.strip_suffix("\r"))
+    ).with_columns(pl.col("line").cast(pl.Int64))
 
 
 def classify(lines: pl.LazyFrame, month_start: datetime, month_end: datetime) -> pl.LazyFrame:
-    """Typed fields plus a `reason` column (null for a row that is good)."""
+    """Typed fields plus a `reason` column (null for a row that is good). A CRLF line keeps
+    its carriage return on `raw_line`: only the quarantined lines are stripped of it."""
+    # Split into one field more than a row has: a row with the right count leaves the last
+    # one null, a cut-off row leaves user_session null. Cheaper than counting commas apart.
     fields = lines.with_columns(
-        pl.col("raw_line").str.count_matches(",", literal=True).alias("n_commas"),
         pl.col("raw_line")
-        .str.split_exact(",", len(RAW_COLUMNS) - 1)
-        .struct.rename_fields([f"{c}_raw" for c in RAW_COLUMNS])
-        .alias("f"),
+        .str.split_exact(",", len(RAW_COLUMNS))
+        .struct.rename_fields([f"{c}_raw" for c in RAW_COLUMNS] + ["extra_field"])
+        .alias("f")
     ).unnest("f")
     raw = {c: pl.col(f"{c}_raw") for c in RAW_COLUMNS}
+    raw["user_session"] = raw["user_session"].str.strip_suffix("\r")
     session_hex = raw["user_session"].str.replace_all("-", "", literal=True)
     typed = fields.with_columns(
         raw["event_time"]
@@ -145,7 +149,7 @@ def classify(lines: pl.LazyFrame, month_start: datetime, month_end: datetime) ->
     )
     col = pl.col
     reason = (
-        pl.when(col("n_commas") != len(RAW_COLUMNS) - 1)
+        pl.when(col("user_session_raw").is_null() | col("extra_field").is_not_null())
         .then(pl.lit("wrong_column_count"))
         .when(col("event_time").is_null())
         .then(pl.lit("unparsable_timestamp"))
@@ -189,7 +193,10 @@ def ingest_month(
     rows = classify(_lines(raw), month_start, month_end)
     good = rows.filter(pl.col("reason").is_null()).select(list(EVENTS_SCHEMA))
     bad = rows.filter(pl.col("reason").is_not_null()).select(
-        "line", pl.lit(None, pl.Int64).alias("parquet_row"), "reason", "raw_line"
+        "line",
+        pl.lit(None, pl.Int64).alias("parquet_row"),
+        "reason",
+        pl.col("raw_line").str.strip_suffix("\r"),
     )
     for out in (events_out, quarantine_out):
         out.parent.mkdir(parents=True, exist_ok=True)
