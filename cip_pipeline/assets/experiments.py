@@ -93,6 +93,7 @@ def _segment_figures(frame: pl.DataFrame, window_days: int) -> pl.DataFrame:
 
 
 NOT_ENOUGH = "not enough data: needs buyers before a cutoff one window before the end"
+NO_BUYERS = "no buyers before the cutoff one window before the end: no segment to plan for"
 POWER_KEY = dg.AssetKey(["experiments", "ab_power_tables"])
 PLANS_KEY = dg.AssetKey(["experiments", "segment_test_plans"])
 SIM_KEY = dg.AssetKey(["experiments", "reactivation_simulation"])
@@ -118,6 +119,9 @@ def ab_power_tables(
     outcomes: SqlTable,
 ) -> Iterator[dg.Output | dg.AssetObservation]:
     frame = _load_outcomes(warehouse, outcomes)
+    if frame.is_empty():
+        yield skipped(POWER_KEY, NO_BUYERS)
+        return
     segments = _segment_figures(frame, config.window_days)
     baselines = [("standard", p, None) for p in STANDARD_BASELINES] + [
         (f"segment: {r['segment']}", r["baseline_conversion"], r["daily_eligible_users"])
@@ -223,6 +227,9 @@ def segment_test_plans(
 ) -> Iterator[dg.Output | dg.AssetObservation]:
     rows = []
     frame = _load_outcomes(warehouse, outcomes)
+    if frame.is_empty():
+        yield skipped(PLANS_KEY, NO_BUYERS)
+        return
     for r in _segment_figures(frame, config.window_days).iter_rows(named=True):
         p, daily = r["baseline_conversion"], r["daily_eligible_users"]
         plan = {
