@@ -186,7 +186,7 @@ def test_two_months_launched_at_once_both_succeed(dagster: Dagster) -> None:
                 ).records
             )
         ]
-        assert len(checks) == 9
+        assert len(checks) == 13  # events_parquet 7, core/events 6
         assert all(c.passed for c in checks)
         logs = "\n".join(
             str(r.event_log_entry.message) for r in instance.get_records_for_run(run_id).records

@@ -184,3 +184,32 @@ def test_real_head(tmp_path: Path, real_head: Path) -> None:
     # The independent oracle: Polars' own CSV reader on the same file, cut-off row dropped.
     oracle = pl.read_csv(real_head, infer_schema_length=0).head(17_434)
     assert oracle.unique().height == result.rows_loaded
+
+
+def test_parquet_row_checks_fail_on_bad_rows(tmp_path: Path) -> None:
+    """The events_parquet row checks on a hand-made file: one null key, one event of the
+    next month, one negative price, one unknown type (a file not written by the reader)."""
+    from cip_pipeline.assets.ingest import _row_checks
+
+    path = tmp_path / "events.parquet"
+    pl.DataFrame(
+        {
+            "event_time": [datetime(2019, 10, 5), datetime(2019, 11, 1), datetime(2019, 10, 9)],
+            "event_type": ["view", "wishlist", "cart"],
+            "product_id": [1, None, 3],
+            "category_id": [1, 2, 3],
+            "user_id": [7, 8, 9],
+            "price": [1.5, 2.0, -0.5],
+        }
+    ).write_parquet(path)
+    results = {r.check_name: r for r in _row_checks(path, *OCT)}
+    assert {name: r.passed for name, r in results.items()} == {
+        "non_null_keys": False,
+        "event_time_in_month": False,
+        "event_type_domain": False,
+        "price_non_negative": False,
+    }
+    assert results["non_null_keys"].metadata["rows_with_null_key"].value == 1
+    assert results["price_non_negative"].metadata["negative_prices"].value == 1
+    assert results["event_type_domain"].metadata["outside_domain"].value == ["wishlist"]
+    assert results["event_time_in_month"].metadata["max"].value == "2019-11-01 00:00:00"

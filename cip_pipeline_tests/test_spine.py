@@ -61,7 +61,7 @@ def test_partition_materializes_and_every_check_passes(data_dir: Path) -> None:
     result = _materialize()
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 9
+    assert len(evaluations) == 13  # events_parquet 7, core/events 6
     assert [e.check_name for e in evaluations if not e.passed] == []
 
     # core.events equals an independent computation from the CSV with Polars alone.

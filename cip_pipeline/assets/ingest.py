@@ -3,6 +3,7 @@
 import json
 import warnings
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -120,6 +121,18 @@ def _spec(
             events_parquet,
             "Invalid rows (duplicates counted apart): warn above 0.1%, fail above 5%.",
         ),
+        _spec(
+            "non_null_keys",
+            events_parquet,
+            "event_time, event_type, product_id, category_id, user_id, price never null.",
+        ),
+        _spec("event_time_in_month", events_parquet, "Every event lies in the month."),
+        _spec(
+            "event_type_domain",
+            events_parquet,
+            "event_type in view, cart, purchase, remove_from_cart.",
+        ),
+        _spec("price_non_negative", events_parquet, "price >= 0."),
     ],
 )
 def events_parquet_checks(
@@ -168,6 +181,47 @@ def events_parquet_checks(
             "quarantine_share": round(share, 6),
             "duplicate_share": round(duplicates / max(raw_rows, 1), 6),
         },
+    )
+    yield from _row_checks(events, *month_window(context.partition_key))
+
+
+def _row_checks(events: Path, start: datetime, end: datetime) -> Iterator[dg.AssetCheckResult]:
+    """The row-level checks of the Parquet, from one streaming scan of its key columns."""
+    keys = ["event_time", "event_type", "product_id", "category_id", "user_id", "price"]
+    profile = (
+        pl.scan_parquet(events)
+        .select(
+            pl.sum_horizontal(pl.col(keys).null_count()).alias("null_keys"),
+            pl.col("event_time").min().alias("min_time"),
+            pl.col("event_time").max().alias("max_time"),
+            (pl.col("price") < 0).sum().alias("negative_prices"),
+            pl.col("event_type").unique().cast(pl.String).implode().alias("event_types"),
+        )
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
+    yield dg.AssetCheckResult(
+        check_name="non_null_keys",
+        passed=profile["null_keys"] == 0,
+        metadata={"rows_with_null_key": profile["null_keys"]},
+    )
+    lo, hi = profile["min_time"], profile["max_time"]
+    yield dg.AssetCheckResult(
+        check_name="event_time_in_month",
+        passed=lo is None or (lo >= start and hi < end),
+        metadata={"min": str(lo), "max": str(hi)},
+    )
+    # nulls are non_null_keys' failures
+    outside = sorted({t for t in profile["event_types"] if t is not None} - set(reader.EVENT_TYPES))
+    yield dg.AssetCheckResult(
+        check_name="event_type_domain",
+        passed=not outside,
+        metadata={"outside_domain": outside},
+    )
+    yield dg.AssetCheckResult(
+        check_name="price_non_negative",
+        passed=profile["negative_prices"] == 0,
+        metadata={"negative_prices": profile["negative_prices"]},
     )
 
 
