@@ -249,6 +249,7 @@ def propensity_model(
                 "preferred_brand": brand_codes,
                 "primary_category": list(prop.CATEGORY_NAMES),
             },
+            validated=bool(beats),
         ),
         metadata={
             "roc_auc": m.roc_auc,

@@ -22,6 +22,9 @@ class TrainedModel:
     windows: dict[str, Any]
     metrics: dict[str, Any]
     encodings: dict[str, Any] = field(default_factory=dict)
+    # Passed its validation (for the propensity model: beat every baseline). A version that
+    # did not is registered for the record but never loaded for scoring.
+    validated: bool = True
 
 
 @dataclass
@@ -59,6 +62,7 @@ class ModelRegistryIOManager(dg.ConfigurableIOManager):
                         "windows": json.dumps(obj.windows),
                         "metrics": json.dumps(obj.metrics),
                         "encodings": json.dumps(obj.encodings),
+                        "validated": obj.validated,
                     },
                 )
                 con.execute("COMMIT")
@@ -73,11 +77,12 @@ class ModelRegistryIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> RegisteredModel:
+        """The newest validated version."""
         name = context.asset_key.to_user_string()
         with self.warehouse.connect(read_only=True) as con:
             rows = con.execute(sql.statement("registry", "latest"), {"name": name}).fetchall()
         if not rows:
-            raise dg.Failure(f"no registered version of {name}")
+            raise dg.Failure(f"no validated version of {name} in ml.model_registry")
         version, created_at, booster, params, features, windows, metrics, encodings = rows[0]
         return RegisteredModel(
             booster=lgb.Booster(model_str=booster),

@@ -12,19 +12,25 @@ CREATE TABLE IF NOT EXISTS ml.model_registry (
     windows JSON NOT NULL,
     metrics JSON NOT NULL,
     encodings JSON NOT NULL,
+    validated BOOLEAN NOT NULL DEFAULT true,
     PRIMARY KEY (model_name, version)
-)
+);
+-- registries made before the flag: their versions were all served
+ALTER TABLE ml.model_registry ADD COLUMN IF NOT EXISTS validated BOOLEAN DEFAULT true
 
 -- name: next_version
 SELECT coalesce(max(version), 0) + 1 FROM ml.model_registry WHERE model_name = $name
 
 -- name: insert
-INSERT INTO ml.model_registry VALUES
-    ($name, $version, $created_at, $booster, $params, $features, $windows, $metrics, $encodings)
+INSERT INTO ml.model_registry BY NAME
+SELECT $name AS model_name, $version AS version, $created_at AS created_at,
+       $booster AS booster, $params AS params, $features AS features, $windows AS windows,
+       $metrics AS metrics, $encodings AS encodings, $validated AS validated
 
 -- name: latest
+-- The newest version that passed its validation: the one scoring uses.
 SELECT version, created_at, booster, params, features, windows, metrics, encodings
 FROM ml.model_registry
-WHERE model_name = $name
+WHERE model_name = $name AND validated
 ORDER BY version DESC
 LIMIT 1
