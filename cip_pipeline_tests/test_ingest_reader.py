@@ -213,3 +213,23 @@ def test_parquet_row_checks_fail_on_bad_rows(tmp_path: Path) -> None:
     assert results["price_non_negative"].metadata["negative_prices"].value == 1
     assert results["event_type_domain"].metadata["outside_domain"].value == ["wishlist"]
     assert results["event_time_in_month"].metadata["max"].value == "2019-11-01 00:00:00"
+
+
+@pytest.mark.parametrize(
+    ("invalid", "passed", "severity"),
+    [
+        (0, True, "WARN"),
+        (10, True, "WARN"),  # exactly 0.1%: still fine
+        (11, False, "WARN"),
+        (500, False, "WARN"),  # exactly 5%: a warning
+        (501, False, "ERROR"),
+    ],
+)
+def test_quarantine_rate_thresholds(invalid: int, passed: bool, severity: str) -> None:
+    """Invalid rows of 10,000 raw rows; duplicates (here 2,000) never count."""
+    from cip_pipeline.assets.ingest import quarantine_rate
+
+    result = quarantine_rate(invalid, 2_000, 10_000)
+    assert (result.passed, result.severity.name) == (passed, severity)
+    assert result.metadata["quarantine_share"].value == invalid / 10_000
+    assert result.metadata["duplicate_share"].value == 0.2

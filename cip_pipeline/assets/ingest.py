@@ -166,6 +166,12 @@ def events_parquet_checks(
         check_name="schema_and_types", passed=not mismatched, metadata={"mismatched": mismatched}
     )
 
+    yield quarantine_rate(invalid, duplicates, raw_rows)
+    yield from _row_checks(events, *month_window(context.partition_key))
+
+
+def quarantine_rate(invalid: int, duplicates: int, raw_rows: int) -> dg.AssetCheckResult:
+    """Invalid rows over raw rows: passes up to 0.1%, a warning above, an error above 5%."""
     share = invalid / max(raw_rows, 1)
     if share > QUARANTINE_FAIL_SHARE:
         severity, passed = dg.AssetCheckSeverity.ERROR, False
@@ -173,7 +179,7 @@ def events_parquet_checks(
         severity, passed = dg.AssetCheckSeverity.WARN, False
     else:
         severity, passed = dg.AssetCheckSeverity.WARN, True
-    yield dg.AssetCheckResult(
+    return dg.AssetCheckResult(
         check_name="quarantine_rate",
         passed=passed,
         severity=severity,
@@ -182,7 +188,6 @@ def events_parquet_checks(
             "duplicate_share": round(duplicates / max(raw_rows, 1), 6),
         },
     )
-    yield from _row_checks(events, *month_window(context.partition_key))
 
 
 def _row_checks(events: Path, start: datetime, end: datetime) -> Iterator[dg.AssetCheckResult]:
