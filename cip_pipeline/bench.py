@@ -32,6 +32,11 @@ class AssetFigures:
     seconds: list[float] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)
 
+    def rows_per_second(self) -> float | None:
+        """Rows over the median wall time; None without rows or time."""
+        med = statistics.median(self.seconds) if self.seconds else 0.0
+        return (self.rows or 0) / med if med > 0 and self.rows else None
+
 
 @dataclass
 class BenchReport:
@@ -156,8 +161,8 @@ def to_markdown(report: BenchReport) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for fig in report.assets.values():
-        med = statistics.median(fig.seconds)
-        rate = f"{(fig.rows or 0) / med:,.0f}" if med > 0 and fig.rows else "-"
+        rows_per_second = fig.rows_per_second()
+        rate = "-" if rows_per_second is None else f"{rows_per_second:,.0f}"
         peak = f"{max(fig.peak_rss) / mib:,.0f}" if fig.peak_rss else "-"
         lines.append(
             f"| {fig.asset} | {fig.rows or 0:,} | {_median_range(fig.seconds)} | {rate} | {peak} |"
@@ -185,6 +190,10 @@ def write_report(report: BenchReport) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{report.events}-{report.started.replace(':', '')}"
     json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
-    json_path.write_text(json.dumps(asdict(report), indent=2))
+    figures = asdict(report)
+    for name, fig in report.assets.items():
+        figures["assets"][name]["median_seconds"] = statistics.median(fig.seconds)
+        figures["assets"][name]["rows_per_second"] = fig.rows_per_second()
+    json_path.write_text(json.dumps(figures, indent=2))
     md_path.write_text(to_markdown(report))
     return json_path, md_path

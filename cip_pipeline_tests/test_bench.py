@@ -27,7 +27,11 @@ def test_bench_reports_every_asset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len(report.totals) == 1 and len(report.refresh_totals) == 1
     assert 0 < report.parquet_bytes < report.raw_bytes
     json_path, md_path = write_report(report)
-    assert json.loads(json_path.read_text())["events"] == 60_000
+    written = json.loads(json_path.read_text())
+    assert written["events"] == 60_000
+    parquet = written["assets"]["events_parquet"]
+    assert parquet["median_seconds"] == events.seconds[0]  # one run: the median is that run
+    assert parquet["rows_per_second"] == pytest.approx(events.rows / events.seconds[0])
     assert (
         md_path.read_text() == to_markdown(report) and "| events_parquet |" in md_path.read_text()
     )
