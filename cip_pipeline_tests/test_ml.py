@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pytest
+import scipy.stats
 
 from cip_pipeline import stats
 from cip_pipeline.assets.ml import build_feature_staging
@@ -213,15 +215,27 @@ def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path
     assert not before["label"].equals(after["label"])  # the label does look ahead
 
 
-def test_rules_equal_an_independent_polars_computation(warehouse: Path) -> None:
-    rules = _query(warehouse, "SELECT * FROM ml.product_affinity WHERE basket_kind = 'session'")
-    events = _query(
+HORIZON_SECONDS = 86400 * 14
+
+
+@pytest.mark.parametrize("kind", ["session", "user_horizon"])
+def test_rules_equal_an_independent_polars_computation(warehouse: Path, kind: str) -> None:
+    rules = _query(warehouse, f"SELECT * FROM ml.product_affinity WHERE basket_kind = '{kind}'")
+    purchases = _query(
         warehouse,
-        "SELECT user_session::VARCHAR AS basket, product_id "
-        "FROM core.events WHERE event_type = 'purchase' "
-        "AND user_session IS NOT NULL",
+        "SELECT user_session::VARCHAR AS session, user_id, product_id, event_time "
+        "FROM core.events WHERE event_type = 'purchase'",
     )
-    baskets = events.unique()
+    if kind == "session":  # a session's purchases
+        baskets = purchases.filter(pl.col("session").is_not_null()).select(
+            pl.col("session").alias("basket"), "product_id"
+        )
+    else:  # a user's purchases within one horizon-long bucket of time
+        bucket = pl.col("event_time").dt.epoch("s") // HORIZON_SECONDS
+        baskets = purchases.select(
+            pl.format("{}:{}", "user_id", bucket).alias("basket"), "product_id"
+        )
+    baskets = baskets.unique()
     baskets = baskets.filter(
         pl.col("basket").is_in(
             baskets.group_by("basket").len().filter(pl.col("len") <= 50)["basket"].implode()
@@ -292,3 +306,63 @@ def test_power_tables_equal_the_stats_module(warehouse: Path) -> None:
     assert sim["simulated"].all()
     cuped = sim.filter(pl.col("method").str.starts_with("CUPED")).row(0, named=True)
     assert 0 < cuped["variance_reduction"] < 1
+
+
+def test_experiment_tables_equal_independent_figures(warehouse: Path) -> None:
+    """segment_outcomes' next window against core.events; the plans' and power tables'
+    segment baselines, sample sizes and durations from those outcomes by hand; the SRM row
+    from scipy's chi-square on the arm sizes it reports."""
+    outcomes = _query(warehouse, "SELECT * FROM experiments.segment_outcomes")
+    cutoff, end = outcomes["cutoff"][0], outcomes["window_end"][0]
+    window = _query(
+        warehouse,
+        "SELECT user_id, event_type::VARCHAR AS event_type, price::DOUBLE AS price "
+        f"FROM core.events WHERE event_time >= TIMESTAMP '{cutoff}' "
+        f"AND event_time < TIMESTAMP '{end}'",
+    )
+    bought = pl.col("event_type") == "purchase"
+    per_user = window.group_by("user_id").agg(
+        bought.any().alias("bought_i"), pl.col("price").filter(bought).sum().alias("revenue_i")
+    )
+    joined = outcomes.join(per_user, on="user_id", how="left")
+    assert (joined["bought"] == joined["bought_i"].fill_null(False)).all()
+    assert (joined["active"] == joined["bought_i"].is_not_null()).all()
+    assert np.allclose(joined["revenue"], joined["revenue_i"].fill_null(0.0), rtol=1e-9)
+
+    window_days = (end - cutoff).days
+    segments = {
+        r["segment"]: r
+        for r in outcomes.group_by("segment")
+        .agg(
+            pl.len().alias("users"),
+            pl.col("bought").mean().alias("p"),
+            (pl.col("active").sum() / window_days).alias("daily"),
+        )
+        .iter_rows(named=True)
+    }
+    plans = _query(warehouse, "SELECT * FROM experiments.segment_test_plans")
+    assert set(plans["segment"]) == set(segments)
+    for row in plans.iter_rows(named=True):
+        seg = segments[row["segment"]]
+        assert row["users"] == seg["users"]
+        assert row["baseline_conversion"] == pytest.approx(seg["p"], rel=1e-12)
+        assert row["daily_eligible_users"] == pytest.approx(seg["daily"], rel=1e-12)
+        if seg["p"] > 0 and seg["p"] * 1.2 < 1:
+            n = stats.sample_size_two_proportions(seg["p"], 0.2).n_control
+            assert row["n_per_arm_lift_20"] == n
+            assert row["days_lift_20"] == math.ceil(2 * n / seg["daily"] - 1e-9)
+    power = _query(
+        warehouse,
+        "SELECT DISTINCT baseline_source, baseline FROM experiments.ab_power_tables "
+        "WHERE \"table\" = 'conversion_sample_size' AND baseline_source LIKE 'segment: %'",
+    )
+    assert power.height > 0
+    for source, baseline in power.iter_rows():
+        assert baseline == pytest.approx(segments[source.removeprefix("segment: ")]["p"])
+
+    sim = _query(warehouse, "SELECT * FROM experiments.reactivation_simulation")
+    srm = sim.filter(pl.col("metric") == "assignment").row(0, named=True)
+    at_risk = sum(segments[s]["users"] for s in ("Cant Lose Them", "At Risk") if s in segments)
+    treated = round(srm["estimate"] * at_risk)
+    expected = scipy.stats.chisquare([at_risk - treated, treated]).pvalue
+    assert srm["p_value"] == pytest.approx(expected, rel=1e-9)
