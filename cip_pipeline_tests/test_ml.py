@@ -6,9 +6,10 @@ from __future__ import annotations
 import io
 import json
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import lightgbm as lgb
 import numpy as np
@@ -366,3 +367,81 @@ def test_experiment_tables_equal_independent_figures(warehouse: Path) -> None:
     treated = round(srm["estimate"] * at_risk)
     expected = scipy.stats.chisquare([at_risk - treated, treated]).pvalue
     assert srm["p_value"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_recommendation_offline_evaluation_equals_an_independent_count(warehouse: Path) -> None:
+    """The hit rate and recall at 10 the recommendations asset reports, recounted in Polars
+    from the events and the recommendations as of the same cutoff."""
+    from cip_pipeline.assets.ml import AffinityConfig, recommendations_sql, rules_sql
+
+    home = warehouse.parent.parent / "dagster_home"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey(["ml", "recommendations"]))
+    assert event is not None and event.asset_materialization is not None
+    reported = event.asset_materialization.metadata["offline_evaluation"].value
+    cutoff = datetime.fromisoformat(reported["cutoff"])
+    config = AffinityConfig()
+    as_of = f"{cutoff:%Y-%m-%d %H:%M:%S}"
+    recs = _query(
+        warehouse, recommendations_sql(config, f"({rules_sql(config, as_of)})", as_of)
+    ).select(pl.col("product_id").alias("anchor"), "recommended_product_id")
+    events = _query(
+        warehouse,
+        "SELECT user_id, product_id, event_type::VARCHAR AS t, event_time FROM core.events",
+    )
+    horizon = cutoff + timedelta(days=config.horizon_days)
+    before = events.filter(pl.col("event_time") < cutoff)
+    nxt = (
+        events.filter(
+            pl.col("t") == "purchase",
+            pl.col("event_time") >= cutoff,
+            pl.col("event_time") < horizon,
+        )
+        .select("user_id", "product_id")
+        .unique()
+    )
+    last = before.filter(pl.col("user_id").is_in(nxt["user_id"].implode()))
+    latest = last.group_by("user_id").agg(pl.col("event_time").max().alias("latest"))
+    at_latest = last.join(latest, on="user_id").filter(pl.col("event_time") == pl.col("latest"))
+    anchors = at_latest.group_by("user_id").agg(
+        pl.col("product_id").first().alias("anchor"), pl.col("product_id").n_unique().alias("k")
+    )
+    ties = anchors.filter(pl.col("k") > 1).height  # several products at the last instant
+    popular = (
+        before.filter(pl.col("t") == "purchase")
+        .group_by("product_id")
+        .len()
+        .sort(["len", "product_id"], descending=[True, False])
+        .head(10)
+        .select("product_id", pl.lit(True).alias("is_popular"))
+    )
+    per_user = (
+        nxt.join(anchors, on="user_id")
+        .join(
+            recs.with_columns(pl.lit(True).alias("hit")),
+            left_on=["anchor", "product_id"],
+            right_on=["anchor", "recommended_product_id"],
+            how="left",
+        )
+        .join(popular, on="product_id", how="left")
+        .group_by("user_id")
+        .agg(
+            pl.len().alias("bought"),
+            pl.col("hit").fill_null(False).sum().alias("hits"),
+            pl.col("is_popular").fill_null(False).sum().alias("popular_hits"),
+        )
+    )
+    users = per_user.height
+    assert reported["users"] == users > 100
+    tolerance = ties / users + 1e-12  # a tied anchor may differ from DuckDB's arg_max pick
+    assert abs(reported["hit_rate_at_10"] - (per_user["hits"] > 0).mean()) <= tolerance
+    assert reported["popular_hit_rate_at_10"] == pytest.approx(
+        (per_user["popular_hits"] > 0).mean(), rel=1e-12
+    )
+    assert reported["popular_recall_at_10"] == pytest.approx(
+        per_user["popular_hits"].sum() / per_user["bought"].sum(), rel=1e-12
+    )
+    if ties == 0:
+        assert reported["recall_at_10"] == pytest.approx(
+            per_user["hits"].sum() / per_user["bought"].sum(), rel=1e-12
+        )
