@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from cip_pipeline.ingest import reader
@@ -134,6 +135,27 @@ def test_good_rows_are_typed_exactly(tmp_path: Path) -> None:
     assert events["event_type"].to_list().count("remove_from_cart") == 1
 
 
+def test_row_groups_in_file_order_and_by_product_within(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row groups take the file's rows in turn; inside one, rows go by product and then
+    keep the file's order (time, in a REES46 file)."""
+    monkeypatch.setattr(reader, "ROW_GROUP_ROWS", 4)
+    products = [7, 3, 7, 1, 3, 9, 2, 2, 5, 1]
+    lines = [
+        f"2019-10-01 00:00:{i:02d} UTC,view,{p},1,a.b,x,1.00,{100 + i},"
+        for i, p in enumerate(products)
+    ]
+    raw = _write(tmp_path / "m.csv", [*lines[:5], "cut,off", *lines[5:]])
+    _, events, quarantine = _ingest(raw, tmp_path)
+    assert quarantine["reason"].to_list() == ["wrong_column_count"]
+    # By hand: good rows (0-3), (4-7), (8-9), each group sorted by product, stably.
+    expected = [(1, 103), (3, 101), (7, 100), (7, 102)]
+    expected += [(2, 106), (2, 107), (3, 104), (9, 105), (1, 109), (5, 108)]
+    assert list(events.select("product_id", "user_id").iter_rows()) == expected
+    assert pq.ParquetFile(tmp_path / "events.parquet").metadata.num_row_groups == 3
+
+
 def test_cut_off_last_line_without_newline(tmp_path: Path) -> None:
     raw = _write(tmp_path / "m.csv", [GOOD, GOOD[:60]], final_eol=False)
     result, events, quarantine = _ingest(raw, tmp_path)
@@ -233,3 +255,11 @@ def test_quarantine_rate_thresholds(invalid: int, passed: bool, severity: str) -
     assert (result.passed, result.severity.name) == (passed, severity)
     assert result.metadata["quarantine_share"].value == invalid / 10_000
     assert result.metadata["duplicate_share"].value == 0.2
+
+
+def test_a_file_without_a_good_row(tmp_path: Path) -> None:
+    raw = _write(tmp_path / "m.csv", ["cut,off", GOOD.replace(",view,", ",wishlist,")])
+    result, events, quarantine = _ingest(raw, tmp_path)
+    assert (result.rows_in, result.rows_valid, events.height) == (2, 0, 0)
+    assert events.schema == reader.EVENTS_SCHEMA
+    assert quarantine["reason"].to_list() == ["wrong_column_count", "unknown_event_type"]
