@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import polars as pl
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -172,7 +173,17 @@ def test_two_months_launched_at_once_both_succeed(dagster: Dagster) -> None:
         )
     finally:
         con.close()
-    assert set(months) == {"2019-10", "2019-11"} and min(months.values()) > 5_000
+    # Each month holds the lake's rows less the duplicates the quarantine lists.
+    lake = dagster.data / "lake"
+    expected = {}
+    for month in ("2019-10", "2019-11"):
+        rows = pl.scan_parquet(lake / "events" / f"month={month}" / "events.parquet").select(
+            pl.len()
+        )
+        quarantine = pl.read_parquet(lake / "quarantine" / f"month={month}" / "quarantine.parquet")
+        duplicates = quarantine.filter(pl.col("reason") == "duplicate").height
+        expected[month] = rows.collect().item() - duplicates
+    assert months == expected and min(months.values()) > 5_000
 
     os.environ["DAGSTER_HOME"] = str(dagster.home)
     instance = dg.DagsterInstance.get()
@@ -194,6 +205,33 @@ def test_two_months_launched_at_once_both_succeed(dagster: Dagster) -> None:
         assert "Database is locked" not in logs and "Could not set lock" not in logs
     pool = instance.event_log_storage.get_concurrency_info("duckdb_warehouse")
     assert pool.slot_count == 1
+    # The pool's steps (those writing or checking the warehouse) of the two runs never ran at
+    # the same time: one run waited for the other's slot.
+    spans = [_warehouse_step_spans(instance, run_id) for run_id in runs]
+    assert spans[0] and spans[1]
+    for a_start, a_end in spans[0]:
+        for b_start, b_end in spans[1]:
+            assert a_end <= b_start or b_end <= a_start, (spans[0], spans[1])
+
+
+def _warehouse_step_spans(instance: dg.DagsterInstance, run_id: str) -> list[tuple[float, float]]:
+    """(start, end) of each step of the run that holds the warehouse pool: all but the
+    Parquet step and its checks."""
+    started: dict[str, float] = {}
+    spans = []
+    for record in instance.get_records_for_run(run_id).records:
+        entry = record.event_log_entry
+        event = entry.dagster_event
+        if event is None or entry.step_key is None or entry.step_key.startswith("events_parquet"):
+            continue
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            started[entry.step_key] = entry.timestamp
+        elif event.event_type in (
+            dg.DagsterEventType.STEP_SUCCESS,
+            dg.DagsterEventType.STEP_FAILURE,
+        ):
+            spans.append((started[entry.step_key], entry.timestamp))
+    return spans
 
 
 @pytest.fixture(scope="module")
