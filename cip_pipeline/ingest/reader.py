@@ -236,6 +236,9 @@ def _row_group(
 
 
 def _write_lake_files(rows: pl.LazyFrame, events_tmp: Path, quarantine_tmp: Path) -> None:
+    # Polars' own writer (pyarrow's made the same rows 26% larger), fed by an IO source:
+    # frames pass by reference, no row is touched in Python. The IO-plugin API is marked
+    # unstable; pyproject pins the Polars minor version it was tested with.
     register_io_source(
         _ordered_row_groups(rows, quarantine_tmp), schema=EVENTS_SCHEMA
     ).sink_parquet(
