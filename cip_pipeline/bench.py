@@ -32,9 +32,12 @@ class AssetFigures:
     seconds: list[float] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)
 
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else 0.0
+
     def rows_per_second(self) -> float | None:
         """Rows over the median wall time; None without rows or time."""
-        med = statistics.median(self.seconds) if self.seconds else 0.0
+        med = self.median_seconds()
         return (self.rows or 0) / med if med > 0 and self.rows else None
 
 
@@ -192,7 +195,7 @@ def write_report(report: BenchReport) -> tuple[Path, Path]:
     json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
     figures = asdict(report)
     for name, fig in report.assets.items():
-        figures["assets"][name]["median_seconds"] = statistics.median(fig.seconds)
+        figures["assets"][name]["median_seconds"] = fig.median_seconds()
         figures["assets"][name]["rows_per_second"] = fig.rows_per_second()
     json_path.write_text(json.dumps(figures, indent=2))
     md_path.write_text(to_markdown(report))

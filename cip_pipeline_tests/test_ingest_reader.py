@@ -6,6 +6,7 @@ import gzip
 from datetime import datetime
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
@@ -211,7 +212,8 @@ def test_real_head(tmp_path: Path, real_head: Path) -> None:
 def test_parquet_row_checks_fail_on_bad_rows(tmp_path: Path) -> None:
     """The events_parquet row checks on a hand-made file: one null key, one event of the
     next month, one negative price, one unknown type (a file not written by the reader)."""
-    from cip_pipeline.assets.ingest import _row_checks
+    from cip_pipeline import sql
+    from cip_pipeline.assets.ingest import events_profile, row_checks
 
     path = tmp_path / "events.parquet"
     pl.DataFrame(
@@ -224,7 +226,9 @@ def test_parquet_row_checks_fail_on_bad_rows(tmp_path: Path) -> None:
             "price": [1.5, 2.0, -0.5],
         }
     ).write_parquet(path)
-    results = {r.check_name: r for r in _row_checks(path, *OCT)}
+    with duckdb.connect() as con:
+        profile = events_profile(con, f"read_parquet({sql.quote_path(path)})")
+    results = {r.check_name: r for r in row_checks(profile, *OCT)}
     assert {name: r.passed for name, r in results.items()} == {
         "non_null_keys": False,
         "event_time_in_month": False,

@@ -5,15 +5,17 @@ import warnings
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
 from cip_pipeline import sql
 from cip_pipeline.ingest import reader
-from cip_pipeline.io_managers import SqlQuery
-from cip_pipeline.io_managers.tables import PARTITION_EXPR
+from cip_pipeline.io_managers import SqlQuery, SqlTable
+from cip_pipeline.io_managers.tables import PARTITION_EXPR, TimeSlice
 from cip_pipeline.months import raw_file_name
 from cip_pipeline.partitions import WAREHOUSE_POOL, month_of_partition, month_window, monthly
 from cip_pipeline.resources import LakeResource, WarehouseResource
@@ -136,7 +138,7 @@ def _spec(
     ],
 )
 def events_parquet_checks(
-    context: dg.AssetCheckExecutionContext, lake: LakeResource
+    context: dg.AssetCheckExecutionContext, lake: LakeResource, warehouse: WarehouseResource
 ) -> Iterator[dg.AssetCheckResult]:
     month = month_of_partition(context.partition_key)
     events = lake.events_path(month)
@@ -167,7 +169,9 @@ def events_parquet_checks(
     )
 
     yield quarantine_rate(invalid, duplicates, raw_rows)
-    yield from _row_checks(events, *month_window(context.partition_key))
+    with warehouse.scratch() as con:
+        profile = events_profile(con, f"read_parquet({sql.quote_path(events)})")
+    yield from row_checks(profile, *month_window(context.partition_key))
 
 
 def quarantine_rate(invalid: int, duplicates: int, raw_rows: int) -> dg.AssetCheckResult:
@@ -190,21 +194,18 @@ def quarantine_rate(invalid: int, duplicates: int, raw_rows: int) -> dg.AssetChe
     )
 
 
-def _row_checks(events: Path, start: datetime, end: datetime) -> Iterator[dg.AssetCheckResult]:
-    """The row-level checks of the Parquet, from one streaming scan of its key columns."""
-    keys = ["event_time", "event_type", "product_id", "category_id", "user_id", "price"]
-    profile = (
-        pl.scan_parquet(events)
-        .select(
-            pl.sum_horizontal(pl.col(keys).null_count()).alias("null_keys"),
-            pl.col("event_time").min().alias("min_time"),
-            pl.col("event_time").max().alias("max_time"),
-            (pl.col("price") < 0).sum().alias("negative_prices"),
-            pl.col("event_type").unique().cast(pl.String).implode().alias("event_types"),
-        )
-        .collect(engine="streaming")
-        .row(0, named=True)
-    )
+def events_profile(con: duckdb.DuckDBPyConnection, events: str) -> dict[str, Any]:
+    """One scan of a month's events (`events`: a relation) for the row checks."""
+    cursor = con.execute(sql.statement("ingest", "events_profile", events=events))
+    names = [d[0] for d in cursor.description]
+    return dict(zip(names, cursor.fetchone(), strict=True))
+
+
+def row_checks(
+    profile: dict[str, Any], start: datetime, end: datetime
+) -> Iterator[dg.AssetCheckResult]:
+    """non_null_keys, event_time_in_month, event_type_domain and price_non_negative of a
+    month's events, from their profile."""
     yield dg.AssetCheckResult(
         check_name="non_null_keys",
         passed=profile["null_keys"] == 0,
@@ -216,12 +217,13 @@ def _row_checks(events: Path, start: datetime, end: datetime) -> Iterator[dg.Ass
         passed=lo is None or (lo >= start and hi < end),
         metadata={"min": str(lo), "max": str(hi)},
     )
-    # nulls are non_null_keys' failures
-    outside = sorted({t for t in profile["event_types"] if t is not None} - set(reader.EVENT_TYPES))
     yield dg.AssetCheckResult(
         check_name="event_type_domain",
-        passed=not outside,
-        metadata={"outside_domain": outside},
+        passed=profile["rows_outside_domain"] == 0,
+        metadata={
+            "rows_outside_domain": profile["rows_outside_domain"],
+            "outside_domain": profile["outside_domain"],
+        },
     )
     yield dg.AssetCheckResult(
         check_name="price_non_negative",
@@ -301,19 +303,19 @@ def core_events_checks(
     start, end = month_window(context.partition_key)
     parquet_rows, reasons = _lake_counts(lake, month)
     duplicates = reasons.get(reader.DUPLICATE, 0)
+    partition = SqlTable("core", "events", TimeSlice("event_time", start, end).predicate())
     with warehouse.connect(read_only=True) as con:
-        stats = con.execute(
-            sql.statement("ingest", "events_partition_profile"), {"start": start, "end": end}
-        ).fetchone()
+        profile = events_profile(con, partition.select())
         columns = dict(con.execute(sql.statement("ingest", "events_columns")).fetchall())
-        min_time, max_time = con.execute(
+        # The month's time range is that of the rows its load came from.
+        profile["min_time"], profile["max_time"] = con.execute(
             sql.statement(
                 "ingest",
                 "parquet_time_range",
                 events_parquet=sql.quote_path(lake.events_path(month)),
             )
         ).fetchone()
-    rows, null_keys, bad_types, negative = stats
+    rows = profile["rows"]
     yield dg.AssetCheckResult(
         check_name="row_accounting",
         passed=rows == parquet_rows - duplicates,
@@ -324,27 +326,7 @@ def core_events_checks(
         passed=columns == CORE_EVENTS_COLUMNS,
         metadata={"columns": json.dumps(columns)},
     )
-    yield dg.AssetCheckResult(
-        check_name="non_null_keys",
-        passed=null_keys == 0,
-        metadata={"rows_with_null_key": null_keys},
-    )
-    in_month = min_time is None or (min_time >= start and max_time < end)
-    yield dg.AssetCheckResult(
-        check_name="event_time_in_month",
-        passed=bool(in_month),
-        metadata={"min": str(min_time), "max": str(max_time)},
-    )
-    yield dg.AssetCheckResult(
-        check_name="event_type_domain",
-        passed=bad_types == 0,
-        metadata={"rows_outside_domain": bad_types},
-    )
-    yield dg.AssetCheckResult(
-        check_name="price_non_negative",
-        passed=negative == 0,
-        metadata={"negative_prices": negative},
-    )
+    yield from row_checks(profile, start, end)
 
 
 @dg.asset(

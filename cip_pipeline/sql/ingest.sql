@@ -48,17 +48,22 @@ ANTI JOIN (
     SELECT parquet_row FROM read_parquet({quarantine_parquet}) WHERE reason = 'duplicate'
 ) AS d ON d.parquet_row = file_row_number
 
--- name: events_partition_profile
--- What the core/events checks need of one month, in one scan of the partition.
+-- name: events_profile
+-- What the row checks need of a month's events, in one scan of {events}: the lake's Parquet,
+-- or the month's partition of core.events. A null event type counts as a null key only.
 SELECT count(*) AS rows,
        count(*) FILTER (WHERE event_time IS NULL OR event_type IS NULL OR product_id IS NULL
                         OR category_id IS NULL OR user_id IS NULL OR price IS NULL)
            AS null_keys,
        count(*) FILTER (WHERE event_type::VARCHAR NOT IN
-                        ('view', 'cart', 'purchase', 'remove_from_cart')) AS bad_types,
-       count(*) FILTER (WHERE price < 0) AS negative_prices
-FROM core.events
-WHERE event_time >= $start AND event_time < $end
+                        ('view', 'cart', 'purchase', 'remove_from_cart')) AS rows_outside_domain,
+       coalesce(list(DISTINCT event_type::VARCHAR ORDER BY event_type::VARCHAR)
+                    FILTER (WHERE event_type::VARCHAR NOT IN
+                            ('view', 'cart', 'purchase', 'remove_from_cart')), []) AS outside_domain,
+       count(*) FILTER (WHERE price < 0) AS negative_prices,
+       min(event_time) AS min_time,
+       max(event_time) AS max_time
+FROM {events}
 
 -- name: parquet_time_range
 -- The time range of the rows a month's load came from (answered from Parquet statistics).
