@@ -114,48 +114,49 @@ def test_model_beats_the_best_baseline_and_is_registered(warehouse: Path) -> Non
     assert latest["booster"].startswith("tree")
 
 
-def test_scores_cover_the_last_window_with_deciles(warehouse: Path) -> None:
+def test_scores_cover_every_user_with_deciles(warehouse: Path) -> None:
     scores = _query(warehouse, "SELECT * FROM ml.propensity_scores")
-    features = _query(
-        warehouse, "SELECT count(*) AS n FROM ml.propensity_features WHERE role = 'score'"
-    )
-    assert scores.height == features["n"][0]
-    assert scores["user_id"].n_unique() == scores.height
+    users = _query(warehouse, "SELECT DISTINCT user_id FROM core.events")
+    assert sorted(scores["user_id"].to_list()) == sorted(users["user_id"].to_list())
     assert sorted(scores["decile"].unique().to_list()) == list(range(1, 11))
     top = scores.filter(pl.col("decile") == 1)["score"].min()
     assert top >= scores.filter(pl.col("decile") == 2)["score"].max()
 
 
-def test_features_match_an_independent_computation(warehouse: Path) -> None:
+@pytest.mark.parametrize("role", ["train", "validation"])
+def test_features_match_an_independent_computation(warehouse: Path, role: str) -> None:
+    """The first training snapshot's window covers all earlier data; the validation one's does
+    not, so its users idle in the window must be there with zero window counts."""
     events = _query(
         warehouse,
         "SELECT user_id, product_id, event_time, event_type::VARCHAR AS event_type"
         " FROM core.events",
     )
-    features = _query(warehouse, "SELECT * FROM ml.propensity_features WHERE role = 'train'")
+    features = _query(warehouse, f"SELECT * FROM ml.propensity_features WHERE role = '{role}'")
     snap = features["snapshot"].min()
     mine = features.filter(pl.col("snapshot") == snap).sort("user_id")
     before = events.filter(pl.col("event_time") < snap)
     window = before.filter(pl.col("event_time") >= snap - pl.duration(days=28))
+    window_counts = window.group_by("user_id").agg(
+        pl.len().alias("events_w"), (pl.col("event_type") == "cart").sum().alias("carts_w")
+    )
+    product_days = (  # distinct products per day, summed over the window's days
+        window.group_by("user_id", pl.col("event_time").dt.date())
+        .agg(pl.col("product_id").n_unique())
+        .group_by("user_id")
+        .agg(pl.col("product_id").sum().alias("product_days_w"))
+    )
     oracle = (
-        window.group_by("user_id")
-        .agg(pl.len().alias("events_w"), (pl.col("event_type") == "cart").sum().alias("carts_w"))
-        .join(  # distinct products per day, summed over the window's days
-            window.group_by("user_id", pl.col("event_time").dt.date())
-            .agg(pl.col("product_id").n_unique())
-            .group_by("user_id")
-            .agg(pl.col("product_id").sum().alias("product_days_w")),
-            on="user_id",
-        )
-        .join(
-            before.group_by("user_id").agg(
-                ((snap - pl.col("event_time").max()).dt.total_seconds() / 86400).alias(
-                    "recency_days"
-                ),
-                (pl.col("event_type") == "purchase").any().alias("prior_purchase"),
+        before.group_by("user_id")
+        .agg(
+            ((snap - pl.col("event_time").max()).dt.total_seconds() / 86400).alias(
+                "recency_days"
             ),
-            on="user_id",
+            (pl.col("event_type") == "purchase").any().alias("prior_purchase"),
         )
+        .join(window_counts, on="user_id", how="left")
+        .join(product_days, on="user_id", how="left")
+        .with_columns(pl.col("events_w", "carts_w", "product_days_w").fill_null(0))
         .join(
             events.filter(
                 (pl.col("event_time") >= snap)
@@ -175,6 +176,8 @@ def test_features_match_an_independent_computation(warehouse: Path) -> None:
     for col in ("events_w", "carts_w", "product_days_w", "prior_purchase", "label"):
         assert mine[col].cast(oracle[col].dtype).to_list() == oracle[col].to_list(), col
     assert np.allclose(mine["recency_days"].to_numpy(), oracle["recency_days"].to_numpy())
+    if role == "validation":
+        assert (mine["events_w"] == 0).sum() > 0  # the case this role is here for
 
 
 def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path: Path) -> None:

@@ -286,7 +286,7 @@ def propensity_model(
     kinds={"lightgbm", "duckdb"},
     io_manager_key="sql_io_manager",
     pool=WAREHOUSE_POOL,
-    description="Every user active in the last window, scored as of the end of the data: "
+    description="Every user seen in any month, scored as of the end of the data: "
     "score, decile (1 = most likely to buy) and the model version.",
 )
 def propensity_scores(

@@ -86,9 +86,11 @@ FROM core.events
 WHERE event_type = 'purchase'
 
 -- name: propensity_snapshot
--- One snapshot: a row per user active in the window before the cutoff. Every feature reads
--- only days strictly before the cutoff (a midnight); the label reads only
--- [cutoff, cutoff + horizon). One snapshot at a time keeps memory to one snapshot's users.
+-- One snapshot: a row per user with an event before the cutoff, so that the score snapshot
+-- covers every user and the model learns on the population it scores (a user idle in the
+-- window has zero window counts). Every feature reads only days strictly before the cutoff (a
+-- midnight); the label reads only [cutoff, cutoff + horizon). One snapshot at a time keeps
+-- memory to one snapshot's users.
 WITH cutoffs AS (
     SELECT TIMESTAMP '{cutoff}' AS cutoff, '{role}' AS role, {labelled} AS labelled
 ),
@@ -96,17 +98,20 @@ user_days AS (SELECT * FROM ml.feature_user_days),
 carted_not_bought AS (SELECT * FROM ml.feature_carts_not_bought),
 history AS (
     SELECT c.cutoff, c.role, c.labelled, u.user_id,
-           sum(u.events) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS events_w,
-           sum(u.views) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS views_w,
-           sum(u.carts) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS carts_w,
-           sum(u.purchases) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY)
-               AS purchases_w,
-           sum(u.products) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY)
-               AS product_days_w,
+           coalesce(sum(u.events) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
+                    0) AS events_w,
+           coalesce(sum(u.views) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
+                    0) AS views_w,
+           coalesce(sum(u.carts) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
+                    0) AS carts_w,
+           coalesce(sum(u.purchases) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
+                    0) AS purchases_w,
+           coalesce(sum(u.products) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
+                    0) AS product_days_w,
            count(*) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS active_days_w,
-           date_diff('day',
-                     min(u.day) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
-                     max(u.day)) + 1 AS active_span_days,
+           coalesce(date_diff('day',
+                              min(u.day) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
+                              max(u.day)) + 1, 0) AS active_span_days,
            coalesce(sum(u.events) FILTER (WHERE u.day >= c.cutoff - INTERVAL 7 DAY), 0)
                AS events_7d,
            coalesce(sum(u.carts) FILTER (WHERE u.day >= c.cutoff - INTERVAL 7 DAY), 0) AS carts_7d,
@@ -129,7 +134,6 @@ history AS (
     FROM cutoffs AS c
     JOIN user_days AS u ON u.day < c.cutoff
     GROUP BY c.cutoff, c.role, c.labelled, u.user_id
-    HAVING sum(u.events) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) > 0
 ),
 sessions AS (
     -- Sessions started in the window; durations only of sessions over before the cutoff.
