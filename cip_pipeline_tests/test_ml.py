@@ -149,9 +149,7 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
     oracle = (
         before.group_by("user_id")
         .agg(
-            ((snap - pl.col("event_time").max()).dt.total_seconds() / 86400).alias(
-                "recency_days"
-            ),
+            ((snap - pl.col("event_time").max()).dt.total_seconds() / 86400).alias("recency_days"),
             (pl.col("event_type") == "purchase").any().alias("prior_purchase"),
         )
         .join(window_counts, on="user_id", how="left")
