@@ -66,6 +66,14 @@ def test_cohort_retention_equals_the_oracle(
     # The sample starts on Tuesday 2019-10-01: its first cohort is the week of Monday Sep 30.
     assert str(actual["cohort_week"].min()) == "2019-09-30"
     assert actual.filter(pl.col("cohort_kind") == "purchase")["weeks_since"].max() >= 1
+    meta = warehouse_sample.materialization(["analytics", "cohort_retention"])
+    for kind, name in (
+        ("activity", "week_1_retention"),
+        ("purchase", "week_1_repeat_purchase_rate"),
+    ):
+        week_1 = expected.filter((pl.col("cohort_kind") == kind) & (pl.col("weeks_since") == 1))
+        want = week_1["active_users"].sum() / week_1["cohort_users"].sum()
+        assert meta[name].value == pytest.approx(want, rel=1e-12)
 
 
 def test_rfm_segments_equal_the_oracle(
@@ -78,6 +86,11 @@ def test_rfm_segments_equal_the_oracle(
     expected = oracle.rfm_segments(events)
     assert_frames_match(actual, expected, ["user_id"])
     assert set(actual["segment"]) >= {"Champions", "Lost", "New Customers"}
+    meta = warehouse_sample.materialization(["analytics", "rfm_segments"])
+    assert meta["buyers"].value == expected.height
+    assert meta["revenue"].value == pytest.approx(expected["monetary"].sum(), rel=1e-9)
+    champions = (expected["segment"] == "Champions").mean()
+    assert meta["champions_share"].value == pytest.approx(champions, rel=1e-12)
 
 
 def test_rfm_segment_summary_equals_the_oracle(

@@ -50,6 +50,18 @@ def test_fact_sessions_equal_the_oracle(
     )
     assert actual["user_session"].n_unique() == actual.height  # across both months
     assert_frames_match(actual, sessions, ["user_session"])
+    # The headline of each partition, over the oracle's sessions of that month.
+    for month in (OCT, NOV):
+        meta = warehouse_sample.materialization(["core", "fact_sessions"], month)
+        mine = sessions.filter(pl.col("start_time").dt.strftime("%Y-%m-01") == month)
+        assert meta["revenue"].value == pytest.approx(mine["revenue"].sum(), rel=1e-9)
+        assert meta["session_conversion_rate"].value == pytest.approx(
+            mine["has_purchase"].mean(), rel=1e-12
+        )
+        carted = mine.filter(pl.col("has_cart"))
+        assert meta["cart_abandonment_rate"].value == pytest.approx(
+            carted["cart_abandoned"].mean(), rel=1e-12
+        )
 
 
 def test_each_session_lies_in_the_month_it_began(warehouse_sample: WarehouseSample) -> None:

@@ -212,12 +212,10 @@ def funnel_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckResult]
     description="Weekly cohorts by first-seen week x weeks since: cohort users, active users "
     "and retention rate; the same for buyers by first-purchase week (repeat purchase).",
 )
-def cohort_retention(warehouse: WarehouseResource, events: SqlTable) -> dg.Output[SqlQuery]:
-    with warehouse.connect(read_only=True) as con:
-        figures = headline(con, sql.statement("analytics", "cohort_headline"))
-    return dg.Output(
-        SqlQuery(sql.statement("analytics", "cohort_retention", events=events.select())),
-        metadata=figures,
+def cohort_retention(events: SqlTable) -> SqlQuery:
+    return SqlQuery(
+        sql.statement("analytics", "cohort_retention", events=events.select()),
+        headline=sql.statement("analytics", "cohort_headline"),
     )
 
 
@@ -268,11 +266,9 @@ def cohort_retention_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCh
     "(distinct purchase days), monetary; R, F, M quintile scores 1..5 and the segment of the "
     "documented rule table.",
 )
-def rfm_segments(warehouse: WarehouseResource, events: SqlTable) -> dg.Output[SqlQuery]:
-    with warehouse.connect(read_only=True) as con:
-        figures = headline(con, sql.statement("analytics", "rfm_headline"))
+def rfm_segments(events: SqlTable) -> SqlQuery:
     query = sql.statement("analytics", "rfm_segments", events=events.select(), rules=rfm_rules())
-    return dg.Output(SqlQuery(query), metadata=figures)
+    return SqlQuery(query, headline=sql.statement("analytics", "rfm_headline"))
 
 
 @dg.multi_asset_check(

@@ -160,7 +160,7 @@ def fact_sessions(
         until, next_events = session_reach(con, events, boundary, end)
         crossing = fetch_row(con, sql.statement("core", "boundary_counts", boundary=boundary))
         figures = headline(
-            con, sql.statement("core", "fact_sessions_headline"), {"start": start, "end": end}
+            con, sql.statement("core", "fact_sessions_event_coverage"), {"start": start, "end": end}
         )
     query = sql.statement(
         "core",
@@ -177,7 +177,7 @@ def fact_sessions(
         f"{crossing['continuing']} continue into the next ({next_events} events up to {until})"
     )
     return dg.Output(
-        SqlQuery(query),
+        SqlQuery(query, headline=sql.statement("core", "fact_sessions_headline")),
         metadata={
             **figures,
             "sessions_from_previous_month": metadata_value(crossing["inherited"]),
@@ -342,11 +342,10 @@ def fact_daily_kpis_checks(
     "(id, code, levels l1..l3), brand, first and last seen, lifetime views, carts, purchases "
     "and revenue.",
 )
-def dim_products(warehouse: WarehouseResource, events: SqlTable) -> dg.Output[SqlQuery]:
-    with warehouse.connect(read_only=True) as con:
-        figures = headline(con, sql.statement("core", "dim_products_headline"))
-    return dg.Output(
-        SqlQuery(sql.statement("core", "dim_products", events=events.select())), metadata=figures
+def dim_products(events: SqlTable) -> SqlQuery:
+    return SqlQuery(
+        sql.statement("core", "dim_products", events=events.select()),
+        headline=sql.statement("core", "dim_products_headline"),
     )
 
 
@@ -408,11 +407,7 @@ def dim_products_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckR
     "events, purchases, revenue, first and last purchase, preferred top-level category and "
     "brand.",
 )
-def dim_users(
-    warehouse: WarehouseResource, events: SqlTable, sessions: SqlTable
-) -> dg.Output[SqlQuery]:
-    with warehouse.connect(read_only=True) as con:
-        figures = headline(con, sql.statement("core", "dim_users_headline"))
+def dim_users(events: SqlTable, sessions: SqlTable) -> SqlQuery:
     query = sql.statement(
         "core",
         "dim_users",
@@ -420,7 +415,7 @@ def dim_users(
         sessions=sessions.select(),
         top_categories=top_categories_sql(events),
     )
-    return dg.Output(SqlQuery(query), metadata=figures)
+    return SqlQuery(query, headline=sql.statement("core", "dim_users_headline"))
 
 
 @dg.multi_asset_check(

@@ -5,15 +5,22 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from cip_pipeline.assets.common import headline
 from cip_pipeline.io_managers.tables import TableName, TimeSlice, replace_rows, time_slice
 from cip_pipeline.resources import WarehouseResource
 
 
 @dataclass(frozen=True)
 class SqlQuery:
-    """A SELECT that DuckDB runs inside the warehouse to produce an asset's rows."""
+    """A SELECT that DuckDB runs inside the warehouse to produce an asset's rows.
+
+    `headline`, when given, is a one-row SELECT over the view `written` (the rows just stored);
+    its columns become materialization metadata, so figures of the table cost no second
+    computation of it.
+    """
 
     sql: str
+    headline: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,10 +51,15 @@ class DuckDBSqlIOManager(dg.ConfigurableIOManager):
             raise dg.DagsterInvariantViolationError(
                 f"{context.asset_key.to_user_string()} must return SqlQuery, got {type(obj)}"
             )
+        name, part = TableName.of(context.asset_key), time_slice(context)
         with self.warehouse.connect() as con:
-            metadata = replace_rows(
-                con, TableName.of(context.asset_key), obj.sql, time_slice(context)
-            )
+            metadata = replace_rows(con, name, obj.sql, part)
+            if obj.headline is not None:
+                where = f" WHERE {part.predicate()}" if part else ""
+                con.execute(
+                    f"CREATE OR REPLACE TEMP VIEW written AS SELECT * FROM {name.qualified}{where}"
+                )
+                metadata |= headline(con, obj.headline)
         context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> SqlTable:

@@ -275,9 +275,17 @@ LEFT JOIN active AS a USING (cohort_kind, cohort_week, weeks_since)
 ORDER BY g.cohort_kind, g.cohort_week, g.weeks_since
 
 -- name: cohort_headline
-SELECT min(date_trunc('week', event_time))::DATE AS first_week,
-       max(date_trunc('week', event_time))::DATE AS last_week
-FROM core.events
+-- Over the table just written (the view `written`, see SqlQuery.headline): the share of the
+-- cohorts' users active (bought again) one week after their first, over cohorts with a week 1.
+SELECT min(cohort_week) AS first_week,
+       max(cohort_week) AS last_week,
+       sum(active_users) FILTER (WHERE cohort_kind = 'activity' AND weeks_since = 1)
+           / sum(cohort_users) FILTER (WHERE cohort_kind = 'activity' AND weeks_since = 1)
+           AS week_1_retention,
+       sum(active_users) FILTER (WHERE cohort_kind = 'purchase' AND weeks_since = 1)
+           / sum(cohort_users) FILTER (WHERE cohort_kind = 'purchase' AND weeks_since = 1)
+           AS week_1_repeat_purchase_rate
+FROM written
 
 -- name: rfm_rules
 -- The RFM segment rule table: a buyer gets the segment of the first rule (lowest priority)
@@ -370,11 +378,13 @@ FROM scored AS s
 JOIN segment_of AS g ON g.r = s.r_score AND g.f = s.f_score AND g.m = s.m_score
 
 -- name: rfm_headline
-SELECT count(DISTINCT user_id) AS buyers,
-       coalesce(sum(price), 0)::DOUBLE AS revenue,
+-- Over the table just written (the view `written`, see SqlQuery.headline).
+SELECT count(*) AS buyers,
+       sum(monetary)::DOUBLE AS revenue,
+       count(*) FILTER (WHERE segment = 'Champions') / count(*) AS champions_share,
+       count(*) FILTER (WHERE segment = 'Lost') / count(*) AS lost_share,
        (SELECT max(event_time) FROM core.events) AS end_of_data
-FROM core.events
-WHERE event_type = 'purchase'
+FROM written
 
 -- name: rfm_segment_summary
 -- One row per segment of the rule table (in rule order), over the buyers of rfm_segments:

@@ -130,12 +130,22 @@ SELECT s.user_session, s.user_id, s.start_time, s.end_time,
        m.main_category
 FROM sessions AS s LEFT JOIN main_categories AS m USING (user_session)
 
--- name: fact_sessions_headline
--- Figures of the month's events for the fact_sessions materialization.
+-- name: fact_sessions_event_coverage
+-- The month's events with and without a session, for the fact_sessions materialization.
 SELECT count(*) FILTER (WHERE user_session IS NULL) AS events_without_session,
        count(*) FILTER (WHERE user_session IS NOT NULL) AS events_with_session
 FROM core.events
 WHERE event_time >= $start AND event_time < $end
+
+-- name: fact_sessions_headline
+-- Over the partition just written (the view `written`, see SqlQuery.headline).
+SELECT sum(revenue)::DOUBLE AS revenue,
+       avg(has_purchase::INTEGER) AS session_conversion_rate,
+       count(*) FILTER (WHERE cart_abandoned) / nullif(count(*) FILTER (WHERE has_cart), 0)
+           AS cart_abandonment_rate,
+       median(duration_seconds)::DOUBLE AS median_duration_seconds,
+       avg(events) AS mean_events_per_session
+FROM written
 
 -- name: fact_daily_kpis
 -- One row per day of the month with events. Event figures count the day's events (events
@@ -261,11 +271,12 @@ SELECT product_id,
 FROM products
 
 -- name: dim_products_headline
-SELECT count(DISTINCT product_id) AS products,
-       count(DISTINCT product_id) FILTER (WHERE event_type = 'purchase') AS products_purchased,
-       min(event_time) AS first_event,
-       max(event_time) AS last_event
-FROM core.events
+-- Over the table just written (the view `written`, see SqlQuery.headline).
+SELECT count(*) FILTER (WHERE purchases > 0) AS products_purchased,
+       count(*) FILTER (WHERE category_code IS NULL) AS products_without_category_code,
+       min(first_seen) AS first_event,
+       max(last_seen) AS last_event
+FROM written
 
 -- name: dim_users
 -- One row per user seen in any month.
@@ -344,10 +355,11 @@ LEFT JOIN preferred_category AS c USING (user_id)
 LEFT JOIN preferred_brand AS b USING (user_id)
 
 -- name: dim_users_headline
-SELECT count(DISTINCT user_id) AS buyers,
-       coalesce(sum(price), 0)::DOUBLE AS revenue
-FROM core.events
-WHERE event_type = 'purchase'
+-- Over the table just written (the view `written`, see SqlQuery.headline).
+SELECT count(*) FILTER (WHERE purchases > 0) AS buyers,
+       sum(revenue)::DOUBLE AS revenue,
+       avg(sessions) AS mean_sessions_per_user
+FROM written
 
 -- Checks ----------------------------------------------------------------------------------
 
