@@ -82,6 +82,11 @@ def top_categories_sql(events: SqlTable) -> str:
     )
 
 
+def brand_ranks_sql(events: SqlTable) -> str:
+    """Each brand's alphabetical rank (`brand_ranks` in core.sql)."""
+    return sql.statement("core", "brand_ranks", events=events.select("brand"))
+
+
 def boundary_sql(events: SqlTable, start: datetime, end: datetime) -> str:
     """The sessions crossing the month's boundaries (`boundary_sessions` in core.sql)."""
     return sql.statement(
@@ -414,6 +419,7 @@ def dim_users(events: SqlTable, sessions: SqlTable) -> SqlQuery:
         events=events.select(),
         sessions=sessions.select(),
         top_categories=top_categories_sql(events),
+        brand_ranks=brand_ranks_sql(events),
     )
     return SqlQuery(query, headline=sql.statement("core", "dim_users_headline"))
 

@@ -63,6 +63,12 @@ FROM (
     GROUP BY category_id
 )
 
+-- name: brand_ranks
+-- Each brand's alphabetical rank, so that counts per brand are grouped on an integer and ties
+-- are broken on one packed integer (see top_categories).
+SELECT brand, row_number() OVER (ORDER BY brand) AS brand_rank
+FROM (SELECT DISTINCT brand FROM {events} WHERE brand IS NOT NULL)
+
 -- name: fact_sessions
 -- One row per session whose first event lies in the month [{start}, {end}), with all its
 -- events: those of the month, and for sessions that continue past the month's end, those of
@@ -286,10 +292,11 @@ FROM written
 --                        user's events
 --   preferred_brand      brand with the most of the user's events
 --   (ties of either go to the alphabetically first; NULL when no event has one)
--- Three narrow passes over the events (user figures; counts per (user, category_id); counts
--- per (user, brand)) cost less than one wide pass grouped by (user, category_code, brand),
--- which has several times as many groups as users, each with every figure; and DuckDB runs
--- GROUPING SETS by materializing its input first.
+-- Three narrow passes over the events (user figures; counts per (user, category rank);
+-- counts per (user, brand rank)) cost less than one wide pass grouped by (user, category_code,
+-- brand), which has several times as many groups as users, each with every figure; and DuckDB
+-- runs GROUPING SETS by materializing its input first. Grouping on the integer ranks and
+-- naming the winner at the end is a third faster than grouping on the text.
 WITH users AS (
     SELECT user_id,
            min(event_time) AS first_seen,
@@ -305,32 +312,33 @@ WITH users AS (
     GROUP BY user_id
 ),
 top_categories AS ({top_categories}),
-by_category AS (
-    SELECT b.user_id, t.category, t.category_rank, sum(b.events) AS events
-    FROM (SELECT user_id, category_id, count(*) AS events FROM {events} GROUP BY ALL) AS b
-    JOIN top_categories AS t USING (category_id)
-    GROUP BY ALL
-),
-by_brand AS (
-    SELECT user_id, brand, count(*) AS events
-    FROM {events}
-    WHERE brand IS NOT NULL
-    GROUP BY user_id, brand
-),
+brand_ranks AS ({brand_ranks}),
 preferred_category AS (
-    SELECT user_id, arg_min(category, -events * 65536 + category_rank) AS preferred_category
-    FROM by_category
-    GROUP BY user_id
-),
-brand_ranks AS (
-    -- alphabetical, so that ties are broken on one packed integer (see top_categories)
-    SELECT brand, row_number() OVER (ORDER BY brand) AS brand_rank
-    FROM (SELECT DISTINCT brand FROM by_brand)
+    SELECT b.user_id, c.category AS preferred_category
+    FROM (
+        SELECT user_id, arg_min(rank, -events * 65536 + rank) AS rank
+        FROM (
+            SELECT e.user_id, t.category_rank AS rank, count(*) AS events
+            FROM {events} AS e JOIN top_categories AS t USING (category_id)
+            GROUP BY ALL
+        )
+        GROUP BY user_id
+    ) AS b
+    JOIN (SELECT DISTINCT category, category_rank FROM top_categories) AS c
+      ON c.category_rank = b.rank
 ),
 preferred_brand AS (
-    SELECT b.user_id, arg_min(b.brand, -b.events * 1048576 + r.brand_rank) AS preferred_brand
-    FROM by_brand AS b JOIN brand_ranks AS r USING (brand)
-    GROUP BY b.user_id
+    SELECT b.user_id, r.brand AS preferred_brand
+    FROM (
+        SELECT user_id, arg_min(rank, -events * 1048576 + rank) AS rank
+        FROM (
+            SELECT e.user_id, r.brand_rank AS rank, count(*) AS events
+            FROM {events} AS e JOIN brand_ranks AS r USING (brand)
+            GROUP BY ALL
+        )
+        GROUP BY user_id
+    ) AS b
+    JOIN brand_ranks AS r ON r.brand_rank = b.rank
 ),
 sessions AS (
     SELECT user_id, count(*) AS sessions FROM {sessions} GROUP BY user_id
