@@ -15,42 +15,33 @@
 --   ingest             <reason>               loaded / duplicate / quarantined: rows
 -- Price quantiles come from the (category, price) histogram: prices have few distinct values,
 -- so no list of a month's prices is ever held in memory.
-WITH stats AS MATERIALIZED (
+WITH figures AS (
     SELECT count(*) AS rows,
            count(event_time) AS n_event_time,
-           count(DISTINCT event_time) AS d_event_time,
            min(event_time)::VARCHAR AS lo_event_time,
            max(event_time)::VARCHAR AS hi_event_time,
            count(event_type) AS n_event_type,
-           count(DISTINCT event_type) AS d_event_type,
            min(event_type::VARCHAR) AS lo_event_type,
            max(event_type::VARCHAR) AS hi_event_type,
            count(product_id) AS n_product_id,
-           count(DISTINCT product_id) AS d_product_id,
            min(product_id)::VARCHAR AS lo_product_id,
            max(product_id)::VARCHAR AS hi_product_id,
            count(category_id) AS n_category_id,
-           count(DISTINCT category_id) AS d_category_id,
            min(category_id)::VARCHAR AS lo_category_id,
            max(category_id)::VARCHAR AS hi_category_id,
            count(category_code) AS n_category_code,
-           count(DISTINCT category_code) AS d_category_code,
            min(category_code) AS lo_category_code,
            max(category_code) AS hi_category_code,
            count(brand) AS n_brand,
-           count(DISTINCT brand) AS d_brand,
            min(brand) AS lo_brand,
            max(brand) AS hi_brand,
            count(price) AS n_price,
-           count(DISTINCT price) AS d_price,
            min(price)::VARCHAR AS lo_price,
            max(price)::VARCHAR AS hi_price,
            count(user_id) AS n_user_id,
-           count(DISTINCT user_id) AS d_user_id,
            min(user_id)::VARCHAR AS lo_user_id,
            max(user_id)::VARCHAR AS hi_user_id,
            count(user_session) AS n_user_session,
-           count(DISTINCT user_session) AS d_user_session,
            min(user_session)::VARCHAR AS lo_user_session,
            max(user_session)::VARCHAR AS hi_user_session,
            count(*) FILTER (WHERE event_type = 'view') AS t_view,
@@ -59,6 +50,21 @@ WITH stats AS MATERIALIZED (
            count(*) FILTER (WHERE event_type = 'remove_from_cart') AS t_remove_from_cart
     FROM {events}
 ),
+distincts AS (
+    -- one query per column: DuckDB runs several DISTINCT aggregates of one query slower than
+    -- the same aggregates apart (the whole profile of a 67 M-row month: 9.7 -> 8.6 s)
+    SELECT *
+    FROM (SELECT count(DISTINCT event_time) AS d_event_time FROM {events}),
+         (SELECT count(DISTINCT event_type) AS d_event_type FROM {events}),
+         (SELECT count(DISTINCT product_id) AS d_product_id FROM {events}),
+         (SELECT count(DISTINCT category_id) AS d_category_id FROM {events}),
+         (SELECT count(DISTINCT category_code) AS d_category_code FROM {events}),
+         (SELECT count(DISTINCT brand) AS d_brand FROM {events}),
+         (SELECT count(DISTINCT price) AS d_price FROM {events}),
+         (SELECT count(DISTINCT user_id) AS d_user_id FROM {events}),
+         (SELECT count(DISTINCT user_session) AS d_user_session FROM {events})
+),
+stats AS MATERIALIZED (SELECT * FROM figures, distincts),
 columns AS (
     SELECT 'event_time' AS key, 1 AS pos, n_event_time AS non_null, d_event_time AS distinct_count,
            lo_event_time AS lo, hi_event_time AS hi FROM stats
