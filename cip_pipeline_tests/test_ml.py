@@ -18,7 +18,7 @@ import pytest
 import scipy.stats
 
 from cip_pipeline import stats
-from cip_pipeline.assets.ml import build_feature_staging
+from cip_pipeline.assets.ml import FEATURES_KEY, build_feature_staging
 from cip_pipeline.generator import generate
 from cip_pipeline.ml import propensity as prop
 from cip_pipeline.runner import run_pipeline
@@ -176,6 +176,18 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
     assert np.allclose(mine["recency_days"].to_numpy(), oracle["recency_days"].to_numpy())
     if role == "validation":
         assert (mine["events_w"] == 0).sum() > 0  # the case this role is here for
+
+
+def test_feature_phases_are_timed_per_snapshot(warehouse: Path) -> None:
+    home = warehouse.parent.parent / "dagster_home"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(FEATURES_KEY)
+    assert event is not None and event.asset_materialization is not None
+    phases = event.asset_materialization.metadata["phase_seconds"].value
+    sizes = _query(warehouse, "SELECT DISTINCT snapshot, role FROM ml.propensity_features")
+    snapshots = {f"snapshot {s:%Y-%m-%d} ({r})" for s, r in sizes.iter_rows()}
+    assert set(phases) == {"user_days", "carts_and_purchase_days"} | snapshots
+    assert all(v >= 0 for v in phases.values())
 
 
 def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path: Path) -> None:
