@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import duckdb
 import polars as pl
 import pytest
 
 from cip_pipeline.assets.analytics import rfm_rules
+from cip_pipeline.generator import generate
 from cip_pipeline_tests import warehouse_oracle as oracle
 from cip_pipeline_tests.rees46_stats import read_month
-from cip_pipeline_tests.warehouse_sample import WarehouseSample, assert_frames_match
+from cip_pipeline_tests.test_ingest_reader import CORPUS
+from cip_pipeline_tests.warehouse_sample import (
+    WarehouseSample,
+    assert_frames_match,
+    read_warehouse,
+    run_sample,
+)
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +133,40 @@ def test_rule_table_gives_every_score_exactly_the_documented_segment() -> None:
         assert matching, (r, f, m)
         assert min(matching)[1] == oracle.segment(r, f, m), (r, f, m)
     assert {name for _, name, *_ in rules} == set(oracle.SEGMENTS)
+
+
+def test_data_profile_counts_quarantined_rows_by_reason(tmp_path: Path) -> None:
+    """The reader's corpus of bad lines appended to a generated October: each reason's count
+    reaches core.ingest_audit and the profile, beside the loaded rows the oracle counts, and
+    every check still passes (the bad share is under the 0.1% warning line)."""
+    raw = tmp_path / "raw" / "2019-Oct.csv"
+    generate(20_000, seed=9, months=["2019-10"], out=raw.parent)
+    bad = [(line, reason) for line, reason in CORPUS if reason not in (None, "duplicate")]
+    with raw.open("a") as f:
+        f.writelines(line + "\n" for line, _ in bad)
+    instance, summaries = run_sample(tmp_path, ["2019-10"])
+    assert all(s.success for s in summaries)
+    assert not any(s.check_problems for s in summaries)
+
+    profile = read_warehouse(
+        tmp_path, "SELECT key, metric, value FROM analytics.data_profile WHERE section = 'ingest'"
+    )
+    actual = {(k, m): v for k, m, v in profile.iter_rows()}
+    reasons = [reason for _, reason in bad]
+    good = read_month_lines(raw, skip=len(bad))
+    expected = {(r, "quarantined"): float(reasons.count(r)) for r in set(reasons)}
+    expected["loaded", "loaded"] = float(good.unique().height)
+    if good.height > good.unique().height:
+        expected["duplicate", "duplicate"] = float(good.height - good.unique().height)
+    assert actual == expected
+    audit = read_warehouse(tmp_path, "SELECT sum(rows) AS n FROM core.ingest_audit")
+    assert audit["n"][0] == good.height + len(bad)  # every raw row accounted for once
+    instance.dispose()
+
+
+def read_month_lines(path: Path, skip: int) -> pl.DataFrame:
+    """The month file without its last `skip` lines, read as the oracle reads a month."""
+    lines = path.read_text().splitlines(keepends=True)
+    clean = path.with_name("clean.csv")
+    clean.write_text("".join(lines[: len(lines) - skip]))
+    return read_month(clean)
