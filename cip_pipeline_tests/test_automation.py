@@ -12,7 +12,7 @@ import yaml
 
 from cip_pipeline import automation
 from cip_pipeline.budget import Budget, parse_size
-from cip_pipeline.resources import LakeResource
+from cip_pipeline.resources import LakeResource, WarehouseResource
 from cip_pipeline.runner import MANAGED, write_instance_config
 
 
@@ -80,6 +80,23 @@ def test_budget_sets_concurrency_threads_and_duckdb_limit(
     limit = parse_size(budget.duckdb_memory_limit)
     assert limit < budget.run_bytes  # DuckDB leaves room for Python, Polars and Arrow
     assert runs * budget.run_bytes <= max(budget.total_bytes, budget.run_bytes)
+
+
+def test_warehouse_connections_carry_the_budget(tmp_path: Path) -> None:
+    warehouse = WarehouseResource(path=str(tmp_path / "w.duckdb"), memory_limit="300MB", threads=1)
+    for connect in (warehouse.connect, warehouse.scratch):
+        with connect() as con:
+            settings = dict(
+                con.execute(
+                    "SELECT name, value FROM duckdb_settings() WHERE name IN "
+                    "('memory_limit', 'threads', 'preserve_insertion_order')"
+                ).fetchall()
+            )
+        assert settings == {
+            "memory_limit": "286.1 MiB",  # 300 MB in DuckDB's binary units
+            "threads": "1",
+            "preserve_insertion_order": "false",
+        }
 
 
 def test_instance_config_holds_pool_and_run_queue(tmp_path: Path) -> None:
