@@ -13,6 +13,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from cip_pipeline import sql
+from cip_pipeline.assets.common import fetch_row
 from cip_pipeline.ingest import reader
 from cip_pipeline.io_managers import SqlQuery, SqlTable
 from cip_pipeline.io_managers.tables import PARTITION_EXPR, TimeSlice
@@ -196,9 +197,7 @@ def quarantine_rate(invalid: int, duplicates: int, raw_rows: int) -> dg.AssetChe
 
 def events_profile(con: duckdb.DuckDBPyConnection, events: str) -> dict[str, Any]:
     """One scan of a month's events (`events`: a relation) for the row checks."""
-    cursor = con.execute(sql.statement("ingest", "events_profile", events=events))
-    names = [d[0] for d in cursor.description]
-    return dict(zip(names, cursor.fetchone(), strict=True))
+    return fetch_row(con, sql.statement("ingest", "events_profile", events=events))
 
 
 def row_checks(

@@ -55,14 +55,15 @@ class DuckDBSqlIOManager(dg.ConfigurableIOManager):
         with self.warehouse.connect() as con:
             metadata = replace_rows(con, name, obj.sql, part)
             if obj.headline is not None:
-                where = f" WHERE {part.predicate()}" if part else ""
-                con.execute(
-                    f"CREATE OR REPLACE TEMP VIEW written AS SELECT * FROM {name.qualified}{where}"
-                )
+                written = _reference(name, part).select()
+                con.execute(f"CREATE OR REPLACE TEMP VIEW written AS {written}")
                 metadata |= headline(con, obj.headline)
         context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> SqlTable:
-        name = TableName.of(context.asset_key)
-        part: TimeSlice | None = time_slice(context)
-        return SqlTable(name.schema, name.table, part.predicate() if part else None)
+        return _reference(TableName.of(context.asset_key), time_slice(context))
+
+
+def _reference(name: TableName, part: TimeSlice | None) -> SqlTable:
+    """The table, or its partition, as downstream SQL selects from it."""
+    return SqlTable(name.schema, name.table, part.predicate() if part else None)

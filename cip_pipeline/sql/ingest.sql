@@ -55,15 +55,16 @@ SELECT count(*) AS rows,
        count(*) FILTER (WHERE event_time IS NULL OR event_type IS NULL OR product_id IS NULL
                         OR category_id IS NULL OR user_id IS NULL OR price IS NULL)
            AS null_keys,
-       count(*) FILTER (WHERE event_type::VARCHAR NOT IN
-                        ('view', 'cart', 'purchase', 'remove_from_cart')) AS rows_outside_domain,
-       coalesce(list(DISTINCT event_type::VARCHAR ORDER BY event_type::VARCHAR)
-                    FILTER (WHERE event_type::VARCHAR NOT IN
-                            ('view', 'cart', 'purchase', 'remove_from_cart')), []) AS outside_domain,
+       count(*) FILTER (WHERE outside) AS rows_outside_domain,
+       coalesce(list(DISTINCT type ORDER BY type) FILTER (WHERE outside), []) AS outside_domain,
        count(*) FILTER (WHERE price < 0) AS negative_prices,
        min(event_time) AS min_time,
        max(event_time) AS max_time
-FROM {events}
+FROM (
+    SELECT *, event_type::VARCHAR AS type,
+           event_type::VARCHAR NOT IN ('view', 'cart', 'purchase', 'remove_from_cart') AS outside
+    FROM {events}
+)
 
 -- name: parquet_time_range
 -- The time range of the rows a month's load came from (answered from Parquet statistics).
