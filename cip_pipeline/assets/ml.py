@@ -9,6 +9,7 @@ import dagster as dg
 import duckdb
 import numpy as np
 import polars as pl
+from pydantic import Field
 
 from cip_pipeline import sql
 from cip_pipeline.assets.common import SKIPPED, skipped
@@ -33,7 +34,9 @@ MIN_BUYERS = 200
 
 class PropensityConfig(dg.Config):
     horizon_days: int = 14
-    window_days: int = 28
+    window_days: int = Field(
+        default=28, ge=14, description="feature window; holds the 7-day and prior 7-day features"
+    )
 
 
 def _plan(warehouse: WarehouseResource, config: PropensityConfig) -> prop.SnapshotPlan | None:

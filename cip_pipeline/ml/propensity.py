@@ -45,7 +45,9 @@ TOP_BRANDS = 50  # brands kept as their own category; the rest share one
 
 LGB_PARAMS = {
     "objective": "binary",
-    "learning_rate": 0.03,
+    # 0.1 x 60 rounds matched 0.03 x 150 on validation PR-AUC (0.2867 vs 0.2864 at 110 M
+    # events, 0.2748 vs 0.2754 on the sample) and scores 2.6x faster
+    "learning_rate": 0.1,
     "num_leaves": 31,
     "min_data_in_leaf": 500,  # shallow evidence per leaf: the snapshots are noisy
     "feature_fraction": 0.7,
@@ -57,7 +59,7 @@ LGB_PARAMS = {
     "verbose": -1,
     "seed": 7,
 }
-NUM_ROUNDS = 150
+NUM_ROUNDS = 60
 
 
 @dataclass(frozen=True)

@@ -90,110 +90,115 @@ WHERE event_type = 'purchase'
 -- covers every user and the model learns on the population it scores (a user idle in the
 -- window has zero window counts). Every feature reads only days strictly before the cutoff (a
 -- midnight); the label reads only [cutoff, cutoff + horizon). One snapshot at a time keeps
--- memory to one snapshot's users.
-WITH cutoffs AS (
-    SELECT TIMESTAMP '{cutoff}' AS cutoff, '{role}' AS role, {labelled} AS labelled
+-- memory to one snapshot's users. The window's sums run over the window's days alone, apart
+-- from the all-time figures: one aggregate over every day with per-row window filters took
+-- twice as long (16.0 against 8.5 s for the 110 M score snapshot). The 7-day features lie
+-- inside the window (PropensityConfig keeps window_days >= 14).
+WITH all_time AS (
+    SELECT user_id,
+           min(day) AS first_day,
+           max(day) AS last_day,
+           max(last_event) AS last_event,
+           max(last_cart) AS last_cart,
+           sum(purchases) AS purchases_all,
+           sum(revenue)::DOUBLE AS revenue_all,  -- summed exactly, as DECIMAL
+           count(*) FILTER (WHERE purchases > 0) AS purchase_days_all,
+           max(day) FILTER (WHERE purchases > 0) AS last_purchase_day
+    FROM ml.feature_user_days
+    WHERE day < TIMESTAMP '{cutoff}'
+    GROUP BY user_id
 ),
-user_days AS (SELECT * FROM ml.feature_user_days),
-carted_not_bought AS (SELECT * FROM ml.feature_carts_not_bought),
-history AS (
-    SELECT c.cutoff, c.role, c.labelled, u.user_id,
-           coalesce(sum(u.events) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
-                    0) AS events_w,
-           coalesce(sum(u.views) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
-                    0) AS views_w,
-           coalesce(sum(u.carts) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
-                    0) AS carts_w,
-           coalesce(sum(u.purchases) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
-                    0) AS purchases_w,
-           coalesce(sum(u.products) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
-                    0) AS product_days_w,
-           count(*) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS active_days_w,
-           coalesce(date_diff('day',
-                              min(u.day) FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY),
-                              max(u.day)) + 1, 0) AS active_span_days,
-           coalesce(sum(u.events) FILTER (WHERE u.day >= c.cutoff - INTERVAL 7 DAY), 0)
-               AS events_7d,
-           coalesce(sum(u.carts) FILTER (WHERE u.day >= c.cutoff - INTERVAL 7 DAY), 0) AS carts_7d,
-           coalesce(sum(u.events) FILTER (WHERE u.day >= c.cutoff - INTERVAL 14 DAY
-                                          AND u.day < c.cutoff - INTERVAL 7 DAY), 0)
+in_window AS (
+    SELECT user_id,
+           sum(events) AS events_w,
+           sum(views) AS views_w,
+           sum(carts) AS carts_w,
+           sum(purchases) AS purchases_w,
+           sum(products) AS product_days_w,
+           count(*) AS active_days_w,
+           min(day) AS first_day_w,
+           sum(events) FILTER (WHERE day >= TIMESTAMP '{cutoff}' - INTERVAL 7 DAY) AS events_7d,
+           sum(carts) FILTER (WHERE day >= TIMESTAMP '{cutoff}' - INTERVAL 7 DAY) AS carts_7d,
+           sum(events) FILTER (WHERE day >= TIMESTAMP '{cutoff}' - INTERVAL 14 DAY
+                                 AND day < TIMESTAMP '{cutoff}' - INTERVAL 7 DAY)
                AS events_prev_7d,
-           date_diff('second', max(u.last_event), c.cutoff) / 86400.0 AS recency_days,
-           date_diff('second', max(u.last_cart), c.cutoff) / 86400.0 AS days_since_cart,
-           date_diff('day', min(u.day), c.cutoff) AS tenure_days,
-           sum(u.purchases) AS purchases_all,
-           sum(u.revenue)::DOUBLE AS revenue_all,  -- summed exactly, as DECIMAL
-           count(*) FILTER (WHERE u.purchases > 0) AS purchase_days_all,
-           max(u.day) FILTER (WHERE u.purchases > 0) AS last_purchase_day,
            -- over the window's days, the top of the day with most views (then the latest);
            -- (views, day) packed in one integer: arg_max over a struct was 3x the whole query
-           arg_max(u.top_category, u.views * 100000 + (u.day::DATE - DATE '1970-01-01'))
-               FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS primary_category,
-           arg_max(u.top_brand, u.views * 100000 + (u.day::DATE - DATE '1970-01-01'))
-               FILTER (WHERE u.day >= c.cutoff - INTERVAL {window_days} DAY) AS preferred_brand
-    FROM cutoffs AS c
-    JOIN user_days AS u ON u.day < c.cutoff
-    GROUP BY c.cutoff, c.role, c.labelled, u.user_id
+           arg_max(top_category, views * 100000 + (day::DATE - DATE '1970-01-01'))
+               AS primary_category,
+           arg_max(top_brand, views * 100000 + (day::DATE - DATE '1970-01-01'))
+               AS preferred_brand
+    FROM ml.feature_user_days
+    WHERE day < TIMESTAMP '{cutoff}'
+      AND day >= TIMESTAMP '{cutoff}' - INTERVAL {window_days} DAY
+    GROUP BY user_id
 ),
 sessions AS (
     -- Sessions started in the window; durations only of sessions over before the cutoff.
-    SELECT c.cutoff, s.user_id,
+    SELECT user_id,
            count(*) AS sessions_w,
-           avg(s.duration_seconds) FILTER (WHERE s.end_time < c.cutoff) AS avg_session_seconds
-    FROM cutoffs AS c
-    JOIN core.fact_sessions AS s
-      ON s.start_time < c.cutoff AND s.start_time >= c.cutoff - INTERVAL {window_days} DAY
+           avg(duration_seconds) FILTER (WHERE end_time < TIMESTAMP '{cutoff}')
+               AS avg_session_seconds
+    FROM core.fact_sessions
+    WHERE start_time < TIMESTAMP '{cutoff}'
+      AND start_time >= TIMESTAMP '{cutoff}' - INTERVAL {window_days} DAY
     GROUP BY ALL
 ),
 abandoned AS (
-    SELECT c.cutoff, a.user_id, sum(a.n) AS carts_not_bought_w
-    FROM cutoffs AS c
-    JOIN carted_not_bought AS a
-      ON a.day < c.cutoff AND a.day >= c.cutoff - INTERVAL {window_days} DAY
+    SELECT user_id, sum(n) AS carts_not_bought_w
+    FROM ml.feature_carts_not_bought
+    WHERE day < TIMESTAMP '{cutoff}'
+      AND day >= TIMESTAMP '{cutoff}' - INTERVAL {window_days} DAY
     GROUP BY ALL
 ),
 labels AS (
-    SELECT c.cutoff, p.user_id, true AS purchased
-    FROM cutoffs AS c
-    JOIN ml.feature_purchase_days AS p
-      ON p.day >= c.cutoff AND p.day < c.cutoff + INTERVAL {horizon_days} DAY
-    WHERE c.labelled
-    GROUP BY ALL
+    SELECT DISTINCT user_id, true AS purchased
+    FROM ml.feature_purchase_days
+    WHERE {labelled}
+      AND day >= TIMESTAMP '{cutoff}'
+      AND day < TIMESTAMP '{cutoff}' + INTERVAL {horizon_days} DAY
 ),
 rfm AS (
     -- RFM as of the cutoff, among users who bought before it.
     -- Tie-aware quintiles (equal values share a score), as in analytics.rfm_segments.
-    SELECT cutoff, user_id,
-           3 + (5 * (rank() OVER (PARTITION BY cutoff ORDER BY last_purchase_day) - 1))
-               // count(*) OVER (PARTITION BY cutoff)
-           + (5 * (rank() OVER (PARTITION BY cutoff ORDER BY purchase_days_all) - 1))
-               // count(*) OVER (PARTITION BY cutoff)
-           + (5 * (rank() OVER (PARTITION BY cutoff ORDER BY revenue_all) - 1))
-               // count(*) OVER (PARTITION BY cutoff) AS rfm_score
-    FROM history
+    SELECT user_id,
+           3 + (5 * (rank() OVER (ORDER BY last_purchase_day) - 1)) // count(*) OVER ()
+           + (5 * (rank() OVER (ORDER BY purchase_days_all) - 1)) // count(*) OVER ()
+           + (5 * (rank() OVER (ORDER BY revenue_all) - 1)) // count(*) OVER () AS rfm_score
+    FROM all_time
     WHERE purchases_all > 0
 )
-SELECT h.cutoff AS snapshot,
-       h.role,
+SELECT TIMESTAMP '{cutoff}' AS snapshot,
+       '{role}' AS role,
        h.user_id,
-       h.events_w, h.views_w, h.carts_w, h.purchases_w,
+       coalesce(w.events_w, 0) AS events_w,
+       coalesce(w.views_w, 0) AS views_w,
+       coalesce(w.carts_w, 0) AS carts_w,
+       coalesce(w.purchases_w, 0) AS purchases_w,
        coalesce(s.sessions_w, 0) AS sessions_w,
        s.avg_session_seconds,
-       h.product_days_w, h.active_days_w, h.active_span_days,
-       h.events_7d, h.carts_7d, h.events_prev_7d,
-       h.events_7d - h.events_prev_7d AS events_trend,
-       h.recency_days, h.days_since_cart, h.tenure_days,
+       coalesce(w.product_days_w, 0) AS product_days_w,
+       coalesce(w.active_days_w, 0) AS active_days_w,
+       coalesce(date_diff('day', w.first_day_w, h.last_day) + 1, 0) AS active_span_days,
+       coalesce(w.events_7d, 0) AS events_7d,
+       coalesce(w.carts_7d, 0) AS carts_7d,
+       coalesce(w.events_prev_7d, 0) AS events_prev_7d,
+       coalesce(w.events_7d, 0) - coalesce(w.events_prev_7d, 0) AS events_trend,
+       date_diff('second', h.last_event, TIMESTAMP '{cutoff}') / 86400.0 AS recency_days,
+       date_diff('second', h.last_cart, TIMESTAMP '{cutoff}') / 86400.0 AS days_since_cart,
+       date_diff('day', h.first_day, TIMESTAMP '{cutoff}') AS tenure_days,
        coalesce(a.carts_not_bought_w, 0) AS carts_not_bought_w,
        h.purchases_all > 0 AS prior_purchase,
        h.purchases_all, h.revenue_all,
        coalesce(r.rfm_score, 0) AS rfm_score,
-       h.primary_category, h.preferred_brand,
-       CASE WHEN h.labelled THEN coalesce(l.purchased, false) END AS label
-FROM history AS h
-LEFT JOIN sessions AS s USING (cutoff, user_id)
-LEFT JOIN abandoned AS a USING (cutoff, user_id)
-LEFT JOIN rfm AS r USING (cutoff, user_id)
-LEFT JOIN labels AS l USING (cutoff, user_id)
+       w.primary_category, w.preferred_brand,
+       CASE WHEN {labelled} THEN coalesce(l.purchased, false) END AS label
+FROM all_time AS h
+LEFT JOIN in_window AS w USING (user_id)
+LEFT JOIN sessions AS s USING (user_id)
+LEFT JOIN abandoned AS a USING (user_id)
+LEFT JOIN rfm AS r USING (user_id)
+LEFT JOIN labels AS l USING (user_id)
 
 -- name: feature_sample
 -- A reproducible uniform sample of one snapshot (hash of user and snapshot).
