@@ -301,6 +301,58 @@ def test_recommendations_cover_cold_start_and_never_self(warehouse: Path) -> Non
     assert (covered > 0).mean() > 0.95  # a product alone in its category has no peer
 
 
+def test_co_view_recommendations_equal_an_independent_count(warehouse: Path) -> None:
+    """Each product's co-view tier, recounted in Polars: pairs viewed in one session among the
+    last 28 days' sessions viewing 2 to max_session_views products, seen in at least two such
+    sessions, most often first (then the lower id), after the product's rules."""
+    from cip_pipeline.assets.ml import AffinityConfig
+
+    config = AffinityConfig()
+    end = _query(warehouse, "SELECT max(event_time) AS m FROM core.events")["m"][0]
+    views = (
+        _query(
+            warehouse,
+            "SELECT user_session::VARCHAR AS s, product_id, event_time FROM core.events "
+            "WHERE event_type = 'view' AND user_session IS NOT NULL",
+        )
+        .filter(pl.col("event_time") >= end - timedelta(days=28))
+        .select("s", "product_id")
+        .unique()
+        .filter(pl.len().over("s").is_between(2, config.max_session_views))
+    )
+    top = (
+        views.join(views, on="s", suffix="_b")
+        .filter(pl.col("product_id") != pl.col("product_id_b"))
+        .group_by("product_id", "product_id_b")
+        .len()
+        .filter(pl.col("len") >= 2)
+        .sort(["product_id", "len", "product_id_b"], descending=[False, True, False])
+        .group_by("product_id", maintain_order=True)
+        .head(10)
+    )
+    rules = _query(
+        warehouse,
+        "SELECT DISTINCT antecedent AS product_id, consequent AS product_id_b, true AS rule "
+        "FROM ml.product_affinity",
+    )
+    n_rules = rules.group_by("product_id").agg(pl.len().clip(upper_bound=10).alias("r"))
+    expected = (
+        top.join(rules, on=["product_id", "product_id_b"], how="anti")
+        .join(n_rules, on="product_id", how="left")
+        .with_columns(pl.col("r").fill_null(0))
+        .filter(pl.int_range(pl.len()).over("product_id") < 10 - pl.col("r"))
+    )
+    recs = _query(
+        warehouse,
+        "SELECT product_id, recommended_product_id AS product_id_b, score FROM ml.recommendations "
+        "WHERE source = 'co-view' ORDER BY product_id, rank",
+    )
+    assert expected.height > 1000
+    assert recs["product_id"].to_list() == expected["product_id"].to_list()
+    assert recs["product_id_b"].to_list() == expected["product_id_b"].to_list()
+    assert recs["score"].to_list() == expected["len"].cast(pl.Float64).to_list()
+
+
 def test_power_tables_equal_the_stats_module(warehouse: Path) -> None:
     table = _query(warehouse, "SELECT * FROM experiments.ab_power_tables")
     sizes = table.filter(pl.col("table") == "conversion_sample_size")

@@ -343,6 +343,10 @@ class AffinityConfig(dg.Config):
     min_lift: float = 1.2
     max_basket: int = 50
     horizon_days: int = 14
+    # Co-views come from sessions viewing 2 to this many products. Long sessions add pairs
+    # quadratically: at 110 M events, 10 made the offline evaluation 39.6 -> 24.1 s but hit
+    # rate at 10 fell 0.0664 -> 0.0641 (14: 30.1 s, 0.0654).
+    max_session_views: int = 20
 
 
 NO_CUTOFF = "9999-12-31 00:00:00"
@@ -367,7 +371,11 @@ def rules_sql(config: AffinityConfig, cutoff: str = NO_CUTOFF) -> str:
 
 def recommendations_sql(config: AffinityConfig, rules: str, cutoff: str = NO_CUTOFF) -> str:
     return sql.statement(
-        "ml", "recommendations", cutoff=cutoff, rules=rules, max_basket=str(config.max_basket)
+        "ml",
+        "recommendations",
+        cutoff=cutoff,
+        rules=rules,
+        max_session_views=str(config.max_session_views),
     )
 
 

@@ -308,8 +308,8 @@ from_rules AS (
     GROUP BY ALL
 ),
 session_views AS (
-    -- The last four weeks' sessions that viewed 2 to 20 products: co-views are about what
-    -- is browsed together now, and long sessions add pairs quadratically.
+    -- The last four weeks' sessions that viewed 2 to max_session_views products: co-views
+    -- are about what is browsed together now, and long sessions add pairs quadratically.
     SELECT user_session, product_id
     FROM core.events
     WHERE event_type = 'view' AND user_session IS NOT NULL
@@ -317,7 +317,7 @@ session_views AS (
       AND event_time >= (SELECT max(event_time) FROM core.events
                          WHERE event_time < TIMESTAMP '{cutoff}') - INTERVAL 28 DAY
     GROUP BY user_session, product_id
-    QUALIFY count(*) OVER (PARTITION BY user_session) BETWEEN 2 AND 20
+    QUALIFY count(*) OVER (PARTITION BY user_session) BETWEEN 2 AND {max_session_views}
 ),
 co_view_pairs AS (
     -- each unordered pair counted once (half the join rows), then both directions
