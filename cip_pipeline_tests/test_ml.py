@@ -129,8 +129,8 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
     not, so its users idle in the window must be there with zero window counts."""
     events = _query(
         warehouse,
-        "SELECT user_id, product_id, event_time, event_type::VARCHAR AS event_type"
-        " FROM core.events",
+        "SELECT user_id, product_id, event_time, event_type::VARCHAR AS event_type,"
+        " user_session::VARCHAR AS user_session FROM core.events",
     )
     features = _query(warehouse, f"SELECT * FROM ml.propensity_features WHERE role = '{role}'")
     snap = features["snapshot"].min()
@@ -140,11 +140,22 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
     window_counts = window.group_by("user_id").agg(
         pl.len().alias("events_w"), (pl.col("event_type") == "cart").sum().alias("carts_w")
     )
-    product_days = (  # distinct products per day, summed over the window's days
-        window.group_by("user_id", pl.col("event_time").dt.date())
-        .agg(pl.col("product_id").n_unique())
+    sessions = (  # started in the window and over before the cutoff
+        events.filter(pl.col("user_session").is_not_null())
+        .group_by("user_session")
+        .agg(
+            pl.col("user_id").min(),
+            pl.col("event_time").min().alias("start"),
+            pl.col("event_time").max().alias("end"),
+            pl.col("product_id").n_unique().alias("products"),
+        )
+        .filter(
+            pl.col("start") >= snap - pl.duration(days=28),
+            pl.col("start") < snap,
+            pl.col("end") < snap,
+        )
         .group_by("user_id")
-        .agg(pl.col("product_id").sum().alias("product_days_w"))
+        .agg(pl.col("products").sum().alias("session_products_w"))
     )
     oracle = (
         before.group_by("user_id")
@@ -153,8 +164,8 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
             (pl.col("event_type") == "purchase").any().alias("prior_purchase"),
         )
         .join(window_counts, on="user_id", how="left")
-        .join(product_days, on="user_id", how="left")
-        .with_columns(pl.col("events_w", "carts_w", "product_days_w").fill_null(0))
+        .join(sessions, on="user_id", how="left")
+        .with_columns(pl.col("events_w", "carts_w", "session_products_w").fill_null(0))
         .join(
             events.filter(
                 (pl.col("event_time") >= snap)
@@ -171,7 +182,7 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
         .sort("user_id")
     )
     assert mine["user_id"].to_list() == oracle["user_id"].to_list()
-    for col in ("events_w", "carts_w", "product_days_w", "prior_purchase", "label"):
+    for col in ("events_w", "carts_w", "session_products_w", "prior_purchase", "label"):
         assert mine[col].cast(oracle[col].dtype).to_list() == oracle[col].to_list(), col
     assert np.allclose(mine["recency_days"].to_numpy(), oracle["recency_days"].to_numpy())
     if role == "validation":

@@ -23,7 +23,7 @@ NUMERIC_FEATURES = [
     "purchases_w",
     "sessions_w",
     "avg_session_seconds",
-    "product_days_w",
+    "session_products_w",
     "active_days_w",
     "active_span_days",
     "events_7d",
