@@ -130,7 +130,7 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
     events = _query(
         warehouse,
         "SELECT user_id, product_id, event_time, event_type::VARCHAR AS event_type,"
-        " user_session::VARCHAR AS user_session FROM core.events",
+        " user_session::VARCHAR AS user_session, category_code, brand FROM core.events",
     )
     features = _query(warehouse, f"SELECT * FROM ml.propensity_features WHERE role = '{role}'")
     snap = features["snapshot"].min()
@@ -157,6 +157,30 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
         .group_by("user_id")
         .agg(pl.col("products").sum().alias("session_products_w"))
     )
+    views = window.filter(pl.col("event_type") == "view").with_columns(
+        pl.col("event_time").dt.date().alias("day"),
+        pl.col("category_code").str.split(".").list.first().alias("category"),
+    )
+    day_views = views.group_by("user_id", "day").agg(pl.len().alias("views"))
+
+    def preferred(col: str, name: str) -> pl.DataFrame:
+        """The day's most viewed value (ties: alphabetically last), taken from the window's
+        day with most views (then the latest) among days that have one."""
+        day_top = (
+            views.filter(pl.col(col).is_not_null())
+            .group_by("user_id", "day", col)
+            .len()
+            .sort(["len", col], descending=True)
+            .group_by("user_id", "day", maintain_order=True)
+            .first()
+        )
+        return (
+            day_top.join(day_views, on=["user_id", "day"])
+            .sort(["views", "day"], descending=True)
+            .group_by("user_id", maintain_order=True)
+            .agg(pl.col(col).first().alias(name))
+        )
+
     oracle = (
         before.group_by("user_id")
         .agg(
@@ -165,6 +189,8 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
         )
         .join(window_counts, on="user_id", how="left")
         .join(sessions, on="user_id", how="left")
+        .join(preferred("category", "primary_category"), on="user_id", how="left")
+        .join(preferred("brand", "preferred_brand"), on="user_id", how="left")
         .with_columns(pl.col("events_w", "carts_w", "session_products_w").fill_null(0))
         .join(
             events.filter(
@@ -184,6 +210,9 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
     assert mine["user_id"].to_list() == oracle["user_id"].to_list()
     for col in ("events_w", "carts_w", "session_products_w", "prior_purchase", "label"):
         assert mine[col].cast(oracle[col].dtype).to_list() == oracle[col].to_list(), col
+    for col in ("primary_category", "preferred_brand"):
+        assert oracle[col].null_count() < oracle.height, col
+        assert mine[col].to_list() == oracle[col].to_list(), col
     assert np.allclose(mine["recency_days"].to_numpy(), oracle["recency_days"].to_numpy())
     if role == "validation":
         assert (mine["events_w"] == 0).sum() > 0  # the case this role is here for

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from cip_pipeline import sql
 from cip_pipeline.assets.common import SKIPPED, skipped
-from cip_pipeline.assets.core import top_categories_sql
+from cip_pipeline.assets.core import brand_ranks_sql, top_categories_sql
 from cip_pipeline.budget import Budget, parse_size
 from cip_pipeline.io_managers import SqlQuery, SqlTable
 from cip_pipeline.io_managers.model_io_manager import RegisteredModel, TrainedModel
@@ -92,16 +92,18 @@ def build_feature_staging(
 
     until = f"{plan.score:%Y-%m-%d %H:%M:%S}"
     con.execute("CREATE SCHEMA IF NOT EXISTS ml")
+    events = SqlTable("core", "events")
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE feature_top_categories AS "
-        + top_categories_sql(SqlTable("core", "events"))
+        "CREATE OR REPLACE TEMP TABLE feature_top_categories AS " + top_categories_sql(events)
     )
+    con.execute("CREATE OR REPLACE TEMP TABLE feature_brand_ranks AS " + brand_ranks_sql(events))
     days = con.execute(sql.statement("ml", "feature_day_events", until=until)).fetchall()
     for i, (since, chunk_until) in enumerate(prop.day_chunks(days, chunk_events, plan.score)):
         chunk = sql.statement(
             "ml",
             "feature_user_days",
             top_categories="feature_top_categories",
+            brand_ranks="feature_brand_ranks",
             since=f"{since:%Y-%m-%d %H:%M:%S}",
             until=f"{chunk_until:%Y-%m-%d %H:%M:%S}",
         )

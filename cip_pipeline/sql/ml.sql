@@ -29,22 +29,22 @@ WITH day_category AS (
     )
     GROUP BY ALL
 ),
-brand_views AS (
-    SELECT user_id, date_trunc('day', event_time) AS day, brand, count(*) AS n
-    FROM core.events
-    WHERE event_type = 'view' AND brand IS NOT NULL
-      AND event_time >= TIMESTAMP '{since}' AND event_time < TIMESTAMP '{until}'
-    GROUP BY ALL
-),
-brand_ranks AS (
-    -- alphabetical, so that ties are broken on one packed integer
-    SELECT brand, row_number() OVER (ORDER BY brand) AS brand_rank
-    FROM (SELECT DISTINCT brand FROM brand_views)
-),
 day_brand AS (
-    SELECT v.user_id, v.day, arg_max(v.brand, v.n * 1048576 + r.brand_rank) AS top_brand
-    FROM brand_views AS v JOIN brand_ranks AS r USING (brand)
-    GROUP BY v.user_id, v.day
+    -- counted on the brand's integer rank (see brand_ranks in core.sql), named at the end
+    SELECT v.user_id, v.day, r.brand AS top_brand
+    FROM (
+        SELECT user_id, day, arg_max(brand_rank, n * 1048576 + brand_rank) AS brand_rank
+        FROM (
+            SELECT e.user_id, date_trunc('day', e.event_time) AS day, r.brand_rank,
+                   count(*) AS n
+            FROM core.events AS e JOIN {brand_ranks} AS r USING (brand)
+            WHERE e.event_type = 'view'
+              AND e.event_time >= TIMESTAMP '{since}' AND e.event_time < TIMESTAMP '{until}'
+            GROUP BY ALL
+        )
+        GROUP BY ALL
+    ) AS v
+    JOIN {brand_ranks} AS r USING (brand_rank)
 )
 SELECT d.*, c.top_category, b.top_brand
 FROM (
