@@ -380,6 +380,7 @@ def test_co_view_recommendations_equal_an_independent_count(warehouse: Path) -> 
         top.join(rules, on=["product_id", "product_id_b"], how="anti")
         .join(n_rules, on="product_id", how="left")
         .with_columns(pl.col("r").fill_null(0))
+        .sort(["product_id", "len", "product_id_b"], descending=[False, True, False])
         .filter(pl.int_range(pl.len()).over("product_id") < 10 - pl.col("r"))
     )
     recs = _query(
