@@ -123,6 +123,37 @@ def test_scores_cover_every_user_with_deciles(warehouse: Path) -> None:
     assert top >= scores.filter(pl.col("decile") == 2)["score"].max()
 
 
+def test_scores_refuse_a_model_trained_on_other_features(warehouse: Path) -> None:
+    """A registered model whose feature list differs from what the features asset builds
+    (an older definition) fails the scoring step by name, instead of scoring by position."""
+    from cip_pipeline.assets.ml import propensity_scores
+    from cip_pipeline.io_managers.model_io_manager import RegisteredModel
+    from cip_pipeline.resources import WarehouseResource
+
+    older = [f if f != "session_products_w" else "product_days_w" for f in prop.FEATURES]
+    model = RegisteredModel(
+        booster=lgb.Booster(
+            model_str=_query(
+                warehouse, "SELECT booster FROM ml.model_registry ORDER BY version DESC LIMIT 1"
+            )["booster"][0]
+        ),
+        params={},
+        features=older,
+        windows={},
+        metrics={},
+        encodings={"preferred_brand": {}},
+        name="ml/propensity_model",
+        version=41,
+    )
+    with pytest.raises(dg.Failure, match="version 41 was trained on features") as failure:
+        propensity_scores(
+            dg.build_asset_context(),
+            model=model,
+            warehouse=WarehouseResource(path=str(warehouse)),
+        )
+    assert "product_days_w" in str(failure.value)
+
+
 @pytest.mark.parametrize("role", ["train", "validation"])
 def test_features_match_an_independent_computation(warehouse: Path, role: str) -> None:
     """The first training snapshot's window covers all earlier data; the validation one's does

@@ -316,6 +316,13 @@ def propensity_model(
 def propensity_scores(
     context: dg.AssetExecutionContext, model: RegisteredModel, warehouse: WarehouseResource
 ) -> SqlQuery:
+    if model.features != prop.FEATURES:
+        # The matrix is built by position: a model of other features would score garbage.
+        raise dg.Failure(
+            f"{model.name} version {model.version} was trained on features "
+            f"{model.features}, but the features asset now builds {prop.FEATURES}: "
+            "materialize ml/propensity_model again before scoring"
+        )
     brand_codes = {k: int(v) for k, v in model.encodings["preferred_brand"].items()}
     with warehouse.connect() as con:
         users = con.execute(
