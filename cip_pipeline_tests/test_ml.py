@@ -22,6 +22,7 @@ from cip_pipeline.assets.ml import FEATURES_KEY, build_feature_staging
 from cip_pipeline.generator import generate
 from cip_pipeline.ml import propensity as prop
 from cip_pipeline.runner import run_pipeline
+from cip_pipeline_tests import warehouse_oracle
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +161,7 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
     not, so its users idle in the window must be there with zero window counts."""
     events = _query(
         warehouse,
-        "SELECT user_id, product_id, event_time, event_type::VARCHAR AS event_type,"
+        "SELECT user_id, product_id, event_time, event_type::VARCHAR AS event_type, price,"
         " user_session::VARCHAR AS user_session, category_code, brand FROM core.events",
     )
     features = _query(warehouse, f"SELECT * FROM ml.propensity_features WHERE role = '{role}'")
@@ -172,21 +173,16 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
         pl.len().alias("events_w"), (pl.col("event_type") == "cart").sum().alias("carts_w")
     )
     sessions = (  # started in the window and over before the cutoff
-        events.filter(pl.col("user_session").is_not_null())
-        .group_by("user_session")
-        .agg(
-            pl.col("user_id").min(),
-            pl.col("event_time").min().alias("start"),
-            pl.col("event_time").max().alias("end"),
-            pl.col("product_id").n_unique().alias("products"),
+        warehouse_oracle.fact_sessions(
+            events.with_columns(pl.col("category_code").str.split(".").list.first().alias("l1"))
         )
         .filter(
-            pl.col("start") >= snap - pl.duration(days=28),
-            pl.col("start") < snap,
-            pl.col("end") < snap,
+            pl.col("start_time") >= snap - pl.duration(days=28),
+            pl.col("start_time") < snap,
+            pl.col("end_time") < snap,
         )
         .group_by("user_id")
-        .agg(pl.col("products").sum().alias("session_products_w"))
+        .agg(pl.col("distinct_products").sum().alias("session_products_w"))
     )
     views = window.filter(pl.col("event_type") == "view").with_columns(
         pl.col("event_time").dt.date().alias("day"),
