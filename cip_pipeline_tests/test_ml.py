@@ -146,12 +146,11 @@ def test_scores_refuse_a_model_trained_on_other_features(warehouse: Path) -> Non
         name="ml/propensity_model",
         version=41,
     )
-    with pytest.raises(dg.Failure, match="version 41 was trained on features") as failure:
-        propensity_scores(
-            dg.build_asset_context(),
-            model=model,
-            warehouse=WarehouseResource(path=str(warehouse)),
-        )
+    with (
+        dg.build_asset_context() as context,
+        pytest.raises(dg.Failure, match="version 41 was trained on features") as failure,
+    ):
+        propensity_scores(context, model=model, warehouse=WarehouseResource(path=str(warehouse)))
     assert "product_days_w" in str(failure.value)
 
 
