@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 GIB = 1 << 30
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
@@ -59,3 +60,18 @@ class Budget:
     def duckdb_memory_limit(self) -> str:
         # DuckDB's share of a run: the rest is Python, Polars and Arrow buffers.
         return f"{int(self.run_bytes * 0.68) >> 20}MB"
+
+
+def day_chunks(
+    day_events: list[tuple[datetime, int]], max_events: int, end: datetime
+) -> list[tuple[datetime, datetime]]:
+    """Whole days packed, in order, into [since, until) chunks of at most `max_events` events
+    (a day above it is a chunk of its own); the last chunk ends at `end`."""
+    starts: list[datetime] = []
+    in_chunk = 0
+    for day, events in day_events:
+        if not starts or in_chunk + events > max_events:
+            starts.append(day)
+            in_chunk = 0
+        in_chunk += events
+    return list(zip(starts, [*starts[1:], end], strict=False))  # no days: no chunks

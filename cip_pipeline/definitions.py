@@ -17,6 +17,7 @@ LOAD_ASSETS = [ingest.events_parquet, ingest.core_events, ingest.ingest_audit]
 LOAD_CHECKS = [ingest.events_parquet_checks, ingest.core_events_checks]
 DERIVED_ASSETS = [*core.PARTITIONED_ASSETS, *analytics.PARTITIONED_ASSETS]
 DERIVED_CHECKS = [*core.PARTITIONED_CHECKS, *analytics.PARTITIONED_CHECKS]
+NEIGHBOUR_ASSETS = core.NEIGHBOUR_ASSETS
 PARTITIONED_ASSETS = [*LOAD_ASSETS, *DERIVED_ASSETS]
 PARTITIONED_CHECKS = [*LOAD_CHECKS, *DERIVED_CHECKS]
 UNPARTITIONED_ASSETS: list[dg.AssetsDefinition] = [

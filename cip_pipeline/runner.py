@@ -189,7 +189,8 @@ def run_months(
     out: TextIO | None = None,
 ) -> list[RunSummary]:
     """The month job for `months`, in two stages: load every month, then derive every month
-    (and the neighbours loaded before) once the months around it are in the warehouse."""
+    once the months around it are in the warehouse, and derive again in the neighbours loaded
+    before what reads across the month boundary."""
     previously_loaded = {
         key[:7] for key in instance.get_materialized_partitions(ingest.core_events.key)
     }
@@ -205,7 +206,10 @@ def run_months(
     loaded = [m for m in months if run(m, m, definitions.LOAD_ASSETS).success]
     if definitions.DERIVED_ASSETS:
         for month in months_to_derive(loaded, previously_loaded):
-            run(f"{month} derived", month, definitions.DERIVED_ASSETS)
+            if month in loaded:
+                run(f"{month} derived", month, definitions.DERIVED_ASSETS)
+            else:  # a neighbour loaded before: only what reads across the boundary
+                run(f"{month} derived", month, definitions.NEIGHBOUR_ASSETS)
     return summaries
 
 

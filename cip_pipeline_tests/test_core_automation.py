@@ -17,6 +17,7 @@ MONTH_KEYS = [
         ["events_parquet"],
         ["core", "events"],
         ["core", "ingest_audit"],
+        ["core", "fact_user_days"],
         ["core", "fact_sessions"],
         ["core", "fact_daily_kpis"],
         ["analytics", "data_profile"],

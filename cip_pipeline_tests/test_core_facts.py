@@ -1,11 +1,17 @@
-"""core/fact_sessions and core/fact_daily_kpis against an independent Polars computation from
-the raw CSV files of the same sample."""
+"""core/fact_sessions, core/fact_user_days and core/fact_daily_kpis against an independent
+Polars computation from the raw CSV files of the same sample."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
+import duckdb
 import polars as pl
 import pytest
 
+from cip_pipeline.assets.core import user_days_selects
+from cip_pipeline.io_managers import SqlTable
+from cip_pipeline.io_managers.tables import TimeSlice
 from cip_pipeline_tests import warehouse_oracle as oracle
 from cip_pipeline_tests.warehouse_sample import (
     WarehouseSample,
@@ -36,9 +42,9 @@ def test_every_run_succeeds_and_every_check_passes(warehouse_sample: WarehouseSa
     ]
     assert all(s.success for s in warehouse_sample.summaries)
     assert check_problems(warehouse_sample.summaries) == []
-    # per month 13 ingest checks (7 on the Parquet, 6 on core/events) and 7 derived; 16 over
+    # per month 13 ingest checks (7 on the Parquet, 6 on core/events) and 10 derived; 16 over
     # all months
-    assert sum(s.checks_passed for s in warehouse_sample.summaries) == 2 * 13 + 2 * 7 + 16
+    assert sum(s.checks_passed for s in warehouse_sample.summaries) == 2 * 13 + 2 * 10 + 16
 
 
 def test_fact_sessions_equal_the_oracle(
@@ -83,6 +89,39 @@ def test_each_session_lies_in_the_month_it_began(warehouse_sample: WarehouseSamp
     assert nov["sessions_from_previous_month"].value == crossing
     assert nov["dagster/row_count"].value == months["n"][1]
     assert "write_seconds" in nov and "dagster/column_schema" in nov
+
+
+def test_fact_user_days_equal_the_oracle(
+    warehouse_sample: WarehouseSample, events: pl.DataFrame
+) -> None:
+    actual = warehouse_sample.table("SELECT * FROM core.fact_user_days")
+    expected = oracle.fact_user_days(events)
+    assert_frames_match(actual, expected, ["user_id", "day"])
+    for column in ("carts_not_bought", "top_category", "top_brand"):  # the cases occur
+        assert expected[column].drop_nulls().n_unique() > 1, column
+    nov = warehouse_sample.materialization(["core", "fact_user_days"], NOV)
+    assert (
+        nov["dagster/row_count"].value
+        == expected.filter(pl.col("day") >= pl.date(2019, 11, 1)).height
+    )
+
+
+def test_user_days_built_in_small_chunks_equal_one_chunk(
+    warehouse_sample: WarehouseSample,
+) -> None:
+    start, end = datetime(2019, 11, 1), datetime(2019, 12, 1)
+    november = SqlTable("core", "events", TimeSlice("event_time", start, end).predicate())
+    con = duckdb.connect(str(warehouse_sample.root / "warehouse" / "cip.duckdb"), read_only=True)
+    try:
+        whole = user_days_selects(con, november, end, 10**12)
+        chunked = user_days_selects(con, november, end, 1)  # a chunk per day
+        one = con.sql(whole[0]).pl().sort("user_id", "day")
+        many = pl.concat([con.sql(q).pl() for q in chunked]).sort("user_id", "day")
+    finally:
+        con.close()
+    assert len(whole) == 1 and len(chunked) == 30
+    assert one.height > 1_000
+    assert many.equals(one)
 
 
 def test_fact_daily_kpis_equal_the_oracle(

@@ -28,7 +28,12 @@ from cip_pipeline_tests.browser import ARTIFACTS, browser_page, free_port
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 INGEST = [["events_parquet"], ["core", "events"], ["core", "ingest_audit"]]
-DERIVED = [["core", "fact_sessions"], ["core", "fact_daily_kpis"], ["analytics", "data_profile"]]
+DERIVED = [
+    ["core", "fact_user_days"],
+    ["core", "fact_sessions"],
+    ["core", "fact_daily_kpis"],
+    ["analytics", "data_profile"],
+]
 
 
 class Dagster:
@@ -208,9 +213,9 @@ def test_two_months_launched_at_once_both_succeed(dagster: Dagster) -> None:
 
 
 def test_a_month_derived_through_graphql(dagster: Dagster) -> None:
-    """Once both months are loaded (the test above), October's sessions, daily KPIs and
-    profile launched the same way: the run succeeds, its checks pass, and the tables agree
-    with core.events."""
+    """Once both months are loaded (the test above), October's user-days, sessions, daily
+    KPIs and profile launched the same way: the run succeeds, its checks pass, and the tables
+    agree with core.events."""
     if not (dagster.data / "lake" / "events" / "month=2019-11").exists():
         runs = [dagster.materialize_month(p, INGEST) for p in ("2019-10-01", "2019-11-01")]
         assert [dagster.wait(r) for r in runs] == ["SUCCESS", "SUCCESS"]
@@ -219,7 +224,7 @@ def test_a_month_derived_through_graphql(dagster: Dagster) -> None:
 
     os.environ["DAGSTER_HOME"] = str(dagster.home)
     checks = _check_results(dg.DagsterInstance.get(), run_id)
-    assert len(checks) == 7 and all(c.passed for c in checks)
+    assert len(checks) == 10 and all(c.passed for c in checks)
     con = duckdb.connect(str(dagster.data / "warehouse" / "cip.duckdb"), read_only=True)
     try:
         kpis = con.execute(

@@ -18,8 +18,11 @@ import pytest
 import scipy.stats
 
 from cip_pipeline import stats
+from cip_pipeline.assets.core import user_days_selects
 from cip_pipeline.assets.ml import FEATURES_KEY, build_feature_staging
+from cip_pipeline.budget import day_chunks
 from cip_pipeline.generator import generate
+from cip_pipeline.io_managers import SqlTable
 from cip_pipeline.ml import propensity as prop
 from cip_pipeline.runner import run_pipeline
 from cip_pipeline_tests import warehouse_oracle
@@ -63,30 +66,9 @@ def test_day_chunks_pack_whole_days_under_the_event_cap() -> None:
     d = [datetime(2019, 10, day) for day in (1, 2, 3, 4, 5)]
     end = datetime(2019, 10, 6)
     days = list(zip(d, [4, 5, 12, 1, 2], strict=True))
-    assert prop.day_chunks(days, 10, end) == [(d[0], d[2]), (d[2], d[3]), (d[3], end)]
-    assert prop.day_chunks(days, 100, end) == [(d[0], end)]
-    assert prop.day_chunks([], 10, end) == []
-
-
-def test_feature_chunking_does_not_change_features(warehouse: Path, tmp_path: Path) -> None:
-    """Days cut into many small chunks give the same features as one chunk."""
-    db = tmp_path / "copy.duckdb"
-    db.write_bytes(warehouse.read_bytes())
-    con = duckdb.connect(str(db))
-    try:
-        first, last = con.execute(
-            "SELECT min(event_time), max(event_time) FROM core.events"
-        ).fetchall()[0]
-        plan = prop.plan_snapshots(first, last)
-        query = "SELECT * FROM ml.feature_staging ORDER BY snapshot, user_id"
-        build_feature_staging(con, plan, chunk_events=10**12)
-        whole = con.sql(query).pl()
-        build_feature_staging(con, plan, chunk_events=50_000)
-        chunked = con.sql(query).pl()
-    finally:
-        con.close()
-    assert whole.height > 10_000
-    assert chunked.equals(whole)
+    assert day_chunks(days, 10, end) == [(d[0], d[2]), (d[2], d[3]), (d[3], end)]
+    assert day_chunks(days, 100, end) == [(d[0], end)]
+    assert day_chunks([], 10, end) == []
 
 
 def test_model_beats_the_best_baseline_and_is_registered(warehouse: Path) -> None:
@@ -252,7 +234,7 @@ def test_feature_phases_are_timed_per_snapshot(warehouse: Path) -> None:
     phases = event.asset_materialization.metadata["phase_seconds"].value
     sizes = _query(warehouse, "SELECT DISTINCT snapshot, role FROM ml.propensity_features")
     snapshots = {f"snapshot {s:%Y-%m-%d} ({r})" for s, r in sizes.iter_rows()}
-    assert set(phases) == {"user_days", "carts_and_purchase_days"} | snapshots
+    assert set(phases) == snapshots
     assert all(v >= 0 for v in phases.values())
 
 
@@ -266,7 +248,7 @@ def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path
     query = "SELECT * FROM ml.feature_staging WHERE role = 'validation'"
     con = duckdb.connect(str(db))
     try:
-        build_feature_staging(con, plan, chunk_events=200_000)
+        build_feature_staging(con, plan)
         before = con.sql(query).pl()
         con.execute(
             """
@@ -283,7 +265,12 @@ def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path
             WHERE end_time >= $cutoff""",
             {"cutoff": cutoff},
         )
-        build_feature_staging(con, plan, chunk_events=200_000)
+        con.execute("DELETE FROM core.fact_user_days")  # built again from the rewritten events
+        for chunk in user_days_selects(
+            con, SqlTable("core", "events"), datetime(2020, 1, 1), 10**5
+        ):
+            con.execute(f"INSERT INTO core.fact_user_days BY NAME {chunk}")
+        build_feature_staging(con, plan)
         after = con.sql(query).pl()
     finally:
         con.close()

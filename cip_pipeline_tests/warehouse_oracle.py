@@ -89,6 +89,55 @@ def fact_sessions(events: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _top_viewed(views: pl.DataFrame, value: str, name: str) -> pl.DataFrame:
+    """Per user and day, the most viewed value; ties to the alphabetically last."""
+    return (
+        views.filter(pl.col(value).is_not_null())
+        .group_by("user_id", "day", value)
+        .len()
+        .sort(["len", value], descending=True)
+        .group_by("user_id", "day", maintain_order=True)
+        .first()
+        .select("user_id", "day", pl.col(value).alias(name))
+    )
+
+
+def fact_user_days(events: pl.DataFrame) -> pl.DataFrame:
+    frame = events.with_columns(pl.col("event_time").dt.date().alias("day"))
+    keys = ["user_id", "day"]
+
+    def times(kind: str) -> pl.Expr:
+        return pl.col("event_time").filter(pl.col("event_type") == kind)
+
+    days = frame.group_by(keys).agg(
+        pl.len().alias("events"),
+        *_counts(),
+        _revenue(),
+        pl.col("event_time").min().alias("first_event"),
+        pl.col("event_time").max().alias("last_event"),
+        times("cart").max().alias("last_cart"),
+        times("purchase").min().alias("first_purchase"),
+        times("purchase").max().alias("last_purchase"),
+    )
+    carted, bought = (
+        frame.filter(pl.col("event_type") == kind).select(*keys, "product_id").unique()
+        for kind in ("cart", "purchase")
+    )
+    not_bought = (
+        carted.join(bought, on=[*keys, "product_id"], how="anti")
+        .group_by(keys)
+        .len("carts_not_bought")
+    )
+    views = frame.filter(pl.col("event_type") == "view")
+    return (
+        days.join(not_bought, on=keys, how="left")
+        .join(_top_viewed(views, "l1", "top_category"), on=keys, how="left")
+        .join(_top_viewed(views, "brand", "top_brand"), on=keys, how="left")
+        .with_columns(pl.col("carts_not_bought").fill_null(0))
+        .sort(keys)
+    )
+
+
 def fact_daily_kpis(events: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
     days = events.group_by(pl.col("event_time").dt.date().alias("day")).agg(
         pl.len().alias("events"),

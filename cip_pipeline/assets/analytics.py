@@ -19,7 +19,7 @@ from cip_pipeline.assets.common import (
     reconcile,
     zero_counts,
 )
-from cip_pipeline.assets.core import EVENTS, FACT_SESSIONS
+from cip_pipeline.assets.core import EVENTS, FACT_SESSIONS, FACT_USER_DAYS
 from cip_pipeline.automation import ON_ANY_MONTH_CHANGE
 from cip_pipeline.io_managers import SqlQuery, SqlTable
 from cip_pipeline.io_managers.tables import PARTITION_EXPR
@@ -203,7 +203,7 @@ def funnel_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckResult]
 
 @dg.asset(
     key=COHORT_RETENTION,
-    ins={"events": dg.AssetIn(EVENTS)},
+    ins={"user_days": dg.AssetIn(FACT_USER_DAYS)},
     group_name="analytics",
     kinds={"duckdb"},
     io_manager_key="sql_io_manager",
@@ -212,9 +212,9 @@ def funnel_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckResult]
     description="Weekly cohorts by first-seen week x weeks since: cohort users, active users "
     "and retention rate; the same for buyers by first-purchase week (repeat purchase).",
 )
-def cohort_retention(events: SqlTable) -> SqlQuery:
+def cohort_retention(user_days: SqlTable) -> SqlQuery:
     return SqlQuery(
-        sql.statement("analytics", "cohort_retention", events=events.select()),
+        sql.statement("analytics", "cohort_retention", user_days=user_days.select()),
         headline=sql.statement("analytics", "cohort_headline"),
     )
 

@@ -47,20 +47,24 @@ from cip_pipeline.assets.common import (
     zero_counts,
 )
 from cip_pipeline.automation import ON_ANY_MONTH_CHANGE
+from cip_pipeline.budget import day_chunks, parse_size
 from cip_pipeline.io_managers import SqlQuery, SqlTable
-from cip_pipeline.io_managers.tables import PARTITION_EXPR
+from cip_pipeline.io_managers.tables import PARTITION_EXPR, TimeSlice
 from cip_pipeline.months import month_bounds
 from cip_pipeline.partitions import WAREHOUSE_POOL, month_window, monthly
 from cip_pipeline.resources import WarehouseResource
 
 EVENTS = dg.AssetKey(["core", "events"])
 FACT_SESSIONS = dg.AssetKey(["core", "fact_sessions"])
+FACT_USER_DAYS = dg.AssetKey(["core", "fact_user_days"])
 FACT_DAILY_KPIS = dg.AssetKey(["core", "fact_daily_kpis"])
 DIM_PRODUCTS = dg.AssetKey(["core", "dim_products"])
 DIM_USERS = dg.AssetKey(["core", "dim_users"])
 
 # Two consecutive events of one session are less than this apart (see the module docstring).
 SESSION_GAP = timedelta(hours=24)
+# DuckDB memory per event of a user-day chunk: chunks this size aggregate without spilling.
+BYTES_PER_EVENT = 200
 
 
 def month_after(end: datetime) -> datetime:
@@ -268,9 +272,110 @@ def fact_sessions_checks(
     )
 
 
+def user_days_selects(
+    con: duckdb.DuckDBPyConnection, events: SqlTable, end: datetime, chunk_events: int
+) -> list[str]:
+    """The month's user-days (`fact_user_days` in core.sql) as one SELECT per chunk of whole
+    days holding at most `chunk_events` events; `events` is the month, ending at `end`."""
+    days = con.execute(
+        sql.statement("core", "user_day_events", events=events.select("event_time"))
+    ).fetchall()
+    selects = []
+    for since, until in day_chunks(days, chunk_events, end) or [(end, end)]:
+        chunk = SqlTable(
+            events.schema, events.table, TimeSlice("event_time", since, until).predicate()
+        )
+        selects.append(
+            sql.statement(
+                "core",
+                "fact_user_days",
+                events=chunk.select(),
+                top_categories=top_categories_sql(chunk),
+                brand_ranks=brand_ranks_sql(chunk),
+            )
+        )
+    return selects
+
+
+@dg.asset(
+    key=FACT_USER_DAYS,
+    ins={"events": dg.AssetIn(EVENTS)},
+    partitions_def=monthly,
+    group_name="core",
+    kinds={"duckdb"},
+    io_manager_key="sql_io_manager",
+    pool=WAREHOUSE_POOL,
+    automation_condition=ON_NEIGHBOUR_CHANGE,
+    metadata={PARTITION_EXPR: "day"},
+    description="One row per user and day with an event: events by type, revenue, first and "
+    "last event, last cart, first and last purchase, products carted and not bought, and the "
+    "day's most viewed top-level category and brand. What daily KPIs, user dimensions, "
+    "cohorts and propensity features sum over.",
+)
+def fact_user_days(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, events: SqlTable
+) -> dg.Output[SqlQuery]:
+    _, end = month_window(context.partition_key)
+    chunk_events = parse_size(warehouse.memory_limit) // BYTES_PER_EVENT
+    with warehouse.connect(read_only=True) as con:
+        first, *rest = user_days_selects(con, events, end, chunk_events)
+    return dg.Output(
+        SqlQuery(first, chunks=tuple(rest)),
+        metadata={
+            "chunks": dg.MetadataValue.int(1 + len(rest)),
+            "max_events_per_chunk": dg.MetadataValue.int(chunk_events),
+        },
+    )
+
+
+@dg.multi_asset_check(
+    specs=[
+        check_spec(
+            "user_day_unique",
+            FACT_USER_DAYS,
+            "(user_id, day) never null and unique in the month.",
+            monthly_partitions=True,
+        ),
+        check_spec(
+            "values_consistent",
+            FACT_USER_DAYS,
+            "events = views + carts + purchases + remove_from_carts; first and last event on "
+            "the day, in order; carts_not_bought <= carts; purchase and cart times set exactly "
+            "when there are purchases and carts.",
+            monthly_partitions=True,
+        ),
+        check_spec(
+            "reconciles_with_events",
+            FACT_USER_DAYS,
+            "The month's events, views, carts, purchases and purchase revenue equal those of "
+            "core.events.",
+            monthly_partitions=True,
+        ),
+    ],
+    pool=WAREHOUSE_POOL,
+)
+def fact_user_days_checks(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> Iterator[dg.AssetCheckResult]:
+    start, end = month_window(context.partition_key)
+    with warehouse.connect(read_only=True) as con:
+        row = fetch_row(con, sql.statement("core", "check_user_days"), {"start": start, "end": end})
+    passed, metadata = zero_counts(row, ["null_keys", "duplicated_keys"])
+    yield dg.AssetCheckResult(check_name="user_day_unique", passed=passed, metadata=metadata)
+    passed, metadata = zero_counts(row, ["inconsistent_rows"])
+    yield dg.AssetCheckResult(check_name="values_consistent", passed=passed, metadata=metadata)
+    passed, metadata = reconcile(
+        {
+            name: (row[f"day_{name}"], row[name])
+            for name in ("events", "views", "carts", "purchases", "revenue")
+        }
+    )
+    yield dg.AssetCheckResult(check_name="reconciles_with_events", passed=passed, metadata=metadata)
+
+
 @dg.asset(
     key=FACT_DAILY_KPIS,
-    ins={"events": dg.AssetIn(EVENTS), "sessions": dg.AssetIn(FACT_SESSIONS)},
+    ins={"user_days": dg.AssetIn(FACT_USER_DAYS), "sessions": dg.AssetIn(FACT_SESSIONS)},
     partitions_def=monthly,
     group_name="core",
     kinds={"duckdb"},
@@ -284,7 +389,7 @@ def fact_sessions_checks(
 def fact_daily_kpis(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
-    events: SqlTable,
+    user_days: SqlTable,
     sessions: SqlTable,
 ) -> dg.Output[SqlQuery]:
     start, end = month_window(context.partition_key)
@@ -293,7 +398,7 @@ def fact_daily_kpis(
             con, sql.statement("core", "month_headline"), {"start": start, "end": end}
         )
     query = sql.statement(
-        "core", "fact_daily_kpis", events=events.select(), sessions=sessions.select()
+        "core", "fact_daily_kpis", user_days=user_days.select(), sessions=sessions.select()
     )
     return dg.Output(SqlQuery(query), metadata={f"month_{k}": v for k, v in figures.items()})
 
@@ -402,7 +507,11 @@ def dim_products_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckR
 
 @dg.asset(
     key=DIM_USERS,
-    ins={"events": dg.AssetIn(EVENTS), "sessions": dg.AssetIn(FACT_SESSIONS)},
+    ins={
+        "events": dg.AssetIn(EVENTS),
+        "user_days": dg.AssetIn(FACT_USER_DAYS),
+        "sessions": dg.AssetIn(FACT_SESSIONS),
+    },
     group_name="core",
     kinds={"duckdb"},
     io_manager_key="sql_io_manager",
@@ -412,11 +521,12 @@ def dim_products_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckR
     "events, purchases, revenue, first and last purchase, preferred top-level category and "
     "brand.",
 )
-def dim_users(events: SqlTable, sessions: SqlTable) -> SqlQuery:
+def dim_users(events: SqlTable, user_days: SqlTable, sessions: SqlTable) -> SqlQuery:
     query = sql.statement(
         "core",
         "dim_users",
         events=events.select(),
+        user_days=user_days.select(),
         sessions=sessions.select(),
         top_categories=top_categories_sql(events),
         brand_ranks=brand_ranks_sql(events),
@@ -467,7 +577,10 @@ def dim_users_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckResu
     )
 
 
-PARTITIONED_ASSETS = [fact_sessions, fact_daily_kpis]
-PARTITIONED_CHECKS = [fact_sessions_checks, fact_daily_kpis_checks]
+PARTITIONED_ASSETS = [fact_user_days, fact_sessions, fact_daily_kpis]
+# What reads the neighbouring months (itself, or through fact_sessions): all that a month needs
+# again when a neighbour is loaded after it.
+NEIGHBOUR_ASSETS = [fact_sessions, fact_daily_kpis]
+PARTITIONED_CHECKS = [fact_user_days_checks, fact_sessions_checks, fact_daily_kpis_checks]
 UNPARTITIONED_ASSETS = [dim_products, dim_users]
 UNPARTITIONED_CHECKS = [dim_products_checks, dim_users_checks]

@@ -13,9 +13,9 @@ from pydantic import Field
 
 from cip_pipeline import sql
 from cip_pipeline.assets.common import SKIPPED, skipped
-from cip_pipeline.assets.core import brand_ranks_sql, top_categories_sql
-from cip_pipeline.budget import Budget, parse_size
-from cip_pipeline.io_managers import SqlQuery, SqlTable
+from cip_pipeline.assets.core import FACT_SESSIONS, FACT_USER_DAYS
+from cip_pipeline.budget import Budget
+from cip_pipeline.io_managers import SqlQuery
 from cip_pipeline.io_managers.model_io_manager import RegisteredModel, TrainedModel
 from cip_pipeline.ml import propensity as prop
 from cip_pipeline.partitions import WAREHOUSE_POOL
@@ -25,8 +25,6 @@ FEATURES_KEY = dg.AssetKey(["ml", "propensity_features"])
 MODEL_KEY = dg.AssetKey(["ml", "propensity_model"])
 # Rows of each snapshot that reach Python: a uniform hash sample keeps metrics unbiased.
 MAX_ROWS_PER_SNAPSHOT = 100_000
-# DuckDB memory per event of a user-day chunk: chunks this size aggregate without spilling.
-BYTES_PER_EVENT = 200
 SCORING_CHUNKS_PER_MILLION = 4
 # Below this many buyers (or non-buyers) per side, PR-AUC comparisons are noise.
 MIN_BUYERS = 200
@@ -49,7 +47,7 @@ def _plan(warehouse: WarehouseResource, config: PropensityConfig) -> prop.Snapsh
 
 @dg.asset(
     key=FEATURES_KEY,
-    deps=[dg.AssetKey(["core", "events"]), dg.AssetKey(["core", "fact_sessions"])],
+    deps=[FACT_USER_DAYS, FACT_SESSIONS],
     group_name="ml",
     kinds={"duckdb"},
     io_manager_key="sql_io_manager",
@@ -65,9 +63,7 @@ def propensity_features(
     if plan is None:
         raise dg.Failure("core.events is empty")
     with warehouse.connect() as con:
-        phases = build_feature_staging(
-            con, plan, parse_size(warehouse.memory_limit) // BYTES_PER_EVENT
-        )
+        phases = build_feature_staging(con, plan)
     context.add_output_metadata(
         {
             "windows": dg.MetadataValue.json(plan.describe()),
@@ -78,46 +74,14 @@ def propensity_features(
 
 
 def build_feature_staging(
-    con: duckdb.DuckDBPyConnection, plan: prop.SnapshotPlan, chunk_events: int
+    con: duckdb.DuckDBPyConnection, plan: prop.SnapshotPlan
 ) -> dict[str, float]:
-    """Fill ml.feature_staging one snapshot at a time, from user-day tables built once, in
-    chunks of whole days of at most `chunk_events` events. Returns the seconds of each phase."""
+    """Fill ml.feature_staging one snapshot at a time from core.fact_user_days and
+    core.fact_sessions. Returns the seconds of each snapshot."""
     phases: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    def lap(phase: str) -> None:
-        nonlocal t0
-        phases[phase] = round(time.perf_counter() - t0, 3)
-        t0 = time.perf_counter()
-
-    until = f"{plan.score:%Y-%m-%d %H:%M:%S}"
     con.execute("CREATE SCHEMA IF NOT EXISTS ml")
-    events = SqlTable("core", "events")
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE feature_top_categories AS " + top_categories_sql(events)
-    )
-    con.execute("CREATE OR REPLACE TEMP TABLE feature_brand_ranks AS " + brand_ranks_sql(events))
-    days = con.execute(sql.statement("ml", "feature_day_events", until=until)).fetchall()
-    for i, (since, chunk_until) in enumerate(prop.day_chunks(days, chunk_events, plan.score)):
-        chunk = sql.statement(
-            "ml",
-            "feature_user_days",
-            top_categories="feature_top_categories",
-            brand_ranks="feature_brand_ranks",
-            since=f"{since:%Y-%m-%d %H:%M:%S}",
-            until=f"{chunk_until:%Y-%m-%d %H:%M:%S}",
-        )
-        verb = (
-            "CREATE OR REPLACE TABLE ml.feature_user_days AS"
-            if i == 0
-            else "INSERT INTO ml.feature_user_days"
-        )
-        con.execute(f"{verb} {chunk}")
-    lap("user_days")
-    con.execute(sql.statement("ml", "feature_carts_not_bought", until=until))
-    con.execute(sql.statement("ml", "feature_purchase_days"))
-    lap("carts_and_purchase_days")
     for i, (cutoff, role, labelled) in enumerate(plan.cutoffs()):
+        t0 = time.perf_counter()
         snapshot = sql.statement(
             "ml",
             "propensity_snapshot",
@@ -133,7 +97,7 @@ def build_feature_staging(
             else "INSERT INTO ml.feature_staging"
         )
         con.execute(f"{verb} {snapshot}")
-        lap(f"snapshot {cutoff:%Y-%m-%d} ({role})")
+        phases[f"snapshot {cutoff:%Y-%m-%d} ({role})"] = round(time.perf_counter() - t0, 3)
     return phases
 
 

@@ -23,7 +23,7 @@ class DuckDBPolarsIOManager(dg.ConfigurableIOManager):
                 metadata = replace_rows(
                     con,
                     TableName.of(context.asset_key),
-                    "SELECT * FROM _frame",
+                    ["SELECT * FROM _frame"],
                     time_slice(context),
                 )
             finally:

@@ -16,11 +16,13 @@ class SqlQuery:
 
     `headline`, when given, is a one-row SELECT over the view `written` (the rows just stored);
     its columns become materialization metadata, so figures of the table cost no second
-    computation of it.
+    computation of it. `chunks`, when given, are further SELECTs whose rows are stored with
+    those of `sql` in the same transaction: a build too big for the memory budget in one query.
     """
 
     sql: str
     headline: str | None = None
+    chunks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class DuckDBSqlIOManager(dg.ConfigurableIOManager):
             )
         name, part = TableName.of(context.asset_key), time_slice(context)
         with self.warehouse.connect() as con:
-            metadata = replace_rows(con, name, obj.sql, part)
+            metadata = replace_rows(con, name, [obj.sql, *obj.chunks], part)
             if obj.headline is not None:
                 written = _reference(name, part).select()
                 con.execute(f"CREATE OR REPLACE TEMP VIEW written AS {written}")

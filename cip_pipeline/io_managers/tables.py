@@ -4,6 +4,7 @@ managers so that every stored type gets the same idempotency and crash safety.""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -64,22 +65,28 @@ def time_slice(context: dg.OutputContext | dg.InputContext) -> TimeSlice | None:
 
 
 def replace_rows(
-    con: duckdb.DuckDBPyConnection, name: TableName, select_sql: str, part: TimeSlice | None
+    con: duckdb.DuckDBPyConnection,
+    name: TableName,
+    selects: Sequence[str],
+    part: TimeSlice | None,
 ) -> dict[str, dg.RawMetadataValue]:
-    """Make `name` (or its partition) hold exactly the rows of `select_sql`, atomically.
+    """Make `name` (or its partition) hold exactly the rows of the `selects` (one query, or the
+    chunks of a build too big for the memory budget in one), atomically.
 
     A failure anywhere rolls back to the previous version of the table or partition.
     """
+    first, *rest = selects
     t0 = time.perf_counter()
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{name.schema}"')
         if part is None:
-            con.execute(f"CREATE OR REPLACE TABLE {name.qualified} AS {select_sql}")
+            con.execute(f"CREATE OR REPLACE TABLE {name.qualified} AS {first}")
+            for select_sql in rest:
+                con.execute(f"INSERT INTO {name.qualified} BY NAME {select_sql}")
         else:
             con.execute(
-                f"CREATE TABLE IF NOT EXISTS {name.qualified} AS "
-                f"SELECT * FROM ({select_sql}) LIMIT 0"
+                f"CREATE TABLE IF NOT EXISTS {name.qualified} AS SELECT * FROM ({first}) LIMIT 0"
             )
             outside = (
                 f"SELECT count(*) FILTER (WHERE ({part.predicate()}) IS NOT TRUE) "
@@ -87,7 +94,8 @@ def replace_rows(
             )
             before = con.execute(outside).fetchone()[0]
             con.execute(f"DELETE FROM {name.qualified} WHERE {part.predicate()}")
-            con.execute(f"INSERT INTO {name.qualified} BY NAME {select_sql}")
+            for select_sql in selects:
+                con.execute(f"INSERT INTO {name.qualified} BY NAME {select_sql}")
             stray = con.execute(outside).fetchone()[0] - before
             if stray:
                 # Such rows would never be replaced by a later run of this partition.

@@ -127,21 +127,6 @@ def plan_snapshots(
     return SnapshotPlan(train, validation, end, horizon_days, window_days)
 
 
-def day_chunks(
-    day_events: list[tuple[datetime, int]], max_events: int, end: datetime
-) -> list[tuple[datetime, datetime]]:
-    """Whole days packed, in order, into [since, until) chunks of at most `max_events` events
-    (a day above it is a chunk of its own); the last chunk ends at `end`."""
-    starts: list[datetime] = []
-    in_chunk = 0
-    for day, events in day_events:
-        if not starts or in_chunk + events > max_events:
-            starts.append(day)
-            in_chunk = 0
-        in_chunk += events
-    return list(zip(starts, [*starts[1:], end], strict=False))  # no days: no chunks
-
-
 def encode(
     frame: pl.DataFrame, brand_codes: dict[str, int] | None = None
 ) -> tuple[np.ndarray, dict[str, int]]:

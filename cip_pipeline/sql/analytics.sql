@@ -1,8 +1,8 @@
 -- Analytics: data profile, funnel, cohort retention and RFM segments, over the core tables.
 --
--- Placeholders: {events}, {sessions}, {audit}, {rfm} are subqueries over upstream tables
--- handed over by the SQL IO manager; {start} is a TIMESTAMP literal of the partition; {rules}
--- is the RFM rule table below.
+-- Placeholders: {events}, {user_days}, {sessions}, {audit}, {rfm} are subqueries over upstream
+-- tables handed over by the SQL IO manager; {start} is a TIMESTAMP literal of the partition;
+-- {rules} is the RFM rule table below.
 
 -- name: data_profile
 -- The month's events profiled as a tidy table, one row per (section, key, metric):
@@ -227,7 +227,7 @@ SELECT count(*) AS sessions,
 FROM core.fact_sessions
 
 -- name: cohort_retention
--- Weekly cohorts (weeks begin on Monday) over every month of core.events:
+-- Weekly cohorts (weeks begin on Monday) over every month of core.fact_user_days:
 --   activity  cohort = week of the user's first event; active_users = users of the cohort
 --             with an event in the week `weeks_since` weeks later
 --   purchase  cohort = week of the user's first purchase; active_users = buyers of the cohort
@@ -236,9 +236,9 @@ FROM core.fact_sessions
 -- retention_rate = active_users / cohort_users.
 WITH user_weeks AS MATERIALIZED (
     SELECT user_id,
-           date_trunc('week', event_time)::DATE AS week,
-           bool_or(event_type = 'purchase') AS purchased
-    FROM {events}
+           date_trunc('week', day)::DATE AS week,
+           bool_or(purchases > 0) AS purchased
+    FROM {user_days}
     GROUP BY user_id, week
 ),
 firsts AS (

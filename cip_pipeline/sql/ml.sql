@@ -3,96 +3,16 @@
 -- name: data_range
 SELECT min(event_time), max(event_time) FROM core.events
 
--- name: feature_day_events
--- Events per day before the last cutoff: how the user-day build is cut into chunks.
-SELECT date_trunc('day', event_time) AS day, count(*) AS events
-FROM core.events
-WHERE event_time < TIMESTAMP '{until}'
-GROUP BY ALL
-ORDER BY day
-
--- name: feature_user_days
--- Built once per run of ml/propensity_features: one row per user and day before the last
--- cutoff, the unit every window sums over, with the day's most viewed top-level category and
--- brand (ties: the alphabetically last, so it is deterministic). Run on whole days
--- [since, until) sized to DuckDB's memory budget: a user-day never spans two chunks, and no
--- pass spills.
-WITH day_category AS (
-    SELECT user_id, day, arg_max(category, n * 65536 + category_rank) AS top_category
-    FROM (
-        SELECT e.user_id, date_trunc('day', e.event_time) AS day, t.category, t.category_rank,
-               count(*) AS n
-        FROM core.events AS e JOIN {top_categories} AS t USING (category_id)
-        WHERE e.event_type = 'view'
-          AND e.event_time >= TIMESTAMP '{since}' AND e.event_time < TIMESTAMP '{until}'
-        GROUP BY ALL
-    )
-    GROUP BY ALL
-),
-day_brand AS (
-    -- counted on the brand's integer rank (see brand_ranks in core.sql), named at the end
-    SELECT v.user_id, v.day, r.brand AS top_brand
-    FROM (
-        SELECT user_id, day, arg_max(brand_rank, n * 1048576 + brand_rank) AS brand_rank
-        FROM (
-            SELECT e.user_id, date_trunc('day', e.event_time) AS day, r.brand_rank,
-                   count(*) AS n
-            FROM core.events AS e JOIN {brand_ranks} AS r USING (brand)
-            WHERE e.event_type = 'view'
-              AND e.event_time >= TIMESTAMP '{since}' AND e.event_time < TIMESTAMP '{until}'
-            GROUP BY ALL
-        )
-        GROUP BY ALL
-    ) AS v
-    JOIN {brand_ranks} AS r USING (brand_rank)
-)
-SELECT d.*, c.top_category, b.top_brand
-FROM (
-    SELECT user_id,
-           date_trunc('day', event_time) AS day,
-           count(*) AS events,
-           count(*) FILTER (WHERE event_type = 'view') AS views,
-           count(*) FILTER (WHERE event_type = 'cart') AS carts,
-           count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
-           coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0) AS revenue,
-           max(event_time) AS last_event,
-           max(event_time) FILTER (WHERE event_type = 'cart') AS last_cart
-    FROM core.events
-    WHERE event_time >= TIMESTAMP '{since}' AND event_time < TIMESTAMP '{until}'
-    GROUP BY ALL
-) AS d
-LEFT JOIN day_category AS c USING (user_id, day)
-LEFT JOIN day_brand AS b USING (user_id, day)
-
--- name: feature_carts_not_bought
--- Per user and day: products carted and not bought by the user the same day.
-CREATE OR REPLACE TABLE ml.feature_carts_not_bought AS
-SELECT user_id, date_trunc('day', event_time) AS day, count(DISTINCT product_id) AS n
-FROM core.events AS e
-WHERE event_type = 'cart' AND event_time < TIMESTAMP '{until}'
-  AND NOT EXISTS (
-    SELECT 1 FROM core.events AS p
-    WHERE p.event_type = 'purchase' AND p.user_id = e.user_id
-      AND p.product_id = e.product_id
-      AND date_trunc('day', p.event_time) = date_trunc('day', e.event_time))
-GROUP BY ALL
-
--- name: feature_purchase_days
--- Days on which each user bought: what every snapshot's label looks up.
-CREATE OR REPLACE TABLE ml.feature_purchase_days AS
-SELECT DISTINCT user_id, date_trunc('day', event_time) AS day
-FROM core.events
-WHERE event_type = 'purchase'
-
 -- name: propensity_snapshot
 -- One snapshot: a row per user with an event before the cutoff, so that the score snapshot
 -- covers every user and the model learns on the population it scores (a user idle in the
 -- window has zero window counts). Every feature reads only days strictly before the cutoff (a
--- midnight); the label reads only [cutoff, cutoff + horizon). One snapshot at a time keeps
--- memory to one snapshot's users. The window's sums run over the window's days alone, apart
--- from the all-time figures: one aggregate over every day with per-row window filters took
--- twice as long (16.0 against 8.5 s for the 110 M score snapshot). The 7-day features lie
--- inside the window (PropensityConfig keeps window_days >= 14).
+-- midnight); the label reads only [cutoff, cutoff + horizon). Everything but the sessions
+-- comes from core.fact_user_days. One snapshot at a time keeps memory to one snapshot's
+-- users. The window's sums run over the window's days alone, apart from the all-time figures:
+-- one aggregate over every day with per-row window filters took twice as long (16.0 against
+-- 8.5 s for the 110 M score snapshot). The 7-day features lie inside the window
+-- (PropensityConfig keeps window_days >= 14).
 WITH all_time AS (
     SELECT user_id,
            min(day) AS first_day,
@@ -103,7 +23,7 @@ WITH all_time AS (
            sum(revenue)::DOUBLE AS revenue_all,  -- summed exactly, as DECIMAL
            count(*) FILTER (WHERE purchases > 0) AS purchase_days_all,
            max(day) FILTER (WHERE purchases > 0) AS last_purchase_day
-    FROM ml.feature_user_days
+    FROM core.fact_user_days
     WHERE day < TIMESTAMP '{cutoff}'
     GROUP BY user_id
 ),
@@ -125,8 +45,9 @@ in_window AS (
            arg_max(top_category, views * 100000 + (day::DATE - DATE '1970-01-01'))
                AS primary_category,
            arg_max(top_brand, views * 100000 + (day::DATE - DATE '1970-01-01'))
-               AS preferred_brand
-    FROM ml.feature_user_days
+               AS preferred_brand,
+           sum(carts_not_bought) AS carts_not_bought_w
+    FROM core.fact_user_days
     WHERE day < TIMESTAMP '{cutoff}'
       AND day >= TIMESTAMP '{cutoff}' - INTERVAL {window_days} DAY
     GROUP BY user_id
@@ -147,17 +68,10 @@ sessions AS (
       AND start_time >= TIMESTAMP '{cutoff}' - INTERVAL {window_days} DAY
     GROUP BY ALL
 ),
-abandoned AS (
-    SELECT user_id, sum(n) AS carts_not_bought_w
-    FROM ml.feature_carts_not_bought
-    WHERE day < TIMESTAMP '{cutoff}'
-      AND day >= TIMESTAMP '{cutoff}' - INTERVAL {window_days} DAY
-    GROUP BY ALL
-),
 labels AS (
     SELECT DISTINCT user_id, true AS purchased
-    FROM ml.feature_purchase_days
-    WHERE {labelled}
+    FROM core.fact_user_days
+    WHERE {labelled} AND purchases > 0
       AND day >= TIMESTAMP '{cutoff}'
       AND day < TIMESTAMP '{cutoff}' + INTERVAL {horizon_days} DAY
 ),
@@ -190,7 +104,7 @@ SELECT TIMESTAMP '{cutoff}' AS snapshot,
        date_diff('second', h.last_event, TIMESTAMP '{cutoff}') / 86400.0 AS recency_days,
        date_diff('second', h.last_cart, TIMESTAMP '{cutoff}') / 86400.0 AS days_since_cart,
        date_diff('day', h.first_day, TIMESTAMP '{cutoff}') AS tenure_days,
-       coalesce(a.carts_not_bought_w, 0) AS carts_not_bought_w,
+       coalesce(w.carts_not_bought_w, 0) AS carts_not_bought_w,
        h.purchases_all > 0 AS prior_purchase,
        h.purchases_all, h.revenue_all,
        coalesce(r.rfm_score, 0) AS rfm_score,
@@ -199,16 +113,17 @@ SELECT TIMESTAMP '{cutoff}' AS snapshot,
 FROM all_time AS h
 LEFT JOIN in_window AS w USING (user_id)
 LEFT JOIN sessions AS s USING (user_id)
-LEFT JOIN abandoned AS a USING (user_id)
 LEFT JOIN rfm AS r USING (user_id)
 LEFT JOIN labels AS l USING (user_id)
 
 -- name: feature_sample
--- A reproducible uniform sample of one snapshot (hash of user and snapshot).
+-- A reproducible uniform sample of one snapshot (hash of user and snapshot), in user order:
+-- the table's row order varies between builds, and LightGBM's bagging follows row order.
 SELECT *
 FROM ml.propensity_features
 WHERE snapshot = TIMESTAMP '{snapshot}'
   AND hash(user_id, snapshot) % 1000000 < {per_million}
+ORDER BY user_id
 
 -- name: snapshot_sizes
 SELECT snapshot, role, count(*) AS users, count(*) FILTER (WHERE label) AS positives
