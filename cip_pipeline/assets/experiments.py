@@ -74,8 +74,9 @@ def segment_outcomes(
 
 
 def _load_outcomes(warehouse: WarehouseResource, outcomes: SqlTable) -> pl.DataFrame:
+    # In user order: the simulation's seeded assignment must meet the same users every build.
     with warehouse.connect(read_only=True) as con:
-        return con.sql(outcomes.select()).pl()
+        return con.sql(f"SELECT * FROM {outcomes.select()} ORDER BY user_id").pl()
 
 
 def _segment_figures(frame: pl.DataFrame, window_days: int) -> pl.DataFrame:

@@ -62,27 +62,23 @@ def propensity_features(
     plan = _plan(warehouse, config)
     if plan is None:
         raise dg.Failure("core.events is empty")
-    with warehouse.connect() as con:
-        phases = build_feature_staging(con, plan)
+    snapshots = snapshot_selects(plan)
     context.add_output_metadata(
         {
             "windows": dg.MetadataValue.json(plan.describe()),
-            "phase_seconds": dg.MetadataValue.json(phases),
+            # in the order of the IO manager's chunk_seconds
+            "snapshots": dg.MetadataValue.json(list(snapshots)),
         }
     )
-    return SqlQuery("SELECT * FROM ml.feature_staging")
+    first, *rest = snapshots.values()
+    return SqlQuery(first, chunks=tuple(rest))
 
 
-def build_feature_staging(
-    con: duckdb.DuckDBPyConnection, plan: prop.SnapshotPlan
-) -> dict[str, float]:
-    """Fill ml.feature_staging one snapshot at a time from core.fact_user_days and
-    core.fact_sessions. Returns the seconds of each snapshot."""
-    phases: dict[str, float] = {}
-    con.execute("CREATE SCHEMA IF NOT EXISTS ml")
-    for i, (cutoff, role, labelled) in enumerate(plan.cutoffs()):
-        t0 = time.perf_counter()
-        snapshot = sql.statement(
+def snapshot_selects(plan: prop.SnapshotPlan) -> dict[str, str]:
+    """One SELECT per snapshot of the plan (`propensity_snapshot` in ml.sql), by its label:
+    stored one after the other, memory holds one snapshot's users at a time."""
+    return {
+        f"{cutoff:%Y-%m-%d} ({role})": sql.statement(
             "ml",
             "propensity_snapshot",
             cutoff=f"{cutoff:%Y-%m-%d %H:%M:%S}",
@@ -91,14 +87,8 @@ def build_feature_staging(
             window_days=str(plan.window_days),
             horizon_days=str(plan.horizon_days),
         )
-        verb = (
-            "CREATE OR REPLACE TABLE ml.feature_staging AS"
-            if i == 0
-            else "INSERT INTO ml.feature_staging"
-        )
-        con.execute(f"{verb} {snapshot}")
-        phases[f"snapshot {cutoff:%Y-%m-%d} ({role})"] = round(time.perf_counter() - t0, 3)
-    return phases
+        for cutoff, role, labelled in plan.cutoffs()
+    }
 
 
 def _load_snapshot(con: duckdb.DuckDBPyConnection, snapshot: datetime, users: int) -> pl.DataFrame:

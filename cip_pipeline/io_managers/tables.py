@@ -76,14 +76,21 @@ def replace_rows(
     A failure anywhere rolls back to the previous version of the table or partition.
     """
     first, *rest = selects
+    chunk_seconds: list[float] = []
+
+    def timed(statement: str) -> None:
+        started = time.perf_counter()
+        con.execute(statement)
+        chunk_seconds.append(round(time.perf_counter() - started, 3))
+
     t0 = time.perf_counter()
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{name.schema}"')
         if part is None:
-            con.execute(f"CREATE OR REPLACE TABLE {name.qualified} AS {first}")
+            timed(f"CREATE OR REPLACE TABLE {name.qualified} AS {first}")
             for select_sql in rest:
-                con.execute(f"INSERT INTO {name.qualified} BY NAME {select_sql}")
+                timed(f"INSERT INTO {name.qualified} BY NAME {select_sql}")
         else:
             con.execute(
                 f"CREATE TABLE IF NOT EXISTS {name.qualified} AS SELECT * FROM ({first}) LIMIT 0"
@@ -95,7 +102,7 @@ def replace_rows(
             before = con.execute(outside).fetchone()[0]
             con.execute(f"DELETE FROM {name.qualified} WHERE {part.predicate()}")
             for select_sql in selects:
-                con.execute(f"INSERT INTO {name.qualified} BY NAME {select_sql}")
+                timed(f"INSERT INTO {name.qualified} BY NAME {select_sql}")
             stray = con.execute(outside).fetchone()[0] - before
             if stray:
                 # Such rows would never be replaced by a later run of this partition.
@@ -114,7 +121,9 @@ def replace_rows(
         "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
         [name.schema, name.table],
     ).fetchall()
+    chunks = {"chunk_seconds": dg.MetadataValue.json(chunk_seconds)} if rest else {}
     return {
+        **chunks,
         "dagster/row_count": dg.MetadataValue.int(int(rows)),
         "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns]),
         "dagster/table_name": f"{name.schema}.{name.table}",
