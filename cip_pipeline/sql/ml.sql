@@ -225,23 +225,32 @@ from_rules AS (
     FROM {rules}
     GROUP BY ALL
 ),
-session_views AS (
+session_products AS (
     -- The last four weeks' sessions that viewed 2 to max_session_views products: co-views
     -- are about what is browsed together now, and long sessions add pairs quadratically.
-    SELECT user_session, product_id
-    FROM core.events
-    WHERE event_type = 'view' AND user_session IS NOT NULL
-      AND event_time < TIMESTAMP '{cutoff}'
-      AND event_time >= (SELECT max(event_time) FROM core.events
-                         WHERE event_time < TIMESTAMP '{cutoff}') - INTERVAL 28 DAY
-    GROUP BY user_session, product_id
-    QUALIFY count(*) OVER (PARTITION BY user_session) BETWEEN 2 AND {max_session_views}
+    -- Grouped on the session alone, lists made distinct after: half the time of grouping
+    -- on (session, product) first (14.5 against 27 s over November at 110 M events).
+    SELECT products
+    FROM (
+        SELECT list_distinct(list(product_id)) AS products
+        FROM core.events
+        WHERE event_type = 'view' AND user_session IS NOT NULL
+          AND event_time < TIMESTAMP '{cutoff}'
+          AND event_time >= (SELECT max(event_time) FROM core.events
+                             WHERE event_time < TIMESTAMP '{cutoff}') - INTERVAL 28 DAY
+        GROUP BY user_session
+    )
+    WHERE len(products) BETWEEN 2 AND {max_session_views}
 ),
 co_view_pairs AS (
-    -- each unordered pair counted once (half the join rows), then both directions
-    SELECT a.product_id AS a, b.product_id AS b, count(*) AS n
-    FROM session_views AS a
-    JOIN session_views AS b ON a.user_session = b.user_session AND a.product_id < b.product_id
+    -- Each unordered pair once per session, from the session's own list, then both
+    -- directions. The self-join of session views this replaces needed one 512 MiB block
+    -- for its hash table (out of memory once at 110 M events) and took 49.9 s, this 36.3 s.
+    SELECT a, b, count(*) AS n
+    FROM (
+        SELECT a, unnest(list_filter(products, lambda p: p > a)) AS b
+        FROM (SELECT unnest(products) AS a, products FROM session_products)
+    )
     GROUP BY ALL
     HAVING count(*) >= 2
 ),
@@ -303,7 +312,10 @@ WITH next_purchases AS (
       AND event_time < TIMESTAMP '{cutoff}' + INTERVAL {horizon_days} DAY
 ),
 anchors AS (
-    SELECT user_id, arg_max(product_id, event_time) AS anchor
+    -- (time, product) packed in one integer: events of the same second break ties alike in
+    -- every run (arg_max over a struct is markedly slower)
+    SELECT user_id,
+           arg_max(product_id, epoch(event_time)::BIGINT * 2147483648 + product_id) AS anchor
     FROM core.events
     WHERE event_time < TIMESTAMP '{cutoff}'
       AND user_id IN (SELECT user_id FROM next_purchases)
