@@ -52,7 +52,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(to_markdown(report))
     json_path, md_path = write_report(report)
     print(f"written: {json_path} and {md_path}")
-    return 0
+    return 1 if report.failures else 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
-from cip_pipeline import definitions
+from cip_pipeline import bench, definitions
 from cip_pipeline.bench import run_bench, to_markdown, write_report
+from cip_pipeline.runner import RunSummary
 
 pytestmark = pytest.mark.slow
 
@@ -36,3 +39,29 @@ def test_bench_reports_every_asset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         md_path.read_text() == to_markdown(report) and "| events_parquet |" in md_path.read_text()
     )
     assert (tmp_path / "bench" / "raw" / "60000-seed3" / ".complete").exists()
+
+
+def test_a_failed_refresh_is_reported_with_the_full_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full run's figures are kept and written; the refresh's failure is in the report."""
+    monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
+    real_run_months = bench.run_months
+    calls: list[list[str]] = []
+
+    def run_months(
+        defs: dg.Definitions, instance: dg.DagsterInstance, months: Sequence[str]
+    ) -> list[RunSummary]:
+        calls.append(list(months))
+        if len(calls) == 1:
+            return real_run_months(defs, instance, months)
+        return [RunSummary("2019-11", "r1", False, 0.0, failures=["core/events: out of memory"])]
+
+    monkeypatch.setattr(bench, "run_months", run_months)
+    report = run_bench(20_000, seed=5, repeat=1, refresh=True)
+    assert calls == [["2019-10", "2019-11"], ["2019-11"]]
+    assert len(report.totals) == 1 and report.refresh_totals == []
+    assert report.failures == ["one-month refresh of run 1, 2019-11: core/events: out of memory"]
+    assert report.assets["events_parquet"].rows
+    _, md_path = write_report(report)
+    assert "- FAILED: one-month refresh of run 1, 2019-11" in md_path.read_text()
