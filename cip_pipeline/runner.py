@@ -206,10 +206,9 @@ def run_months(
     loaded = [m for m in months if run(m, m, definitions.LOAD_ASSETS).success]
     if definitions.DERIVED_ASSETS:
         for month in months_to_derive(loaded, previously_loaded):
-            if month in loaded:
-                run(f"{month} derived", month, definitions.DERIVED_ASSETS)
-            else:  # a neighbour loaded before: only what reads across the boundary
-                run(f"{month} derived", month, definitions.NEIGHBOUR_ASSETS)
+            # a neighbour loaded before needs only what reads across the boundary
+            assets = definitions.DERIVED_ASSETS if month in loaded else definitions.NEIGHBOUR_ASSETS
+            run(f"{month} derived", month, assets)
     return summaries
 
 

@@ -318,11 +318,11 @@ def fact_user_days(
     _, end = month_window(context.partition_key)
     chunk_events = parse_size(warehouse.memory_limit) // BYTES_PER_EVENT
     with warehouse.connect(read_only=True) as con:
-        first, *rest = user_days_selects(con, events, end, chunk_events)
+        selects = user_days_selects(con, events, end, chunk_events)
     return dg.Output(
-        SqlQuery(first, chunks=tuple(rest)),
+        SqlQuery.chunked(selects),
         metadata={
-            "chunks": dg.MetadataValue.int(1 + len(rest)),
+            "chunks": dg.MetadataValue.int(len(selects)),
             "max_events_per_chunk": dg.MetadataValue.int(chunk_events),
         },
     )
@@ -386,21 +386,11 @@ def fact_user_days_checks(
     description="One row per day: events, DAU, sessions, views, carts, purchases, buyers, "
     "revenue, average order value, view->cart and cart->purchase rates, session conversion.",
 )
-def fact_daily_kpis(
-    context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    user_days: SqlTable,
-    sessions: SqlTable,
-) -> dg.Output[SqlQuery]:
-    start, end = month_window(context.partition_key)
-    with warehouse.connect(read_only=True) as con:
-        figures = headline(
-            con, sql.statement("core", "month_headline"), {"start": start, "end": end}
-        )
+def fact_daily_kpis(user_days: SqlTable, sessions: SqlTable) -> SqlQuery:
     query = sql.statement(
         "core", "fact_daily_kpis", user_days=user_days.select(), sessions=sessions.select()
     )
-    return dg.Output(SqlQuery(query), metadata={f"month_{k}": v for k, v in figures.items()})
+    return SqlQuery(query, headline=sql.statement("core", "month_headline"))
 
 
 @dg.multi_asset_check(

@@ -70,8 +70,7 @@ def propensity_features(
             "snapshots": dg.MetadataValue.json(list(snapshots)),
         }
     )
-    first, *rest = snapshots.values()
-    return SqlQuery(first, chunks=tuple(rest))
+    return SqlQuery.chunked(list(snapshots.values()))
 
 
 def snapshot_selects(plan: prop.SnapshotPlan) -> dict[str, str]:

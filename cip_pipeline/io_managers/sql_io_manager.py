@@ -1,6 +1,7 @@
 """The SQL type: an asset returns a query over upstream tables or lake files; the warehouse
 runs it and stores the result. Downstream assets receive a reference, never rows."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -23,6 +24,12 @@ class SqlQuery:
     sql: str
     headline: str | None = None
     chunks: tuple[str, ...] = ()
+
+    @classmethod
+    def chunked(cls, selects: Sequence[str]) -> "SqlQuery":
+        """The rows of several SELECTs (at least one), stored as one table or partition."""
+        first, *rest = selects
+        return cls(first, chunks=tuple(rest))
 
 
 @dataclass(frozen=True)

@@ -293,28 +293,23 @@ LEFT JOIN session_days AS s USING (day)
 ORDER BY d.day
 
 -- name: month_headline
--- Headline figures of a month, from core.events and core.fact_sessions.
-WITH e AS (
-    SELECT count(*) AS events,
-           count(*) FILTER (WHERE event_type = 'view') AS views,
-           count(*) FILTER (WHERE event_type = 'cart') AS carts,
-           count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
-           coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0)::DOUBLE AS revenue
-    FROM core.events
-    WHERE event_time >= $start AND event_time < $end
-),
-s AS (
-    SELECT count(*) AS sessions, count(*) FILTER (WHERE has_purchase) AS converting
-    FROM core.fact_sessions
-    WHERE start_time >= $start AND start_time < $end
+-- Over the daily KPIs just written (the view `written`, see SqlQuery.headline): the month's
+-- figures, with no second pass over its events and sessions.
+WITH m AS (
+    SELECT sum(events) AS events, sum(views) AS views, sum(carts) AS carts,
+           sum(purchases) AS purchases, coalesce(sum(revenue), 0)::DOUBLE AS revenue,
+           sum(sessions) AS sessions, sum(converting_sessions) AS converting
+    FROM written
 )
-SELECT events, purchases, revenue,
-       revenue / nullif(purchases, 0) AS average_order_value,
-       carts / nullif(views, 0) AS view_to_cart_rate,
-       purchases / nullif(carts, 0) AS cart_to_purchase_rate,
-       sessions,
-       converting / nullif(sessions, 0) AS session_conversion_rate
-FROM e, s
+SELECT events::BIGINT AS month_events,
+       purchases::BIGINT AS month_purchases,
+       revenue AS month_revenue,
+       revenue / nullif(purchases, 0) AS month_average_order_value,
+       carts / nullif(views, 0) AS month_view_to_cart_rate,
+       purchases / nullif(carts, 0) AS month_cart_to_purchase_rate,
+       sessions::BIGINT AS month_sessions,
+       converting / nullif(sessions, 0) AS month_session_conversion_rate
+FROM m
 
 -- name: dim_products
 -- One row per product seen in any month.
