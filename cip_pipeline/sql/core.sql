@@ -495,9 +495,10 @@ WHERE start_time >= $start AND start_time < $end
 --     of this month or of the previous one (no event is left out, and no session of the
 --     previous month was built before this month's part of it arrived)
 WITH keys AS (
+    -- a previous month's session matters only if it reaches into this month
     SELECT user_session, start_time, end_time, start_time >= $start AS this_month
     FROM core.fact_sessions
-    WHERE start_time >= $previous_start AND start_time < $end
+    WHERE start_time >= $previous_start AND start_time < $end AND end_time >= $start
 ),
 tagged AS (
     SELECT e.event_time >= $start AND e.event_time < $end AS in_month,
