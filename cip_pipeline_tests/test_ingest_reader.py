@@ -113,7 +113,7 @@ def test_every_bad_row_is_quarantined_with_its_reason(tmp_path: Path, name: str,
     assert result.rows_loaded == len(good) - 2
     reasons = [reason for _, reason, _ in expected_bad]
     assert result.quarantined == {r: reasons.count(r) for r in set(reasons)}
-    assert reader.count_raw_rows(raw) == result.rows_in
+    assert reader.count_raw_rows(raw) == result.raw_rows == result.rows_in
 
 
 def test_good_rows_are_typed_exactly(tmp_path: Path) -> None:

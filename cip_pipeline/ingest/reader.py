@@ -11,6 +11,7 @@ import gzip
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -100,6 +101,7 @@ class IngestResult:
     quarantined: dict[str, int] = field(default_factory=dict)  # invalid rows by reason
     duplicates: int = 0  # extra copies of exact duplicate rows, kept out of core/events
     seconds: float = 0.0
+    raw_rows: int = 0  # rows after the header counted from the file's bytes (count_raw_rows)
 
     @property
     def rows_loaded(self) -> int:
@@ -275,6 +277,11 @@ def ingest_month(
         out.parent.mkdir(parents=True, exist_ok=True)
     events_tmp = events_out.with_name(events_out.name + ".tmp")
     quarantine_tmp = quarantine_out.with_name(quarantine_out.name + ".tmp")
+    # The independent row count reads the file beside Polars, not after it: it runs ahead at
+    # disk speed and Polars then reads from the page cache (October at 110 M, cold cache:
+    # 60.6 s read then counted, 51.3 s together).
+    counter = ThreadPoolExecutor(max_workers=1)
+    raw_rows = counter.submit(count_raw_rows, raw)
     try:
         _write_lake_files(rows, events_tmp, quarantine_tmp)
         with scratch() as con:
@@ -300,6 +307,7 @@ def ingest_month(
     finally:
         events_tmp.unlink(missing_ok=True)
         quarantine_tmp.unlink(missing_ok=True)
+        counter.shutdown(wait=False, cancel_futures=True)
     counts = dict(quarantine["reason"].value_counts().iter_rows())
     duplicates_n = counts.pop(DUPLICATE, 0)
     return IngestResult(
@@ -308,6 +316,7 @@ def ingest_month(
         quarantined=counts,
         duplicates=duplicates_n,
         seconds=time.perf_counter() - t0,
+        raw_rows=raw_rows.result(),
     )
 
 
