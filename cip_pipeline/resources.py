@@ -63,6 +63,7 @@ class WarehouseResource(dg.ConfigurableResource):
         try:
             if not read_only:
                 con.execute(sql.statement("warehouse", "create_types"))
+                con.execute(sql.statement("warehouse", "drop_retired_tables"))
             yield con
         finally:
             con.close()
