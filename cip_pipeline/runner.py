@@ -15,13 +15,13 @@ from typing import TextIO
 import dagster as dg
 
 from cip_pipeline import definitions, paths
-from cip_pipeline.assets import ingest
+from cip_pipeline.assets import core, ingest
 from cip_pipeline.assets.common import SKIPPED
 from cip_pipeline.automation import ALL_MONTHS_JOB, MONTHLY_JOB
 from cip_pipeline.budget import Budget
 from cip_pipeline.months import next_month, partition_key, previous_month
 from cip_pipeline.observability import reset_peak_rss, step_peaks
-from cip_pipeline.resources import LakeResource
+from cip_pipeline.resources import LakeResource, WarehouseResource
 
 SAMPLE_EVENTS = 2_000_000
 SAMPLE_MONTHS = ("2019-10", "2019-11")
@@ -205,10 +205,21 @@ def run_months(
 
     loaded = [m for m in months if run(m, m, definitions.LOAD_ASSETS).success]
     if definitions.DERIVED_ASSETS:
+        warehouse = defs.resources["warehouse"]
+        assert isinstance(warehouse, WarehouseResource)
         for month in months_to_derive(loaded, previously_loaded):
-            # a neighbour loaded before needs only what reads across the boundary
-            assets = definitions.DERIVED_ASSETS if month in loaded else definitions.NEIGHBOUR_ASSETS
-            run(f"{month} derived", month, assets)
+            if month in loaded:
+                run(f"{month} derived", month, definitions.DERIVED_ASSETS)
+            elif core.neighbours_unchanged(instance, warehouse, partition_key(month)):
+                if out is not None:
+                    print(
+                        f"{month} derived  [skipped: what its sessions read from the months "
+                        "around it is unchanged]",
+                        file=out,
+                    )
+            else:
+                # a neighbour loaded before needs only what reads across the boundary
+                run(f"{month} derived", month, definitions.NEIGHBOUR_ASSETS)
     return summaries
 
 

@@ -3,6 +3,7 @@ began, with all their events, whichever order the months arrive in."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import dagster as dg
@@ -144,3 +145,42 @@ def test_cip_run_rederives_the_month_before_a_newly_loaded_one(crafted: Path) ->
     assert [s.label for s in second] == ["2019-11", "2019-10 derived", "2019-11 derived"]
     assert check_problems([*first, *second]) == []
     _assert_complete(_sessions(crafted))
+
+
+def test_cip_run_skips_a_neighbour_whose_boundary_is_unchanged(crafted: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIP_DATA_DIR", str(crafted))
+        defs = definitions.build_definitions()
+
+    def load(month: str) -> tuple[list[str], list[str]]:
+        """The runs made, and the neighbours skipped."""
+        out = io.StringIO()
+        summaries = run_months(defs, instance, [month], out)
+        assert check_problems(summaries) == []
+        skipped = [line for line in out.getvalue().splitlines() if "[skipped" in line]
+        return [s.label for s in summaries], [line.split("  [")[0] for line in skipped]
+
+    assert load("2019-10") == (["2019-10", "2019-10 derived"], [])
+    assert load("2019-11") == (["2019-11", "2019-10 derived", "2019-11 derived"], [])
+    # The same files again, then a change far from the boundary: nothing the neighbour's
+    # sessions read has moved.
+    assert load("2019-11") == (["2019-11", "2019-11 derived"], ["2019-10 derived"])
+    assert load("2019-10") == (["2019-10", "2019-10 derived"], ["2019-11 derived"])
+    november = crafted / "raw" / "2019-Nov.csv"
+    november.write_text(november.read_text().replace("2019-11-20 08:00:00", "2019-11-21 08:00:00"))
+    assert load("2019-11") == (["2019-11", "2019-11 derived"], ["2019-10 derived"])
+    _assert_complete(_sessions(crafted))
+
+    # A's purchase on November 1 changes price: October's row of A follows it.
+    november.write_text(november.read_text().replace(f"250.00,2,{A}", f"199.00,2,{A}"))
+    assert load("2019-11") == (["2019-11", "2019-10 derived", "2019-11 derived"], [])
+    assert _sessions(crafted)[A]["revenue"] == 199.0
+
+    # H's October second disappears: H now begins in November, which must take it in.
+    october = crafted / "raw" / "2019-Oct.csv"
+    october.write_text(
+        "".join(line for line in october.read_text().splitlines(True) if H not in line)
+    )
+    assert load("2019-10") == (["2019-10", "2019-10 derived", "2019-11 derived"], [])
+    assert _sessions(crafted)[H]["month"] == "2019-11"

@@ -26,7 +26,8 @@ depends on it) is materialized again. Likewise M+1 must be derived again when M 
 after it. Dagster shows the partition as having a newer upstream (it depends on
 `core/events[M+1]`); its automation condition (`ON_NEIGHBOUR_CHANGE`) has the automation
 sensor rebuild it, and `cip run` does it by itself: it loads every month before deriving
-any, and re-derives the already loaded neighbours of the months it loads.
+any, and re-derives the already loaded neighbours of the months it loads, unless what a
+neighbour's sessions read from the months around it is unchanged (`neighbours_unchanged`).
 """
 
 import warnings
@@ -61,6 +62,8 @@ FACT_DAILY_KPIS = dg.AssetKey(["core", "fact_daily_kpis"])
 DIM_PRODUCTS = dg.AssetKey(["core", "dim_products"])
 DIM_USERS = dg.AssetKey(["core", "dim_users"])
 
+# fact_sessions metadata: what the month's sessions read from its neighbours.
+FINGERPRINT = "neighbour_fingerprint"
 # Two consecutive events of one session are less than this apart (see the module docstring).
 SESSION_GAP = timedelta(hours=24)
 # DuckDB memory per event of a user-day chunk: chunks this size aggregate without spilling.
@@ -135,6 +138,46 @@ def session_reach(
         until = min(last + SESSION_GAP, next_end)
 
 
+def neighbour_fingerprint(
+    con: duckdb.DuckDBPyConnection, events: SqlTable, boundary: str, end: datetime, until: datetime
+) -> str:
+    """What the month's sessions read from the months around it (`neighbour_fingerprint` in
+    core.sql): recorded by fact_sessions, compared by `neighbours_unchanged`."""
+    query = sql.statement(
+        "core",
+        "neighbour_fingerprint",
+        boundary=boundary,
+        events=events.select(),
+        top_categories=top_categories_sql(events),
+        end=sql.timestamp(end),
+        until=sql.timestamp(until),
+    )
+    return str(con.execute(query).fetchone()[0])
+
+
+def neighbours_unchanged(
+    instance: dg.DagsterInstance, warehouse: WarehouseResource, partition_key: str
+) -> bool:
+    """Whether `fact_sessions[partition_key]` would come out as it is: the warehouse holds what
+    it read from the months around it when last built (its recorded fingerprint). Its own
+    month is not compared: this is for a month whose neighbour alone was loaded again."""
+    found = instance.fetch_materializations(
+        dg.AssetRecordsFilter(FACT_SESSIONS, asset_partitions=[partition_key]), limit=1
+    ).records
+    if not found or found[0].asset_materialization is None:
+        return False
+    recorded = found[0].asset_materialization.metadata.get(FINGERPRINT)
+    if not isinstance(recorded, dg.TextMetadataValue):
+        return False
+    start, end = month_window(partition_key)
+    around = TimeSlice("event_time", month_before(start), month_after(end))
+    events = SqlTable(EVENTS.path[0], EVENTS.path[1], around.predicate())
+    with warehouse.connect(read_only=True) as con:
+        boundary = boundary_sql(events, start, end)
+        until, _ = session_reach(con, events, boundary, end)
+        return neighbour_fingerprint(con, events, boundary, end, until) == recorded.value
+
+
 def _neighbouring_months() -> dg.TimeWindowPartitionMapping:
     """Month M reads months M-1..M+1; the first and the last month have one neighbour."""
     with warnings.catch_warnings():
@@ -171,6 +214,7 @@ def fact_sessions(
         figures = headline(
             con, sql.statement("core", "fact_sessions_event_coverage"), {"start": start, "end": end}
         )
+        fingerprint = neighbour_fingerprint(con, events, boundary, end, until)
     query = sql.statement(
         "core",
         "fact_sessions",
@@ -194,6 +238,7 @@ def fact_sessions(
             "next_month_events_included": metadata_value(next_events),
             "next_month_read_until": metadata_value(until),
             "session_gap_hours": metadata_value(SESSION_GAP / timedelta(hours=1)),
+            FINGERPRINT: dg.MetadataValue.text(fingerprint),
         },
     )
 

@@ -49,6 +49,32 @@ SELECT count(*) FILTER (WHERE side = 'inherited') AS inherited,
        count(*) FILTER (WHERE side = 'continuing') AS continuing
 FROM boundary
 
+-- name: neighbour_fingerprint
+-- What a month's sessions read from the months around it, as order-free hash sums: the
+-- sessions inherited from the month before (left out of this one), the next month's events of
+-- the sessions that go on into it (up to {until}), and the category map (read over all three
+-- months). Recorded when fact_sessions is built; an equal one later means that reloading a
+-- neighbouring month left this month's sessions as they are.
+WITH boundary AS MATERIALIZED ({boundary}),
+parts AS (
+    SELECT 'inherited' AS part, hash(user_session) AS h
+    FROM boundary
+    WHERE side = 'inherited'
+    UNION ALL
+    SELECT 'continuing',
+           hash(e.user_session, e.user_id, e.event_time, e.event_type, e.product_id,
+                e.category_id, e.price)
+    FROM {events} AS e
+    SEMI JOIN (SELECT user_session FROM boundary WHERE side = 'continuing') AS c
+        ON e.user_session = c.user_session
+    WHERE e.event_time >= {end} AND e.event_time < {until}
+    UNION ALL
+    SELECT 'categories', hash(category_id, category, category_rank)
+    FROM ({top_categories})
+)
+SELECT coalesce(string_agg(part || ' ' || n || ' ' || total, '; ' ORDER BY part), '')
+FROM (SELECT part, count(*) AS n, sum(h) AS total FROM parts GROUP BY part)
+
 -- name: top_categories
 -- Each category_id's top-level category: the first segment of its code (REES46 has one code
 -- per id; should an id carry several, the alphabetically first), and the category's
