@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 
 from cip_pipeline import definitions
+from cip_pipeline.assets import core
 from cip_pipeline.automation import MONTHLY_JOB
 from cip_pipeline.runner import execute, months_to_derive, run_months
 from cip_pipeline_tests.warehouse_sample import check_problems, read_warehouse, run_sample
@@ -171,6 +172,11 @@ def test_cip_run_skips_a_neighbour_whose_boundary_is_unchanged(crafted: Path) ->
     november.write_text(november.read_text().replace("2019-11-20 08:00:00", "2019-11-21 08:00:00"))
     assert load("2019-11") == (["2019-11", "2019-11 derived"], ["2019-10 derived"])
     _assert_complete(_sessions(crafted))
+
+    # The code that builds sessions changes: the neighbour is rebuilt, its data unchanged.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(core, "SESSION_STATEMENTS", (*core.SESSION_STATEMENTS, "sessions_totals"))
+        assert load("2019-11") == (["2019-11", "2019-10 derived", "2019-11 derived"], [])
 
     # A's purchase on November 1 changes price: October's row of A follows it.
     november.write_text(november.read_text().replace(f"250.00,2,{A}", f"199.00,2,{A}"))

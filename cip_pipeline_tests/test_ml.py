@@ -600,3 +600,49 @@ def test_recommendation_offline_evaluation_equals_an_independent_count(warehouse
         assert reported["recall_at_10"] == pytest.approx(
             per_user["hits"].sum() / per_user["bought"].sum(), rel=1e-12
         )
+
+
+def test_offline_evaluation_is_reused_only_while_what_it_reads_is_unchanged(
+    warehouse: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(
+        warehouse.parent.parent, root, ignore=shutil.ignore_patterns("spill", "dagster_home")
+    )
+    copy = root / "warehouse" / "cip.duckdb"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIP_DATA_DIR", str(root))
+        defs = definitions.build_definitions()
+    with dg.DagsterInstance.from_config(str(warehouse.parent.parent / "dagster_home")) as home:
+        original = home.get_latest_materialization_event(ml.recommendations.key)
+    assert original is not None and original.asset_materialization is not None
+    expected = original.asset_materialization.metadata[ml.EVALUATION].value
+    until = datetime.fromisoformat(expected["cutoff"]) + timedelta(days=14)
+
+    def build(instance: dg.DagsterInstance) -> tuple[dict, bool]:
+        summary = execute(defs, ALL_MONTHS_JOB, instance, "recs", assets=[ml.recommendations])
+        assert summary.success, summary.failures
+        event = instance.get_latest_materialization_event(ml.recommendations.key)
+        assert event is not None and event.asset_materialization is not None
+        reused = any(
+            "offline evaluation reused" in (entry.user_message or "")
+            for entry in instance.all_logs(summary.run_id)
+        )
+        return event.asset_materialization.metadata[ml.EVALUATION].value, reused
+
+    def change_one_purchase(where: str) -> None:
+        with duckdb.connect(str(copy)) as con:
+            con.execute(
+                "UPDATE core.events SET price = price + 1 WHERE rowid = (SELECT min(rowid) "
+                f"FROM core.events WHERE event_type = 'purchase' AND {where})",
+                {"until": until},
+            )
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert build(instance) == (expected, False)  # nothing recorded yet: computed
+        assert build(instance) == (expected, True)
+        change_one_purchase("event_time >= $until")  # after the window: not read
+        assert build(instance) == (expected, True)
+        change_one_purchase("event_time < $until")  # read, though the figures do not move
+        evaluation, reused = build(instance)
+        assert not reused and evaluation == expected

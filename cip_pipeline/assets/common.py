@@ -135,6 +135,19 @@ ON_NEIGHBOUR_CHANGE = (
 SKIPPED = "skipped"
 
 
+def recorded(
+    instance: dg.DagsterInstance, key: dg.AssetKey, name: str, partition: str | None = None
+) -> Any:
+    """The value of metadata `name` on the latest materialization of `key` (or of its
+    `partition`); None when there is none or it lacks that entry."""
+    found = instance.fetch_materializations(
+        dg.AssetRecordsFilter(key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    materialization = found[0].asset_materialization if found else None
+    entry = materialization.metadata.get(name) if materialization else None
+    return entry.value if isinstance(entry, dg.MetadataValue) else None
+
+
 def skipped(key: dg.AssetKey, reason: str) -> dg.AssetObservation:
     """The asset was not built this time, and why (too little data, say)."""
     return dg.AssetObservation(asset_key=key, metadata={SKIPPED: reason})

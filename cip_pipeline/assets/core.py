@@ -45,6 +45,7 @@ from cip_pipeline.assets.common import (
     headline,
     metadata_value,
     reconcile,
+    recorded,
     zero_counts,
 )
 from cip_pipeline.automation import ON_ANY_MONTH_CHANGE
@@ -62,8 +63,10 @@ FACT_DAILY_KPIS = dg.AssetKey(["core", "fact_daily_kpis"])
 DIM_PRODUCTS = dg.AssetKey(["core", "dim_products"])
 DIM_USERS = dg.AssetKey(["core", "dim_users"])
 
-# fact_sessions metadata: what the month's sessions read from its neighbours.
+# fact_sessions metadata: what the month's sessions read from its neighbours, and the code
+# that reads it.
 FINGERPRINT = "neighbour_fingerprint"
+SESSION_STATEMENTS = ("boundary_sessions", "continuing_reach", "top_categories", "fact_sessions")
 # Two consecutive events of one session are less than this apart (see the module docstring).
 SESSION_GAP = timedelta(hours=24)
 # DuckDB memory per event of a user-day chunk: chunks this size aggregate without spilling.
@@ -152,7 +155,8 @@ def neighbour_fingerprint(
         end=sql.timestamp(end),
         until=sql.timestamp(until),
     )
-    return str(con.execute(query).fetchone()[0])
+    code = sql.digest(*(sql.statement("core", name) for name in SESSION_STATEMENTS))
+    return f"code {code}; {con.execute(query).fetchone()[0]}"
 
 
 def neighbours_unchanged(
@@ -161,13 +165,8 @@ def neighbours_unchanged(
     """Whether `fact_sessions[partition_key]` would come out as it is: the warehouse holds what
     it read from the months around it when last built (its recorded fingerprint). Its own
     month is not compared: this is for a month whose neighbour alone was loaded again."""
-    found = instance.fetch_materializations(
-        dg.AssetRecordsFilter(FACT_SESSIONS, asset_partitions=[partition_key]), limit=1
-    ).records
-    if not found or found[0].asset_materialization is None:
-        return False
-    recorded = found[0].asset_materialization.metadata.get(FINGERPRINT)
-    if not isinstance(recorded, dg.TextMetadataValue):
+    fingerprint = recorded(instance, FACT_SESSIONS, FINGERPRINT, partition_key)
+    if fingerprint is None:
         return False
     start, end = month_window(partition_key)
     around = TimeSlice("event_time", month_before(start), month_after(end))
@@ -175,7 +174,7 @@ def neighbours_unchanged(
     with warehouse.connect(read_only=True) as con:
         boundary = boundary_sql(events, start, end)
         until, _ = session_reach(con, events, boundary, end)
-        return neighbour_fingerprint(con, events, boundary, end, until) == recorded.value
+        return neighbour_fingerprint(con, events, boundary, end, until) == fingerprint
 
 
 def _neighbouring_months() -> dg.TimeWindowPartitionMapping:

@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from cip_pipeline import sql
-from cip_pipeline.assets.common import fetch_row
+from cip_pipeline.assets.common import fetch_row, recorded
 from cip_pipeline.ingest import reader
 from cip_pipeline.io_managers import SqlQuery, SqlTable
 from cip_pipeline.io_managers.tables import PARTITION_EXPR, TimeSlice
@@ -180,13 +180,9 @@ def recorded_raw_rows(instance: dg.DagsterInstance, partition_key: str, lake: La
     """The raw file's rows as events_parquet counted them from the bytes while it read the file
     (the lake files checked came from that read); counted now for a materialization that
     recorded none."""
-    found = instance.fetch_materializations(
-        dg.AssetRecordsFilter(events_parquet.key, asset_partitions=[partition_key]), limit=1
-    ).records
-    if found and found[0].asset_materialization is not None:
-        recorded = found[0].asset_materialization.metadata.get("raw_rows")
-        if isinstance(recorded, dg.IntMetadataValue) and recorded.value is not None:
-            return recorded.value
+    raw_rows = recorded(instance, events_parquet.key, "raw_rows", partition_key)
+    if isinstance(raw_rows, int):
+        return raw_rows
     return reader.count_raw_rows(_raw_file(lake, partition_key))
 
 

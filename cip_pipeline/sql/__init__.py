@@ -10,6 +10,7 @@ parameters.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from functools import cache
@@ -39,6 +40,12 @@ def statement(domain: str, name: str, **identifiers: str) -> str:
     """The named statement of a domain's SQL file, with its identifiers filled in."""
     sql = _statements(domain)[name]
     return sql.format(**identifiers) if identifiers else sql
+
+
+def digest(*texts: str) -> str:
+    """A short hash of SQL text: part of a fingerprint of results, so that it changes with the
+    code that makes them."""
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
 
 
 def quote_path(path: object) -> str:

@@ -301,6 +301,14 @@ SELECT product_id, recommended_product_id,
 FROM best
 QUALIFY rank <= 10
 
+-- name: evaluation_input_fingerprint
+-- Every event the offline evaluation reads (all before the cutoff plus the horizon after it),
+-- as an order-free hash sum of the columns it uses.
+SELECT count(*) || ' ' || coalesce(sum(hash(event_time, event_type, product_id, category_id,
+                                             brand, price, user_id, user_session)), 0)
+FROM core.events
+WHERE event_time < TIMESTAMP '{until}'
+
 -- name: recommendation_eval
 -- Out of time: users who bought in [cutoff, cutoff + horizon); the query product is the last
 -- product they touched before the cutoff. Hit rate and recall at 10 of recs against the
