@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import dagster as dg
 
@@ -205,8 +205,7 @@ def run_months(
 
     loaded = [m for m in months if run(m, m, definitions.LOAD_ASSETS).success]
     if definitions.DERIVED_ASSETS:
-        warehouse = defs.resources["warehouse"]
-        assert isinstance(warehouse, WarehouseResource)
+        warehouse = cast(WarehouseResource, defs.resources["warehouse"])
         for month in months_to_derive(loaded, previously_loaded):
             if month in loaded:
                 run(f"{month} derived", month, definitions.DERIVED_ASSETS)

@@ -173,6 +173,13 @@ def test_cip_run_skips_a_neighbour_whose_boundary_is_unchanged(crafted: Path) ->
     assert load("2019-11") == (["2019-11", "2019-11 derived"], ["2019-10 derived"])
     _assert_complete(_sessions(crafted))
 
+    # October's sessions were built again but its KPIs not (a re-derive cut short): the next
+    # reload re-derives October although its boundary is unchanged.
+    october_sessions = execute(defs, MONTHLY_JOB, instance, "x", "2019-10-01", [core.fact_sessions])
+    assert october_sessions.success
+    assert load("2019-11") == (["2019-11", "2019-10 derived", "2019-11 derived"], [])
+    assert load("2019-11") == (["2019-11", "2019-11 derived"], ["2019-10 derived"])
+
     # The code that builds sessions changes: the neighbour is rebuilt, its data unchanged.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(core, "SESSION_STATEMENTS", (*core.SESSION_STATEMENTS, "sessions_totals"))

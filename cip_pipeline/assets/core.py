@@ -166,7 +166,7 @@ def neighbours_unchanged(
     it read from the months around it when last built (its recorded fingerprint). Its own
     month is not compared: this is for a month whose neighbour alone was loaded again."""
     fingerprint = recorded(instance, FACT_SESSIONS, FINGERPRINT, partition_key)
-    if fingerprint is None:
+    if fingerprint is None or not _kpis_follow_sessions(instance, partition_key):
         return False
     start, end = month_window(partition_key)
     around = TimeSlice("event_time", month_before(start), month_after(end))
@@ -175,6 +175,20 @@ def neighbours_unchanged(
         boundary = boundary_sql(events, start, end)
         until, _ = session_reach(con, events, boundary, end)
         return neighbour_fingerprint(con, events, boundary, end, until) == fingerprint
+
+
+def _kpis_follow_sessions(instance: dg.DagsterInstance, partition_key: str) -> bool:
+    """The month's daily KPIs were built after its sessions (a re-derive cut short between the
+    two leaves them behind)."""
+
+    def latest(key: dg.AssetKey) -> int | None:
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(key, asset_partitions=[partition_key]), limit=1
+        ).records
+        return found[0].storage_id if found else None
+
+    sessions, kpis = latest(FACT_SESSIONS), latest(FACT_DAILY_KPIS)
+    return sessions is not None and kpis is not None and kpis > sessions
 
 
 def _neighbouring_months() -> dg.TimeWindowPartitionMapping:
