@@ -135,17 +135,24 @@ ON_NEIGHBOUR_CHANGE = (
 SKIPPED = "skipped"
 
 
-def recorded(
-    instance: dg.DagsterInstance, key: dg.AssetKey, name: str, partition: str | None = None
-) -> Any:
-    """The value of metadata `name` on the latest materialization of `key` (or of its
-    `partition`); None when there is none or it lacks that entry."""
+def latest_materialization(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None
+) -> dg.EventLogRecord | None:
+    """The latest materialization record of `key` (or of its `partition`), if any."""
     found = instance.fetch_materializations(
         dg.AssetRecordsFilter(key, asset_partitions=[partition] if partition else None), limit=1
     ).records
-    materialization = found[0].asset_materialization if found else None
-    entry = materialization.metadata.get(name) if materialization else None
-    return entry.value if isinstance(entry, dg.MetadataValue) else None
+    return found[0] if found else None
+
+
+def recorded(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None
+) -> dict[str, Any]:
+    """The metadata values of the latest materialization of `key` (or of its `partition`);
+    empty when there is none."""
+    record = latest_materialization(instance, key, partition)
+    materialization = record.asset_materialization if record else None
+    return {k: v.value for k, v in materialization.metadata.items()} if materialization else {}
 
 
 def skipped(key: dg.AssetKey, reason: str) -> dg.AssetObservation:

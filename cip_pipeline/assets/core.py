@@ -43,6 +43,7 @@ from cip_pipeline.assets.common import (
     check_spec,
     fetch_row,
     headline,
+    latest_materialization,
     metadata_value,
     reconcile,
     recorded,
@@ -165,12 +166,12 @@ def neighbours_unchanged(
     """Whether `fact_sessions[partition_key]` would come out as it is: the warehouse holds what
     it read from the months around it when last built (its recorded fingerprint). Its own
     month is not compared: this is for a month whose neighbour alone was loaded again."""
-    fingerprint = recorded(instance, FACT_SESSIONS, FINGERPRINT, partition_key)
+    fingerprint = recorded(instance, FACT_SESSIONS, partition_key).get(FINGERPRINT)
     if fingerprint is None or not _kpis_follow_sessions(instance, partition_key):
         return False
     start, end = month_window(partition_key)
     around = TimeSlice("event_time", month_before(start), month_after(end))
-    events = SqlTable(EVENTS.path[0], EVENTS.path[1], around.predicate())
+    events = SqlTable(*EVENTS.path, around.predicate())
     with warehouse.connect(read_only=True) as con:
         boundary = boundary_sql(events, start, end)
         until, _ = session_reach(con, events, boundary, end)
@@ -180,15 +181,9 @@ def neighbours_unchanged(
 def _kpis_follow_sessions(instance: dg.DagsterInstance, partition_key: str) -> bool:
     """The month's daily KPIs were built after its sessions (a re-derive cut short between the
     two leaves them behind)."""
-
-    def latest(key: dg.AssetKey) -> int | None:
-        found = instance.fetch_materializations(
-            dg.AssetRecordsFilter(key, asset_partitions=[partition_key]), limit=1
-        ).records
-        return found[0].storage_id if found else None
-
-    sessions, kpis = latest(FACT_SESSIONS), latest(FACT_DAILY_KPIS)
-    return sessions is not None and kpis is not None and kpis > sessions
+    sessions = latest_materialization(instance, FACT_SESSIONS, partition_key)
+    kpis = latest_materialization(instance, FACT_DAILY_KPIS, partition_key)
+    return sessions is not None and kpis is not None and kpis.storage_id > sessions.storage_id
 
 
 def _neighbouring_months() -> dg.TimeWindowPartitionMapping:

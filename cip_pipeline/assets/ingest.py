@@ -180,7 +180,7 @@ def recorded_raw_rows(instance: dg.DagsterInstance, partition_key: str, lake: La
     """The raw file's rows as events_parquet counted them from the bytes while it read the file
     (the lake files checked came from that read); counted now for a materialization that
     recorded none."""
-    raw_rows = recorded(instance, events_parquet.key, "raw_rows", partition_key)
+    raw_rows = recorded(instance, events_parquet.key, partition_key).get("raw_rows")
     if isinstance(raw_rows, int):
         return raw_rows
     return reader.count_raw_rows(_raw_file(lake, partition_key))

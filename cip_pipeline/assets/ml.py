@@ -412,8 +412,9 @@ def _offline_evaluation(
         sql.statement("ml", "evaluation_input_fingerprint", until=f"{until:%Y-%m-%d %H:%M:%S}")
     ).fetchone()[0]
     fingerprint = f"code {sql.digest(query)}; events {read}"
-    if recorded(context.instance, context.asset_key, EVALUATION_FINGERPRINT) == fingerprint:
-        reused = recorded(context.instance, context.asset_key, EVALUATION)
+    previous = recorded(context.instance, context.asset_key)
+    if previous.get(EVALUATION_FINGERPRINT) == fingerprint:
+        reused = previous.get(EVALUATION)
         if isinstance(reused, dict):
             context.log.info("offline evaluation reused: its events and code are unchanged")
             return reused, fingerprint
