@@ -9,7 +9,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from cip_pipeline.assets.core import user_days_selects
+from cip_pipeline.assets.core import user_days_chunks
 from cip_pipeline.io_managers import SqlTable
 from cip_pipeline.io_managers.tables import TimeSlice
 from cip_pipeline_tests import warehouse_oracle as oracle
@@ -113,10 +113,10 @@ def test_user_days_built_in_small_chunks_equal_one_chunk(
     november = SqlTable("core", "events", TimeSlice("event_time", start, end).predicate())
     con = duckdb.connect(str(warehouse_sample.root / "warehouse" / "cip.duckdb"), read_only=True)
     try:
-        whole = user_days_selects(con, november, end, 10**12)
-        chunked = user_days_selects(con, november, end, 1)  # a chunk per day
-        one = con.sql(whole[0]).pl().sort("user_id", "day")
-        many = pl.concat([con.sql(q).pl() for q in chunked]).sort("user_id", "day")
+        whole = user_days_chunks(con, november, end, 10**12)
+        chunked = user_days_chunks(con, november, end, 1)  # a chunk per day
+        one = con.sql(whole[0].select).pl().sort("user_id", "day")
+        many = pl.concat([con.sql(c.select).pl() for c in chunked]).sort("user_id", "day")
     finally:
         con.close()
     assert len(whole) == 1 and len(chunked) == 30

@@ -20,12 +20,13 @@ import scipy.stats
 
 from cip_pipeline import definitions, stats
 from cip_pipeline.assets import experiments, ml
-from cip_pipeline.assets.core import user_days_selects
+from cip_pipeline.assets.core import user_days_chunks
 from cip_pipeline.assets.ml import FEATURES_KEY, snapshot_selects
 from cip_pipeline.automation import ALL_MONTHS_JOB
 from cip_pipeline.budget import day_chunks
 from cip_pipeline.generator import generate
 from cip_pipeline.io_managers import SqlTable
+from cip_pipeline.io_managers.tables import CHUNKS
 from cip_pipeline.ml import propensity as prop
 from cip_pipeline.runner import execute, run_pipeline
 from cip_pipeline_tests import warehouse_oracle
@@ -235,12 +236,16 @@ def test_feature_phases_are_timed_per_snapshot(warehouse: Path) -> None:
         event = instance.get_latest_materialization_event(FEATURES_KEY)
     assert event is not None and event.asset_materialization is not None
     metadata = event.asset_materialization.metadata
-    labels, seconds = metadata["snapshots"].value, metadata["chunk_seconds"].value
+    labels, chunks = metadata["snapshots"].value, metadata[CHUNKS].value
     sizes = _query(
-        warehouse, "SELECT DISTINCT snapshot, role FROM ml.propensity_features ORDER BY snapshot"
+        warehouse,
+        "SELECT snapshot, role, count(*) AS users FROM ml.propensity_features "
+        "GROUP BY ALL ORDER BY snapshot",
     )
-    assert labels == [f"{s:%Y-%m-%d} ({r})" for s, r in sizes.iter_rows()]
-    assert len(seconds) == len(labels) and all(t >= 0 for t in seconds)
+    assert labels == [f"{s:%Y-%m-%d} ({r})" for s, r, _ in sizes.iter_rows()]
+    assert [c["label"] for c in chunks] == labels
+    assert [c["rows"] for c in chunks] == sizes["users"].to_list()
+    assert all(c["seconds"] > 0 and not c["kept"] for c in chunks)
 
 
 def test_model_scores_and_simulation_are_rebuilt_identically(
@@ -303,10 +308,8 @@ def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path
             {"cutoff": cutoff},
         )
         con.execute("DELETE FROM core.fact_user_days")  # built again from the rewritten events
-        for chunk in user_days_selects(
-            con, SqlTable("core", "events"), datetime(2020, 1, 1), 10**5
-        ):
-            con.execute(f"INSERT INTO core.fact_user_days BY NAME {chunk}")
+        for chunk in user_days_chunks(con, SqlTable("core", "events"), datetime(2020, 1, 1), 10**5):
+            con.execute(f"INSERT INTO core.fact_user_days BY NAME {chunk.select}")
         after = con.sql(validation).pl()
     finally:
         con.close()

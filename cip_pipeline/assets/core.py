@@ -51,7 +51,7 @@ from cip_pipeline.assets.common import (
 )
 from cip_pipeline.automation import ON_ANY_MONTH_CHANGE
 from cip_pipeline.budget import day_chunks, parse_size
-from cip_pipeline.io_managers import SqlQuery, SqlTable
+from cip_pipeline.io_managers import Chunk, SqlQuery, SqlTable, fingerprint
 from cip_pipeline.io_managers.tables import PARTITION_EXPR, TimeSlice
 from cip_pipeline.months import month_bounds
 from cip_pipeline.partitions import WAREHOUSE_POOL, month_window, monthly
@@ -325,29 +325,36 @@ def fact_sessions_checks(
     )
 
 
-def user_days_selects(
+def user_days_chunks(
     con: duckdb.DuckDBPyConnection, events: SqlTable, end: datetime, chunk_events: int
-) -> list[str]:
+) -> list[Chunk]:
     """The month's user-days (`fact_user_days` in core.sql) as one SELECT per chunk of whole
-    days holding at most `chunk_events` events; `events` is the month, ending at `end`."""
-    days = con.execute(
-        sql.statement("core", "user_day_events", events=events.select("event_time"))
-    ).fetchall()
-    selects = []
-    for since, until in day_chunks(days, chunk_events, end) or [(end, end)]:
-        chunk = SqlTable(
+    days holding at most `chunk_events` events; `events` is the month, ending at `end`. Each
+    chunk's fingerprint is its SQL and its days' events: late rows for the month's last days
+    leave the earlier chunks' stored rows in place."""
+    days = con.execute(sql.statement("core", "user_day_events", events=events.select())).fetchall()
+    chunks = []
+    for since, until in day_chunks([(d, n) for d, n, _ in days], chunk_events, end) or [(end, end)]:
+        span = SqlTable(
             events.schema, events.table, TimeSlice("event_time", since, until).predicate()
         )
-        selects.append(
-            sql.statement(
-                "core",
-                "fact_user_days",
-                events=chunk.select(),
-                top_categories=top_categories_sql(chunk),
-                brand_ranks=brand_ranks_sql(chunk),
+        select = sql.statement(
+            "core",
+            "fact_user_days",
+            events=span.select(),
+            top_categories=top_categories_sql(span),
+            brand_ranks=brand_ranks_sql(span),
+        )
+        read = [(n, h) for d, n, h in days if since <= d < until]
+        chunks.append(
+            Chunk(
+                select,
+                label=f"{since:%Y-%m-%d} to {until:%Y-%m-%d}",
+                fingerprint=fingerprint(select, read),
+                keep=TimeSlice("day", since, until).predicate(),
             )
         )
-    return selects
+    return chunks
 
 
 @dg.asset(
@@ -371,11 +378,10 @@ def fact_user_days(
     _, end = month_window(context.partition_key)
     chunk_events = parse_size(warehouse.memory_limit) // BYTES_PER_EVENT
     with warehouse.connect(read_only=True) as con:
-        selects = user_days_selects(con, events, end, chunk_events)
+        chunks = user_days_chunks(con, events, end, chunk_events)
     return dg.Output(
-        SqlQuery.chunked(selects),
+        SqlQuery.chunked(chunks),
         metadata={
-            "chunks": dg.MetadataValue.int(len(selects)),
             "max_events_per_chunk": dg.MetadataValue.int(chunk_events),
         },
     )

@@ -15,7 +15,7 @@ from cip_pipeline import sql
 from cip_pipeline.assets.common import SKIPPED, recorded, skipped
 from cip_pipeline.assets.core import FACT_SESSIONS, FACT_USER_DAYS
 from cip_pipeline.budget import Budget
-from cip_pipeline.io_managers import SqlQuery
+from cip_pipeline.io_managers import Chunk, SqlQuery, fingerprint
 from cip_pipeline.io_managers.model_io_manager import RegisteredModel, TrainedModel
 from cip_pipeline.ml import propensity as prop
 from cip_pipeline.partitions import WAREHOUSE_POOL
@@ -65,22 +65,24 @@ def propensity_features(
     plan = _plan(warehouse, config)
     if plan is None:
         raise dg.Failure("core.events is empty")
-    snapshots = snapshot_selects(plan)
+    with warehouse.connect(read_only=True) as con:
+        inputs = con.execute(sql.statement("ml", "snapshot_input_days")).fetchall()
+    chunks = snapshot_chunks(plan, inputs)
     context.add_output_metadata(
         {
             "windows": dg.MetadataValue.json(plan.describe()),
-            # in the order of the IO manager's chunk_seconds
-            "snapshots": dg.MetadataValue.json(list(snapshots)),
+            # in the order of the IO manager's chunks
+            "snapshots": dg.MetadataValue.json([c.label for c in chunks]),
         }
     )
-    return SqlQuery.chunked(list(snapshots.values()))
+    return SqlQuery.chunked(chunks)
 
 
 def snapshot_selects(plan: prop.SnapshotPlan) -> dict[str, str]:
     """One SELECT per snapshot of the plan (`propensity_snapshot` in ml.sql), by its label:
     stored one after the other, memory holds one snapshot's users at a time."""
     return {
-        f"{cutoff:%Y-%m-%d} ({role})": sql.statement(
+        _snapshot_label(cutoff, role): sql.statement(
             "ml",
             "propensity_snapshot",
             cutoff=f"{cutoff:%Y-%m-%d %H:%M:%S}",
@@ -91,6 +93,35 @@ def snapshot_selects(plan: prop.SnapshotPlan) -> dict[str, str]:
         )
         for cutoff, role, labelled in plan.cutoffs()
     }
+
+
+def _snapshot_label(cutoff: datetime, role: str) -> str:
+    return f"{cutoff:%Y-%m-%d} ({role})"
+
+
+def snapshot_chunks(
+    plan: prop.SnapshotPlan, inputs: list[tuple[str, datetime, int, int]]
+) -> list[Chunk]:
+    """The snapshots as chunks of one build, each fingerprinted by its SQL and by the rows it
+    reads (`snapshot_input_days`: user-days before the cutoff, or before the end of the label
+    window, and sessions started before the cutoff). Late rows for the last days of the data
+    leave the earlier snapshots' stored rows in place."""
+    selects = snapshot_selects(plan)
+    horizon = timedelta(days=plan.horizon_days)
+    chunks = []
+    for cutoff, role, labelled in plan.cutoffs():
+        reads_until = {"user_days": cutoff + horizon if labelled else cutoff, "sessions": cutoff}
+        read = [(n, h) for source, day, n, h in inputs if day < reads_until[source]]
+        select = selects[_snapshot_label(cutoff, role)]
+        chunks.append(
+            Chunk(
+                select,
+                label=_snapshot_label(cutoff, role),
+                fingerprint=fingerprint(select, read),
+                keep=f"snapshot = TIMESTAMP '{cutoff:%Y-%m-%d %H:%M:%S}'",
+            )
+        )
+    return chunks
 
 
 def _load_snapshot(con: duckdb.DuckDBPyConnection, snapshot: datetime, users: int) -> pl.DataFrame:

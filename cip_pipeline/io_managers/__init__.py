@@ -2,5 +2,13 @@
 
 from cip_pipeline.io_managers.polars_io_manager import DuckDBPolarsIOManager
 from cip_pipeline.io_managers.sql_io_manager import DuckDBSqlIOManager, SqlQuery, SqlTable
+from cip_pipeline.io_managers.tables import Chunk, fingerprint
 
-__all__ = ["DuckDBPolarsIOManager", "DuckDBSqlIOManager", "SqlQuery", "SqlTable"]
+__all__ = [
+    "Chunk",
+    "DuckDBPolarsIOManager",
+    "DuckDBSqlIOManager",
+    "SqlQuery",
+    "SqlTable",
+    "fingerprint",
+]

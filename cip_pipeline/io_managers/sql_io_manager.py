@@ -6,8 +6,15 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from cip_pipeline.assets.common import headline
-from cip_pipeline.io_managers.tables import TableName, TimeSlice, replace_rows, time_slice
+from cip_pipeline.assets.common import headline, recorded
+from cip_pipeline.io_managers.tables import (
+    CHUNKS,
+    Chunk,
+    TableName,
+    TimeSlice,
+    replace_rows,
+    time_slice,
+)
 from cip_pipeline.resources import WarehouseResource
 
 
@@ -17,19 +24,29 @@ class SqlQuery:
 
     `headline`, when given, is a one-row SELECT over the view `written` (the rows just stored);
     its columns become materialization metadata, so figures of the table cost no second
-    computation of it. `chunks`, when given, are further SELECTs whose rows are stored with
-    those of `sql` in the same transaction: a build too big for the memory budget in one query.
+    computation of it. `chunks`, when given, replace `sql`: SELECTs whose rows are stored
+    together in one transaction, for a build too big for the memory budget in one query, and
+    each kept from the last build when unchanged (see `Chunk`).
     """
 
-    sql: str
+    sql: str = ""
     headline: str | None = None
-    chunks: tuple[str, ...] = ()
+    chunks: tuple[Chunk, ...] = ()
 
     @classmethod
-    def chunked(cls, selects: Sequence[str]) -> "SqlQuery":
+    def chunked(cls, chunks: Sequence[Chunk | str]) -> "SqlQuery":
         """The rows of several SELECTs (at least one), stored as one table or partition."""
-        first, *rest = selects
-        return cls(first, chunks=tuple(rest))
+        if not chunks:
+            raise ValueError("a chunked build needs at least one SELECT")
+        return cls(
+            chunks=tuple(
+                c if isinstance(c, Chunk) else Chunk(c, f"chunk {i + 1}")
+                for i, c in enumerate(chunks)
+            )
+        )
+
+    def parts(self) -> list[Chunk]:
+        return list(self.chunks) or [Chunk(self.sql)]
 
 
 @dataclass(frozen=True)
@@ -61,8 +78,14 @@ class DuckDBSqlIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} must return SqlQuery, got {type(obj)}"
             )
         name, part = TableName.of(context.asset_key), time_slice(context)
+        parts = obj.parts()
+        previous: list[dict] = []
+        if any(c.fingerprint for c in parts):
+            partition = context.partition_key if context.has_partition_key else None
+            last = recorded(context.step_context.instance, context.asset_key, partition)
+            previous = last.get(CHUNKS) or []
         with self.warehouse.connect() as con:
-            metadata = replace_rows(con, name, [obj.sql, *obj.chunks], part)
+            metadata = replace_rows(con, name, parts, part, previous)
             if obj.headline is not None:
                 written = _reference(name, part).select()
                 con.execute(f"CREATE OR REPLACE TEMP VIEW written AS {written}")

@@ -4,12 +4,15 @@ managers so that every stored type gets the same idempotency and crash safety.""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import dagster as dg
 import duckdb
+
+from cip_pipeline import sql
 
 # Asset definition metadata naming the column that a time partition filters on.
 PARTITION_EXPR = "partition_expr"
@@ -64,51 +67,128 @@ def time_slice(context: dg.OutputContext | dg.InputContext) -> TimeSlice | None:
     return TimeSlice(column, window.start.replace(tzinfo=None), window.end.replace(tzinfo=None))
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """One SELECT of a table's (or partition's) build.
+
+    With a `fingerprint` (a digest of its SQL and of every row it reads) and `keep` (a
+    predicate that picks exactly its rows out of the stored table), the stored rows are kept
+    instead of running the SELECT again when the last materialization recorded the same
+    fingerprint, and the table still holds as many such rows as it recorded.
+    """
+
+    select: str
+    label: str = "all"
+    fingerprint: str | None = None
+    keep: str | None = None
+
+
+def fingerprint(select: str, read: Iterable[tuple[int, int]]) -> str:
+    """A chunk's fingerprint: its SQL, and the (rows, hash sum) pairs of what it reads."""
+    counts = list(read)
+    return f"{sql.digest(select)} {sum(n for n, _ in counts)} {sum(h for _, h in counts)}"
+
+
+# Materialization metadata: per chunk, its label, fingerprint, rows, seconds and whether kept.
+CHUNKS = "chunks"
+
+
+def reusable(
+    con: duckdb.DuckDBPyConnection,
+    name: TableName,
+    chunks: Sequence[Chunk],
+    part: TimeSlice | None,
+    previous: Sequence[dict[str, Any]],
+) -> dict[int, int]:
+    """The chunks whose stored rows can be kept, by index, with their rows: same fingerprint
+    as recorded by the last materialization, and the recorded number of rows still there."""
+    recorded_rows = {
+        c["fingerprint"]: c["rows"] for c in previous if c.get("fingerprint") is not None
+    }
+    candidates = [
+        i
+        for i, c in enumerate(chunks)
+        if c.fingerprint is not None and c.keep is not None and c.fingerprint in recorded_rows
+    ]
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [name.schema, name.table],
+    ).fetchone()[0]
+    if not candidates or not exists:
+        return {}
+    scope = f"({part.predicate()}) AND " if part else ""
+    counts = ", ".join(f"count(*) FILTER (WHERE {chunks[i].keep}) AS c{i}" for i in candidates)
+    found = con.execute(f"SELECT {counts} FROM {name.qualified} WHERE {scope}true").fetchone()
+    return {
+        i: n
+        for i, n in zip(candidates, found, strict=True)
+        if n == recorded_rows[chunks[i].fingerprint]
+    }
+
+
+def _record(chunk: Chunk, rows: int, seconds: float, kept: bool) -> dict[str, Any]:
+    return {
+        "label": chunk.label,
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "kept": kept,
+        "fingerprint": chunk.fingerprint,
+    }
+
+
 def replace_rows(
     con: duckdb.DuckDBPyConnection,
     name: TableName,
-    selects: Sequence[str],
+    chunks: Sequence[Chunk | str],
     part: TimeSlice | None,
+    previous: Sequence[dict[str, Any]] = (),
 ) -> dict[str, dg.RawMetadataValue]:
-    """Make `name` (or its partition) hold exactly the rows of the `selects` (one query, or the
-    chunks of a build too big for the memory budget in one), atomically.
+    """Make `name` (or its partition) hold exactly the rows of the `chunks` (one query, or the
+    chunks of a build too big for the memory budget in one), atomically. A chunk whose stored
+    rows are still what it would build (see `Chunk`; `previous` is the CHUNKS metadata of the
+    last materialization) keeps them instead of being built again.
 
     A failure anywhere rolls back to the previous version of the table or partition.
     """
-    first, *rest = selects
-    chunk_seconds: list[float] = []
+    parts = [c if isinstance(c, Chunk) else Chunk(c) for c in chunks]
+    records: list[dict[str, Any]] = []
 
-    def timed(statement: str) -> None:
+    def build(chunk: Chunk, statement: str) -> None:
         started = time.perf_counter()
-        con.execute(statement)
-        chunk_seconds.append(round(time.perf_counter() - started, 3))
+        rows = con.execute(statement).fetchone()[0]
+        records.append(_record(chunk, int(rows), time.perf_counter() - started, kept=False))
 
     t0 = time.perf_counter()
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{name.schema}"')
-        if part is None:
-            timed(f"CREATE OR REPLACE TABLE {name.qualified} AS {first}")
-            for select_sql in rest:
-                timed(f"INSERT INTO {name.qualified} BY NAME {select_sql}")
+        kept = reusable(con, name, parts, part, previous)
+        if part is None and not kept:
+            first, *rest = parts
+            build(first, f"CREATE OR REPLACE TABLE {name.qualified} AS {first.select}")
+            for chunk in rest:
+                build(chunk, f"INSERT INTO {name.qualified} BY NAME {chunk.select}")
         else:
             con.execute(
-                f"CREATE TABLE IF NOT EXISTS {name.qualified} AS SELECT * FROM ({first}) LIMIT 0"
+                f"CREATE TABLE IF NOT EXISTS {name.qualified} AS "
+                f"SELECT * FROM ({parts[0].select}) LIMIT 0"
             )
-            outside = (
-                f"SELECT count(*) FILTER (WHERE ({part.predicate()}) IS NOT TRUE) "
-                f"FROM {name.qualified}"
-            )
+            scope = part.predicate() if part else "true"
+            outside = f"SELECT count(*) FILTER (WHERE ({scope}) IS NOT TRUE) FROM {name.qualified}"
             before = con.execute(outside).fetchone()[0]
-            con.execute(f"DELETE FROM {name.qualified} WHERE {part.predicate()}")
-            for select_sql in selects:
-                timed(f"INSERT INTO {name.qualified} BY NAME {select_sql}")
+            keep = " OR ".join(f"({parts[i].keep})" for i in sorted(kept)) or "false"
+            con.execute(f"DELETE FROM {name.qualified} WHERE ({scope}) AND ({keep}) IS NOT TRUE")
+            for i, chunk in enumerate(parts):
+                if i in kept:
+                    records.append(_record(chunk, kept[i], 0.0, kept=True))
+                else:
+                    build(chunk, f"INSERT INTO {name.qualified} BY NAME {chunk.select}")
             stray = con.execute(outside).fetchone()[0] - before
             if stray:
                 # Such rows would never be replaced by a later run of this partition.
                 raise dg.Failure(
                     f"{name.qualified}: the query returned {stray} rows outside "
-                    f"the partition ({part.predicate()})"
+                    f"the partition ({scope})"
                 )
         con.execute("COMMIT")
     except BaseException:
@@ -121,9 +201,9 @@ def replace_rows(
         "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
         [name.schema, name.table],
     ).fetchall()
-    chunks = {"chunk_seconds": dg.MetadataValue.json(chunk_seconds)} if rest else {}
+    chunked = len(parts) > 1 or any(c.fingerprint for c in parts)
     return {
-        **chunks,
+        **({CHUNKS: dg.MetadataValue.json(records)} if chunked else {}),
         "dagster/row_count": dg.MetadataValue.int(int(rows)),
         "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns]),
         "dagster/table_name": f"{name.schema}.{name.table}",

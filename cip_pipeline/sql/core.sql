@@ -180,8 +180,12 @@ SELECT sum(revenue)::DOUBLE AS revenue,
 FROM written
 
 -- name: user_day_events
--- Events per day of the month: how the user-day build is cut into chunks.
-SELECT date_trunc('day', event_time) AS day, count(*) AS events
+-- Events per day of the month, and an order-free hash sum of what the user-day build reads
+-- of them: how the build is cut into chunks, and whether a chunk's stored rows still hold.
+SELECT date_trunc('day', event_time) AS day,
+       count(*) AS events,
+       sum(hash(user_id, event_time, event_type, price, product_id, category_id,
+                category_code, brand)) AS content
 FROM {events}
 GROUP BY ALL
 ORDER BY day

@@ -1,0 +1,120 @@
+"""Chunked builds keep a chunk's stored rows only while its fingerprint and its rows hold."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pytest
+
+from cip_pipeline.io_managers import Chunk
+from cip_pipeline.io_managers.tables import CHUNKS, TableName, TimeSlice, replace_rows
+
+NAME = TableName("t", "parts")
+
+
+def _chunk(k: int, value: int, fingerprint: str | None = "same") -> Chunk:
+    """Chunk k: rows k*10 .. k*10+2, each carrying `value` (a rebuild shows in `value`)."""
+    select = f"SELECT {k} AS k, k * 10 + i AS id, {value} AS value FROM range(3) AS r(i)"
+    return Chunk(
+        select,
+        label=f"chunk {k}",
+        fingerprint=None if fingerprint is None else f"{fingerprint}-{k}",
+        keep=f"k = {k}",
+    )
+
+
+def _build(
+    con: duckdb.DuckDBPyConnection, chunks: list[Chunk], previous: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    metadata = replace_rows(con, NAME, chunks, None, previous)
+    records = metadata[CHUNKS]
+    assert isinstance(records, dg.JsonMetadataValue)
+    return list(records.value)  # type: ignore[arg-type]
+
+
+def _values(con: duckdb.DuckDBPyConnection) -> dict[int, set[int]]:
+    rows = con.execute(f"SELECT k, value FROM {NAME.qualified}").fetchall()
+    out: dict[int, set[int]] = {}
+    for k, value in rows:
+        out.setdefault(k, set()).add(value)
+    return out
+
+
+def test_unchanged_chunks_keep_their_rows_and_changed_ones_are_built() -> None:
+    con = duckdb.connect()
+    first = _build(con, [_chunk(k, 1) for k in range(3)], [])
+    assert [r["kept"] for r in first] == [False, False, False]
+    assert [r["rows"] for r in first] == [3, 3, 3]
+
+    # Same fingerprints: the stored rows stay (the new SELECTs, which say 2, never run).
+    second = _build(con, [_chunk(k, 2) for k in range(3)], first)
+    assert [r["kept"] for r in second] == [True, True, True]
+    assert _values(con) == {0: {1}, 1: {1}, 2: {1}}
+
+    # Chunk 1's input changed: only it is built again.
+    changed = [_chunk(0, 3), _chunk(1, 3, "other"), _chunk(2, 3)]
+    third = _build(con, changed, second)
+    assert [r["kept"] for r in third] == [True, False, True]
+    assert _values(con) == {0: {1}, 1: {3}, 2: {1}}
+    assert con.execute(f"SELECT count(*) FROM {NAME.qualified}").fetchone() == (9,)
+
+    # Rows of a kept chunk gone behind the pipeline's back: that chunk is built again.
+    con.execute(f"DELETE FROM {NAME.qualified} WHERE id = 21")
+    fourth = _build(con, [_chunk(0, 4), _chunk(1, 4, "other"), _chunk(2, 4)], third)
+    assert [r["kept"] for r in fourth] == [True, True, False]
+    assert _values(con) == {0: {1}, 1: {3}, 2: {4}}
+    assert con.execute(f"SELECT count(*) FROM {NAME.qualified}").fetchone() == (9,)
+
+    # A chunk no longer in the build takes its rows with it, kept chunks or not.
+    fifth = _build(con, [_chunk(0, 5), _chunk(1, 5, "other")], fourth)
+    assert [r["kept"] for r in fifth] == [True, True]
+    assert _values(con) == {0: {1}, 1: {3}}
+    sixth = _build(con, [_chunk(0, 6, None), _chunk(1, 6, None)], fifth)
+    assert [r["kept"] for r in sixth] == [False, False]
+    assert _values(con) == {0: {6}, 1: {6}}
+
+
+def test_a_failed_build_leaves_kept_and_replaced_rows_as_they_were() -> None:
+    con = duckdb.connect()
+    first = _build(con, [_chunk(k, 1) for k in range(3)], [])
+    broken = Chunk("SELECT 2 AS k, 20 AS id, error('boom') AS value", "chunk 2", "x", "k = 2")
+    with pytest.raises(duckdb.Error, match="boom"):
+        _build(con, [_chunk(0, 2), _chunk(1, 2, "other"), broken], first)
+    assert _values(con) == {0: {1}, 1: {1}, 2: {1}}
+    assert con.execute(f"SELECT count(*) FROM {NAME.qualified}").fetchone() == (9,)
+
+
+def test_kept_rows_of_a_partition_leave_other_partitions_alone() -> None:
+    con = duckdb.connect()
+    october = TimeSlice("day", datetime(2019, 10, 1), datetime(2019, 11, 1))
+    november = TimeSlice("day", datetime(2019, 11, 1), datetime(2019, 12, 1))
+
+    def days(month: int, value: int, tag: str) -> list[Chunk]:
+        return [
+            Chunk(
+                f"SELECT DATE '2019-{month}-{d:02d}' AS day, {value} AS value",
+                label=f"{month}-{d}",
+                fingerprint=f"{tag}-{month}-{d}",
+                keep=f"day = DATE '2019-{month}-{d:02d}'",
+            )
+            for d in (1, 2)
+        ]
+
+    def build(part: TimeSlice, chunks: list[Chunk], previous: list[dict[str, Any]]) -> list:
+        records = replace_rows(con, NAME, chunks, part, previous)[CHUNKS]
+        assert isinstance(records, dg.JsonMetadataValue)
+        return list(records.value)  # type: ignore[arg-type]
+
+    octobers = build(october, days(10, 1, "a"), [])
+    novembers = build(november, days(11, 1, "a"), [])
+    # November again, its second day changed; October's rows share no fingerprint with it
+    again = build(november, [days(11, 2, "a")[0], days(11, 2, "b")[1]], novembers)
+    assert [r["kept"] for r in again] == [True, False]
+    rows = con.execute(f"SELECT day::VARCHAR, value FROM {NAME.qualified} ORDER BY day").fetchall()
+    assert rows == [("2019-10-01", 1), ("2019-10-02", 1), ("2019-11-01", 1), ("2019-11-02", 2)]
+    # October with November's records: nothing matches, all of October is built
+    rebuilt = build(october, days(10, 3, "c"), again)
+    assert [r["kept"] for r in rebuilt] == [False, False] and len(octobers) == 2
