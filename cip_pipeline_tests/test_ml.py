@@ -19,10 +19,10 @@ import pytest
 import scipy.stats
 
 from cip_pipeline import definitions, stats
-from cip_pipeline.assets import experiments, ml
+from cip_pipeline.assets import core, experiments, ml
 from cip_pipeline.assets.core import user_days_chunks
 from cip_pipeline.assets.ml import FEATURES_KEY, snapshot_selects
-from cip_pipeline.automation import ALL_MONTHS_JOB
+from cip_pipeline.automation import ALL_MONTHS_JOB, MONTHLY_JOB
 from cip_pipeline.budget import day_chunks
 from cip_pipeline.generator import generate
 from cip_pipeline.io_managers import SqlTable
@@ -649,3 +649,72 @@ def test_offline_evaluation_is_reused_only_while_what_it_reads_is_unchanged(
         change_one_purchase("event_time < $until")  # read, though the figures do not move
         evaluation, reused = build(instance)
         assert not reused and evaluation == expected
+
+
+def test_late_rows_rebuild_only_the_user_day_chunks_and_snapshots_that_read_them(
+    warehouse: Path, tmp_path: Path
+) -> None:
+    """The nightly case: a late purchase on the month's last day. Of November's user-days only
+    the chunk holding that day is built again, of the propensity snapshots only the score
+    snapshot (the labelled ones read no day that late); what is stored equals a full build."""
+    root = tmp_path / "data"
+    shutil.copytree(
+        warehouse.parent.parent, root, ignore=shutil.ignore_patterns("spill", "dagster_home")
+    )
+    copy = root / "warehouse" / "cip.duckdb"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIP_DATA_DIR", str(root))
+        defs = definitions.build_definitions()
+        # about a week of the sample's events per user-day chunk
+        patch.setattr(core, "BYTES_PER_EVENT", 5_000)
+
+        def build(asset: dg.AssetsDefinition, instance: dg.DagsterInstance) -> list[bool]:
+            job = ALL_MONTHS_JOB if asset.partitions_def is None else MONTHLY_JOB
+            partition = None if asset.partitions_def is None else "2019-11-01"
+            summary = execute(defs, job, instance, "reuse", partition, [asset])
+            assert summary.success, summary.failures
+            event = instance.get_latest_materialization_event(asset.key)
+            assert event is not None and event.asset_materialization is not None
+            return [c["kept"] for c in event.asset_materialization.metadata[CHUNKS].value]
+
+        def stored(query: str) -> pl.DataFrame:
+            return _query(copy, query).sort(pl.all())
+
+        def full_build(selects: list[str]) -> pl.DataFrame:
+            con = duckdb.connect(str(copy), read_only=True)
+            try:
+                return pl.concat([con.sql(s).pl() for s in selects]).sort(pl.all())
+            finally:
+                con.close()
+
+        user_days = "SELECT * FROM core.fact_user_days WHERE day >= DATE '2019-11-01'"
+        features = "SELECT * FROM ml.propensity_features"
+        with dg.DagsterInstance.ephemeral() as instance:
+            first = build(core.fact_user_days, instance)
+            assert len(first) >= 3 and not any(first)
+            assert build(core.fact_user_days, instance) == [True] * len(first)
+            snapshots = build(ml.propensity_features, instance)
+            assert not any(snapshots)
+            assert build(ml.propensity_features, instance) == [True] * len(snapshots)
+
+            with duckdb.connect(str(copy)) as con:
+                con.execute(
+                    "UPDATE core.events SET price = price + 1 WHERE rowid = (SELECT min(rowid) "
+                    "FROM core.events WHERE event_type = 'purchase' "
+                    "AND event_time >= TIMESTAMP '2019-11-30')"
+                )
+            assert build(core.fact_user_days, instance) == [True] * (len(first) - 1) + [False]
+            assert build(ml.propensity_features, instance) == [True] * (len(snapshots) - 1) + [
+                False
+            ]
+            con = duckdb.connect(str(copy), read_only=True)
+            try:
+                november = SqlTable("core", "events", "event_time >= TIMESTAMP '2019-11-01'")
+                chunks = user_days_chunks(con, november, datetime(2019, 12, 1), 1_000_000)
+            finally:
+                con.close()
+            assert stored(user_days).equals(full_build([c.select for c in chunks]))
+            plan = prop.plan_snapshots(
+                *_query(copy, "SELECT min(event_time), max(event_time) FROM core.events").row(0)
+            )
+            assert stored(features).equals(full_build(list(snapshot_selects(plan).values())))
