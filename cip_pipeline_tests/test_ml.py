@@ -253,13 +253,7 @@ def test_model_scores_and_simulation_are_rebuilt_identically(
 ) -> None:
     """Materializing again on the same warehouse gives the same booster, scores and simulated
     experiment (row order of the tables they read varies between builds; they must not)."""
-    root = tmp_path / "data"
-    shutil.copytree(
-        warehouse.parent.parent, root, ignore=shutil.ignore_patterns("spill", "dagster_home")
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CIP_DATA_DIR", str(root))
-        defs = definitions.build_definitions()
+    rebuilt, defs = _warehouse_copy(warehouse, tmp_path)
     again = [
         ml.propensity_features,
         ml.propensity_model,
@@ -269,7 +263,6 @@ def test_model_scores_and_simulation_are_rebuilt_identically(
     with dg.DagsterInstance.ephemeral() as instance:
         summary = execute(defs, ALL_MONTHS_JOB, instance, "again", assets=again)
     assert summary.success, summary.failures
-    rebuilt = root / "warehouse" / "cip.duckdb"
     boosters = "SELECT booster FROM ml.model_registry ORDER BY version DESC LIMIT 1"
     assert _query(rebuilt, boosters)["booster"][0] == _query(warehouse, boosters)["booster"][0]
     for query in (
@@ -605,17 +598,23 @@ def test_recommendation_offline_evaluation_equals_an_independent_count(warehouse
         )
 
 
-def test_offline_evaluation_is_reused_only_while_what_it_reads_is_unchanged(
-    warehouse: Path, tmp_path: Path
-) -> None:
+def _warehouse_copy(warehouse: Path, tmp_path: Path) -> tuple[Path, dg.Definitions]:
+    """A copy of the module's data directory (without its Dagster home), and definitions
+    over it."""
     root = tmp_path / "data"
     shutil.copytree(
         warehouse.parent.parent, root, ignore=shutil.ignore_patterns("spill", "dagster_home")
     )
-    copy = root / "warehouse" / "cip.duckdb"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CIP_DATA_DIR", str(root))
         defs = definitions.build_definitions()
+    return root / "warehouse" / "cip.duckdb", defs
+
+
+def test_offline_evaluation_is_reused_only_while_what_it_reads_is_unchanged(
+    warehouse: Path, tmp_path: Path
+) -> None:
+    copy, defs = _warehouse_copy(warehouse, tmp_path)
     with dg.DagsterInstance.from_config(str(warehouse.parent.parent / "dagster_home")) as home:
         original = home.get_latest_materialization_event(ml.recommendations.key)
     assert original is not None and original.asset_materialization is not None
@@ -657,14 +656,8 @@ def test_late_rows_rebuild_only_the_user_day_chunks_and_snapshots_that_read_them
     """The nightly case: a late purchase on the month's last day. Of November's user-days only
     the chunk holding that day is built again, of the propensity snapshots only the score
     snapshot (the labelled ones read no day that late); what is stored equals a full build."""
-    root = tmp_path / "data"
-    shutil.copytree(
-        warehouse.parent.parent, root, ignore=shutil.ignore_patterns("spill", "dagster_home")
-    )
-    copy = root / "warehouse" / "cip.duckdb"
+    copy, defs = _warehouse_copy(warehouse, tmp_path)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CIP_DATA_DIR", str(root))
-        defs = definitions.build_definitions()
         # about a week of the sample's events per user-day chunk
         patch.setattr(core, "BYTES_PER_EVENT", 5_000)
 
