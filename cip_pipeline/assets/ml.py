@@ -81,22 +81,7 @@ def propensity_features(
 def snapshot_selects(plan: prop.SnapshotPlan) -> dict[str, str]:
     """One SELECT per snapshot of the plan (`propensity_snapshot` in ml.sql), by its label:
     stored one after the other, memory holds one snapshot's users at a time."""
-    return {
-        _snapshot_label(cutoff, role): sql.statement(
-            "ml",
-            "propensity_snapshot",
-            cutoff=f"{cutoff:%Y-%m-%d %H:%M:%S}",
-            role=role,
-            labelled=str(labelled).lower(),
-            window_days=str(plan.window_days),
-            horizon_days=str(plan.horizon_days),
-        )
-        for cutoff, role, labelled in plan.cutoffs()
-    }
-
-
-def _snapshot_label(cutoff: datetime, role: str) -> str:
-    return f"{cutoff:%Y-%m-%d} ({role})"
+    return {c.label: c.select for c in snapshot_chunks(plan, [])}
 
 
 def snapshot_chunks(
@@ -106,17 +91,24 @@ def snapshot_chunks(
     reads (`snapshot_input_days`: user-days before the cutoff, or before the end of the label
     window, and sessions started before the cutoff). Late rows for the last days of the data
     leave the earlier snapshots' stored rows in place."""
-    selects = snapshot_selects(plan)
     horizon = timedelta(days=plan.horizon_days)
     chunks = []
     for cutoff, role, labelled in plan.cutoffs():
+        select = sql.statement(
+            "ml",
+            "propensity_snapshot",
+            cutoff=f"{cutoff:%Y-%m-%d %H:%M:%S}",
+            role=role,
+            labelled=str(labelled).lower(),
+            window_days=str(plan.window_days),
+            horizon_days=str(plan.horizon_days),
+        )
         reads_until = {"user_days": cutoff + horizon if labelled else cutoff, "sessions": cutoff}
         read = [(n, h) for source, day, n, h in inputs if day < reads_until[source]]
-        select = selects[_snapshot_label(cutoff, role)]
         chunks.append(
             Chunk(
                 select,
-                label=_snapshot_label(cutoff, role),
+                label=f"{cutoff:%Y-%m-%d} ({role})",
                 fingerprint=fingerprint(select, read),
                 keep=f"snapshot = TIMESTAMP '{cutoff:%Y-%m-%d %H:%M:%S}'",
             )
@@ -407,11 +399,11 @@ def recommendations(
         first, last = con.execute(sql.statement("ml", "data_range")).fetchall()[0]
         plan = prop.plan_snapshots(first, last, config.horizon_days)
         if plan.validation is not None:
-            evaluation, fingerprint = _offline_evaluation(context, con, config, plan.validation)
+            evaluation, inputs = _offline_evaluation(context, con, config, plan.validation)
             context.add_output_metadata(
                 {
                     EVALUATION: dg.MetadataValue.json(evaluation),
-                    EVALUATION_FINGERPRINT: dg.MetadataValue.text(fingerprint),
+                    EVALUATION_FINGERPRINT: dg.MetadataValue.text(inputs),
                 }
             )
         else:
@@ -441,14 +433,14 @@ def _offline_evaluation(
     until = validation + timedelta(days=config.horizon_days)
     read = con.execute(
         sql.statement("ml", "evaluation_input_fingerprint", until=f"{until:%Y-%m-%d %H:%M:%S}")
-    ).fetchone()[0]
-    fingerprint = f"code {sql.digest(query)}; events {read}"
+    ).fetchall()
+    inputs = fingerprint(query, read)
     previous = recorded(context.instance, context.asset_key)
-    if previous.get(EVALUATION_FINGERPRINT) == fingerprint:
+    if previous.get(EVALUATION_FINGERPRINT) == inputs:
         reused = previous.get(EVALUATION)
         if isinstance(reused, dict):
             context.log.info("offline evaluation reused: its events and code are unchanged")
-            return reused, fingerprint
+            return reused, inputs
     row = con.execute(query).fetchall()[0]
     names = [
         "users",
@@ -459,7 +451,7 @@ def _offline_evaluation(
     ]
     evaluation: dict[str, object] = {k: float(v or 0) for k, v in zip(names, row, strict=True)}
     evaluation["cutoff"] = cutoff
-    return evaluation, fingerprint
+    return evaluation, inputs
 
 
 ASSETS = [

@@ -321,8 +321,9 @@ QUALIFY rank <= 10
 -- name: evaluation_input_fingerprint
 -- Every event the offline evaluation reads (all before the cutoff plus the horizon after it),
 -- as an order-free hash sum of the columns it uses.
-SELECT count(*) || ' ' || coalesce(sum(hash(event_time, event_type, product_id, category_id,
-                                             brand, price, user_id, user_session)), 0)
+SELECT count(*) AS n,
+       coalesce(sum(hash(event_time, event_type, product_id, category_id, brand, price,
+                         user_id, user_session)), 0) AS content
 FROM core.events
 WHERE event_time < TIMESTAMP '{until}'
 
