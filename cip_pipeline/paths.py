@@ -24,3 +24,8 @@ def warehouse_path() -> Path:
 
 def dagster_home() -> Path:
     return data_dir() / "dagster_home"
+
+
+def lake_parts(folder: Path) -> list[Path]:
+    """A month's files in the lake (events or quarantine), in the order they were written."""
+    return sorted(folder.glob("part-*.parquet"))

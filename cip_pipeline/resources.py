@@ -12,6 +12,7 @@ from cip_pipeline import paths, sql
 from cip_pipeline.budget import Budget
 from cip_pipeline.duckdb_locks import connect_waiting
 from cip_pipeline.months import month_of_raw_file, raw_file_name
+from cip_pipeline.paths import lake_parts
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -85,11 +86,19 @@ class LakeResource(dg.ConfigurableResource):
     raw_dir: str = Field(default_factory=lambda: str(paths.raw_dir()))
     lake_dir: str = Field(default_factory=lambda: str(paths.lake_dir()))
 
-    def events_path(self, month: str) -> Path:
-        return Path(self.lake_dir) / "events" / f"month={month}" / "events.parquet"
+    def events_dir(self, month: str) -> Path:
+        """The month's events Parquet: one part per ingest that read new bytes of the raw file."""
+        return Path(self.lake_dir) / "events" / f"month={month}"
 
-    def quarantine_path(self, month: str) -> Path:
-        return Path(self.lake_dir) / "quarantine" / f"month={month}" / "quarantine.parquet"
+    def quarantine_dir(self, month: str) -> Path:
+        """The month's quarantine: per events part, a file of the same name."""
+        return Path(self.lake_dir) / "quarantine" / f"month={month}"
+
+    def events_parts(self, month: str) -> list[Path]:
+        return lake_parts(self.events_dir(month))
+
+    def quarantine_parts(self, month: str) -> list[Path]:
+        return lake_parts(self.quarantine_dir(month))
 
     def raw_file(self, month: str) -> Path | None:
         """The month's raw file; `.csv` wins over `.csv.gz` when both exist."""

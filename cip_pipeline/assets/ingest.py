@@ -3,7 +3,7 @@
 import json
 import warnings
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from cip_pipeline import sql
 from cip_pipeline.assets.common import fetch_row, recorded
 from cip_pipeline.ingest import reader
 from cip_pipeline.io_managers import SqlQuery, SqlTable
-from cip_pipeline.io_managers.tables import PARTITION_EXPR, TimeSlice
+from cip_pipeline.io_managers.tables import PARTITION_EXPR, Chunk, TimeSlice
 from cip_pipeline.months import raw_file_name
 from cip_pipeline.partitions import WAREHOUSE_POOL, month_of_partition, month_window, monthly
 from cip_pipeline.resources import LakeResource, WarehouseResource
@@ -37,10 +37,12 @@ def _raw_file(lake: LakeResource, partition_key: str) -> Path:
 
 
 def _lake_counts(lake: LakeResource, month: str) -> tuple[int, dict[str, int]]:
-    """Rows in the month's events Parquet (from its footer), and quarantined rows by reason."""
-    parquet_rows = pq.ParquetFile(lake.events_path(month)).metadata.num_rows
-    reasons = pl.read_parquet(lake.quarantine_path(month), columns=["reason"])["reason"]
-    return parquet_rows, dict(reasons.value_counts().iter_rows())
+    """Rows in the month's events Parquet (from the parts' footers), and quarantined rows by
+    reason."""
+    parquet_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in lake.events_parts(month))
+    quarantine = lake.quarantine_parts(month)
+    reasons = pl.read_parquet(quarantine, columns=["reason"])["reason"] if quarantine else []
+    return parquet_rows, dict(pl.Series(reasons, dtype=pl.String).value_counts().iter_rows())
 
 
 def _parquet_schema(path: Path) -> dg.TableSchema:
@@ -48,12 +50,16 @@ def _parquet_schema(path: Path) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
 
 
+LAKE_STATE = "lake_state"  # events_parquet metadata: the LakeState the next ingest starts from
+
+
 @dg.asset(
     partitions_def=monthly,
     group_name="ingest",
     kinds={"polars", "parquet"},
     description="The month's raw REES46 file, every row validated, typed and written as ZSTD "
-    "Parquet in the lake; rejected rows go to the quarantine with a reason.",
+    "Parquet in the lake; rejected rows go to the quarantine with a reason. When the file only "
+    "grew since the last run, only the appended bytes are read, into a new part.",
 )
 def events_parquet(
     context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource
@@ -61,23 +67,40 @@ def events_parquet(
     month = month_of_partition(context.partition_key)
     raw = _raw_file(lake, context.partition_key)
     start, end = month_window(context.partition_key)
-    events_out, quarantine_out = lake.events_path(month), lake.quarantine_path(month)
+    previous = reader.LakeState.from_json(
+        recorded(context.instance, events_parquet.key, context.partition_key).get(LAKE_STATE)
+    )
     try:
-        result = reader.ingest_month(raw, start, end, events_out, quarantine_out, warehouse.scratch)
+        result = reader.ingest_month(
+            raw,
+            start,
+            end,
+            lake.events_dir(month),
+            lake.quarantine_dir(month),
+            warehouse.scratch,
+            previous,
+        )
     except reader.RawFileError as exc:
         raise dg.Failure(description=str(exc)) from exc
     raw_bytes = raw.stat().st_size
-    parquet_bytes = events_out.stat().st_size
+    parts = lake.events_parts(month)
+    parquet_bytes = sum(p.stat().st_size for p in parts)
+    new = result.parts[-1] if result.mode != "unchanged" else None
     context.log.info(
-        f"{month}: {result.rows_in:,} rows in, {result.rows_loaded:,} to load, "
+        f"{month}: {result.mode} read ({result.why or 'bytes appended since the last run'}); "
+        f"{result.rows_in:,} rows in, {result.rows_loaded:,} to load, "
         f"{sum(result.quarantined.values()):,} quarantined, "
-        f"{result.duplicates:,} duplicates, {result.seconds:.1f} s"
+        f"{result.duplicates:,} duplicates; {new.raw_rows if new else 0:,} rows read in "
+        f"{result.seconds:.1f} s"
     )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(result.rows_valid),
-            "dagster/column_schema": _parquet_schema(events_out),
+            "dagster/column_schema": _parquet_schema(parts[-1]),
+            "read": dg.MetadataValue.text(result.mode),
+            "read_whole_because": dg.MetadataValue.text(result.why),
             "raw_rows": dg.MetadataValue.int(result.raw_rows),
+            "raw_rows_read": dg.MetadataValue.int(new.raw_rows if new else 0),
             "rows_in": dg.MetadataValue.int(result.rows_in),
             "rows_valid": dg.MetadataValue.int(result.rows_valid),
             "rows_loaded": dg.MetadataValue.int(result.rows_loaded),
@@ -86,15 +109,17 @@ def events_parquet(
             "quarantine_by_reason": dg.MetadataValue.json(result.quarantined),
             "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
             "rows_per_second": dg.MetadataValue.int(
-                round(result.rows_in / max(result.seconds, 1e-9))
+                round((new.raw_rows if new else 0) / max(result.seconds, 1e-9))
             ),
             "raw_file": dg.MetadataValue.path(str(raw)),
             "raw_bytes": dg.MetadataValue.int(raw_bytes),
-            "parquet": dg.MetadataValue.path(str(events_out)),
+            "parquet": dg.MetadataValue.path(str(lake.events_dir(month))),
+            "parquet_parts": dg.MetadataValue.int(len(parts)),
             "parquet_bytes": dg.MetadataValue.int(parquet_bytes),
             "size_reduction": dg.MetadataValue.float(
                 round(1 - parquet_bytes / max(raw_bytes, 1), 4)
             ),
+            LAKE_STATE: dg.MetadataValue.json(result.state.to_json()),
         }
     )
 
@@ -143,7 +168,7 @@ def events_parquet_checks(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, warehouse: WarehouseResource
 ) -> Iterator[dg.AssetCheckResult]:
     month = month_of_partition(context.partition_key)
-    events = lake.events_path(month)
+    parts = lake.events_parts(month)
     raw_rows = recorded_raw_rows(context.instance, context.partition_key, lake)
     parquet_rows, reasons = _lake_counts(lake, month)
     duplicates = reasons.pop(reader.DUPLICATE, 0)
@@ -159,20 +184,24 @@ def events_parquet_checks(
         },
     )
 
-    actual = pl.read_parquet_schema(events)
-    mismatched = [
-        f"{name}: {actual.get(name, 'missing')} != {dtype}"
-        for name, dtype in reader.EVENTS_SCHEMA.items()
-        if actual.get(name) != dtype
-    ]
-    mismatched += [f"{name}: unexpected" for name in actual if name not in reader.EVENTS_SCHEMA]
+    mismatched = []
+    for part in parts:
+        actual = pl.read_parquet_schema(part)
+        mismatched += [
+            f"{part.name} {name}: {actual.get(name, 'missing')} != {dtype}"
+            for name, dtype in reader.EVENTS_SCHEMA.items()
+            if actual.get(name) != dtype
+        ]
+        mismatched += [
+            f"{part.name} {name}: unexpected" for name in actual if name not in reader.EVENTS_SCHEMA
+        ]
     yield dg.AssetCheckResult(
         check_name="schema_and_types", passed=not mismatched, metadata={"mismatched": mismatched}
     )
 
     yield quarantine_rate(invalid, duplicates, raw_rows)
     with warehouse.scratch() as con:
-        profile = events_profile(con, f"read_parquet({sql.quote_path(events)})")
+        profile = events_profile(con, f"read_parquet({sql.quote_paths(parts)})")
     yield from row_checks(profile, *month_window(context.partition_key))
 
 
@@ -256,14 +285,53 @@ def row_checks(
 )
 def core_events(context: dg.AssetExecutionContext, lake: LakeResource) -> SqlQuery:
     month = month_of_partition(context.partition_key)
-    return SqlQuery(
-        sql.statement(
+    return SqlQuery.chunked(load_chunks(lake, month, *month_window(context.partition_key)))
+
+
+def load_chunks(lake: LakeResource, month: str, start: datetime, end: datetime) -> list[Chunk]:
+    """A chunk per day of the month's events, reading the lake parts that hold rows of that
+    day. The parts' names are unique to what they hold, so a chunk's SQL is its fingerprint:
+    after an append, only the days the new part touches are loaded again."""
+    parts = lake.events_parts(month)
+    day_parts: dict[datetime, list[Path]] = {}
+    for part in parts:
+        for day in _days_covered(part, start, end):
+            day_parts.setdefault(day, []).append(part)
+    quarantine = lake.quarantine_dir(month)
+    chunks = []
+    for day, on_day in sorted(day_parts.items()) or [(start, parts)]:
+        # A month without rows still gets a (empty) load over the whole month.
+        day_end = day + timedelta(days=1) if day_parts else end
+        select = sql.statement(
             "ingest",
             "load_events",
-            events_parquet=sql.quote_path(lake.events_path(month)),
-            quarantine_parquet=sql.quote_path(lake.quarantine_path(month)),
+            events_parquet=sql.quote_paths(on_day),
+            quarantine_parquet=sql.quote_paths(quarantine / p.name for p in on_day),
+            day_start=sql.timestamp(day),
+            day_end=sql.timestamp(day_end),
         )
-    )
+        keep = TimeSlice("event_time", day, day_end).predicate()
+        chunks.append(Chunk(select, f"{day:%Y-%m-%d}", sql.digest(select), keep))
+    return chunks
+
+
+def _days_covered(part: Path, start: datetime, end: datetime) -> set[datetime]:
+    """The days of [start, end) that a part's row groups cover, from their event_time
+    statistics (every day of the window for a row group without them)."""
+    meta = pq.ParquetFile(part).metadata
+    column = meta.schema.names.index("event_time")
+    days: set[datetime] = set()
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        if not group.num_rows:
+            continue
+        stats = group.column(column).statistics
+        low, high = (stats.min, stats.max) if stats and stats.has_min_max else (start, end)
+        day = max(low, start).replace(hour=0, minute=0, second=0, microsecond=0)
+        while day < min(high + timedelta(microseconds=1), end):
+            days.add(day)
+            day += timedelta(days=1)
+    return days
 
 
 CORE_EVENTS_COLUMNS = {
@@ -322,7 +390,7 @@ def core_events_checks(
             sql.statement(
                 "ingest",
                 "parquet_time_range",
-                events_parquet=sql.quote_path(lake.events_path(month)),
+                events_parquet=sql.quote_paths(lake.events_parts(month)),
             )
         ).fetchone()
     rows = profile["rows"]

@@ -291,22 +291,25 @@ def warehouse_bytes() -> int:
 
 
 @st.cache_data(ttl=FILE_TTL_SECONDS, show_spinner=False)
-def _parquet_columns(path: str, version: tuple[int, ...]) -> pl.DataFrame:
+def _parquet_columns(parts: tuple[str, ...]) -> pl.DataFrame:
+    """Part names are unique to their contents: the list of them is the cache key."""
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
-    meta = parquet.metadata
-    schema = parquet.schema_arrow
+    files = [pq.ParquetFile(p) for p in parts]
+    meta, schema = files[0].metadata, files[0].schema_arrow
     records = []
     for i in range(meta.num_columns):
-        chunks = [meta.row_group(g).column(i) for g in range(meta.num_row_groups)]
-        first = meta.row_group(0).column(i) if meta.num_row_groups else None
+        chunks = [
+            f.metadata.row_group(g).column(i)
+            for f in files
+            for g in range(f.metadata.num_row_groups)
+        ]
         records.append(
             {
                 "column": meta.schema.column(i).name,
                 "parquet_physical": meta.schema.column(i).physical_type,
                 "arrow_type": str(schema.field(meta.schema.column(i).name).type),
-                "compression": first.compression if first is not None else None,
+                "compression": chunks[0].compression if chunks else None,
                 "compressed_bytes": sum(c.total_compressed_size for c in chunks),
                 "uncompressed_bytes": sum(c.total_uncompressed_size for c in chunks),
             }
@@ -315,11 +318,12 @@ def _parquet_columns(path: str, version: tuple[int, ...]) -> pl.DataFrame:
 
 
 def parquet_columns(month: str) -> pl.DataFrame | None:
-    """Per column of a month's events Parquet: types, codec, compressed and raw bytes."""
-    path = paths.lake_dir() / "events" / f"month={month}" / "events.parquet"
-    if not path.exists():
+    """Per column of a month's events Parquet (all its parts): types, codec, compressed and
+    raw bytes."""
+    parts = paths.lake_parts(paths.lake_dir() / "events" / f"month={month}")
+    if not parts:
         return None
-    return _parquet_columns(str(path), file_version(path))
+    return _parquet_columns(tuple(str(p) for p in parts))
 
 
 @dataclass(frozen=True)
@@ -414,14 +418,16 @@ def materializations() -> pl.DataFrame | None:
 
 
 def lake_written() -> dict[str, datetime]:
-    """When each month's events Parquet was written: freshness without a Dagster home."""
+    """When each month's events Parquet was last written to: freshness without a Dagster
+    home."""
     written: dict[str, datetime] = {}
-    for f in (paths.lake_dir() / "events").glob("month=*/events.parquet"):
+    for f in (paths.lake_dir() / "events").glob("month=*/part-*.parquet"):
         try:
             mtime = f.stat().st_mtime
         except FileNotFoundError:
             continue
-        written[f.parent.name.removeprefix("month=")] = datetime.fromtimestamp(mtime, UTC)
+        month, when = f.parent.name.removeprefix("month="), datetime.fromtimestamp(mtime, UTC)
+        written[month] = max(when, written.get(month, when))  # the newest part
     return written
 
 

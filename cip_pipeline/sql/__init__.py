@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from functools import cache
 from importlib.resources import files
@@ -51,6 +52,11 @@ def digest(*texts: str) -> str:
 def quote_path(path: object) -> str:
     """A file path as a SQL string literal."""
     return "'" + str(path).replace("'", "''") + "'"
+
+
+def quote_paths(paths: Iterable[object]) -> str:
+    """File paths as a SQL list of string literals."""
+    return "[" + ", ".join(quote_path(p) for p in paths) + "]"
 
 
 def timestamp(value: datetime) -> str:

@@ -32,8 +32,52 @@ SELECT file_row_number AS parquet_row,
 FROM ranked
 WHERE copy_number > 1
 
+-- name: duplicate_rows_appended
+-- The same for a part read from bytes appended to the raw file: its rows that copy a row
+-- earlier in it, or in an earlier part of the month ({earlier_parquet}). Exact copies share
+-- the event time, so the earlier parts are read over the part's time range only, from the few
+-- row groups that cover it.
+WITH part AS (
+    SELECT *,
+           hash(event_time, event_type, product_id, category_id, category_code, brand,
+                price, user_id, user_session) AS h
+    FROM read_parquet({events_parquet}, file_row_number = true)
+),
+earlier AS (
+    SELECT *,
+           hash(event_time, event_type, product_id, category_id, category_code, brand,
+                price, user_id, user_session) AS h
+    FROM read_parquet({earlier_parquet})
+    WHERE event_time BETWEEN {first_time} AND {last_time}
+),
+candidates AS (
+    SELECT 0 AS source, -1::BIGINT AS file_row_number, * EXCLUDE (h)
+    FROM earlier
+    WHERE h IN (SELECT h FROM part)
+    UNION ALL
+    SELECT 1, file_row_number, * EXCLUDE (h, file_row_number)
+    FROM part
+    WHERE h IN (SELECT h FROM earlier)
+       OR h IN (SELECT h FROM part GROUP BY h HAVING count(*) > 1)
+),
+ranked AS (
+    SELECT *, row_number() OVER (
+        PARTITION BY event_time, event_type, product_id, category_id, category_code, brand,
+                     price, user_id, user_session
+        ORDER BY source, file_row_number) AS copy_number
+    FROM candidates
+)
+SELECT file_row_number AS parquet_row,
+       concat_ws(',', strftime(event_time, '%Y-%m-%d %H:%M:%S UTC'), event_type,
+                 product_id, category_id, coalesce(category_code, ''), coalesce(brand, ''),
+                 price, user_id, coalesce(user_session::UUID::VARCHAR, '')) AS raw_line
+FROM ranked
+WHERE source = 1 AND copy_number > 1
+
 -- name: load_events
--- The month's events as the warehouse stores them, duplicates left out.
+-- A day of the month's events as the warehouse stores them, duplicates left out. It reads the
+-- lake parts that hold rows of the day ({events_parquet}; their quarantine files are
+-- {quarantine_parquet}), and of them only the row groups that cover the day.
 SELECT event_time,
        event_type::event_type AS event_type,
        product_id,
@@ -43,10 +87,13 @@ SELECT event_time,
        price,
        user_id,
        user_session::UUID AS user_session
-FROM read_parquet({events_parquet}, file_row_number = true)
+FROM read_parquet({events_parquet}, filename = true, file_row_number = true) AS e
 ANTI JOIN (
-    SELECT parquet_row FROM read_parquet({quarantine_parquet}) WHERE reason = 'duplicate'
-) AS d ON d.parquet_row = file_row_number
+    SELECT parse_filename(filename) AS part, parquet_row
+    FROM read_parquet({quarantine_parquet}, filename = true)
+    WHERE reason = 'duplicate'
+) AS d ON d.part = parse_filename(e.filename) AND d.parquet_row = e.file_row_number
+WHERE e.event_time >= {day_start} AND e.event_time < {day_end}
 
 -- name: events_profile
 -- What the row checks need of a month's events, in one scan of {events}: the lake's Parquet,
