@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import dagster as dg
 
@@ -24,6 +24,29 @@ def month_of_partition(key: str) -> str:
 def month_window(key: str) -> tuple[datetime, datetime]:
     start, end = month_bounds(month_of_partition(key))
     return datetime(start.year, start.month, 1), datetime(end.year, end.month, 1)
+
+
+# A month's events are loaded, and its sessions built, in spans of this many days, each kept
+# while what it reads is unchanged: fine enough that late rows rebuild little, coarse enough
+# that each span reads several row groups in parallel (at 110 M events, one chunk a day made the
+# load 40% slower than one for the month, spans of three days 15%).
+SPAN_DAYS = 3
+
+
+def span_start(day: datetime, month_start: datetime) -> datetime:
+    """The first day of the span of the month that holds `day`."""
+    return month_start + timedelta(days=(day - month_start).days // SPAN_DAYS * SPAN_DAYS)
+
+
+def month_spans(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """The month [start, end) as [since, until) spans of SPAN_DAYS days (the last may be
+    shorter)."""
+    starts = []
+    day = start
+    while day < end:
+        starts.append(day)
+        day += timedelta(days=SPAN_DAYS)
+    return list(zip(starts, [*starts[1:], end], strict=True))
 
 
 __all__ = ["WAREHOUSE_POOL", "month_of_partition", "month_window", "monthly", "partition_key"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -70,16 +71,27 @@ def _write(path: Path, lines: list[str], eol: str = "\n", final_eol: bool = True
     return path
 
 
-def _ingest(raw: Path, tmp: Path) -> tuple[reader.IngestResult, pl.DataFrame, pl.DataFrame]:
+def _ingest(
+    raw: Path, tmp: Path, previous: reader.LakeState | None = None
+) -> tuple[reader.IngestResult, pl.DataFrame, pl.DataFrame]:
+    """Ingest into `tmp`'s lake folders; the events and quarantine of every part, in order."""
     warehouse = WarehouseResource(path=str(tmp / "w" / "scratch.duckdb"))
     result = reader.ingest_month(
-        raw, *OCT, tmp / "events.parquet", tmp / "quarantine.parquet", warehouse.scratch
+        raw, *OCT, tmp / "events", tmp / "quarantine", warehouse.scratch, previous
     )
     return (
         result,
-        pl.read_parquet(tmp / "events.parquet"),
-        pl.read_parquet(tmp / "quarantine.parquet"),
+        pl.concat([pl.read_parquet(p) for p in _parts(tmp / "events")]),
+        pl.concat([pl.read_parquet(p) for p in _parts(tmp / "quarantine")]),
     )
+
+
+def _parts(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.parquet"))
+
+
+def _lake_files(tmp: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(tmp)): p.read_bytes() for p in tmp.glob("[eq]*/*")}
 
 
 @pytest.mark.parametrize(
@@ -154,7 +166,8 @@ def test_row_groups_in_file_order_and_by_product_within(
     expected = [(1, 103), (3, 101), (7, 100), (7, 102)]
     expected += [(2, 106), (2, 107), (3, 104), (9, 105), (1, 109), (5, 108)]
     assert list(events.select("product_id", "user_id").iter_rows()) == expected
-    assert pq.ParquetFile(tmp_path / "events.parquet").metadata.num_row_groups == 3
+    (part,) = _parts(tmp_path / "events")
+    assert pq.ParquetFile(part).metadata.num_row_groups == 3
 
 
 def test_cut_off_last_line_without_newline(tmp_path: Path) -> None:
@@ -171,28 +184,129 @@ def test_wrong_header_is_a_clear_error(tmp_path: Path) -> None:
     raw.write_text("time,type\n" + GOOD + "\n")
     with pytest.raises(reader.RawFileError, match="unexpected header"):
         _ingest(raw, tmp_path)
-    assert not (tmp_path / "events.parquet").exists()
+    assert not _parts(tmp_path / "events")
 
 
+@pytest.mark.parametrize("appended", [False, True])
 def test_failure_keeps_the_previous_month_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, appended: bool
 ) -> None:
     raw = _write(tmp_path / "m.csv", [GOOD])
-    _ingest(raw, tmp_path)
-    before = (tmp_path / "events.parquet").read_bytes()
+    first, _, _ = _ingest(raw, tmp_path)
+    before = _lake_files(tmp_path)
     _write(raw, [GOOD, GOOD.replace("00:00:04", "00:00:09")])
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(reader.pq, "ParquetFile", broken)
+    monkeypatch.setattr(reader, "_write_lake_files", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        _ingest(raw, tmp_path)
-    assert (tmp_path / "events.parquet").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.glob("*.parquet*")) == [
-        "events.parquet",
-        "quarantine.parquet",
-    ]
+        _ingest(raw, tmp_path, first.state if appended else None)
+    assert _lake_files(tmp_path) == before  # no temporary file left either
+
+
+LATE = [
+    GOOD,  # a copy of a row of the first part
+    GOOD.replace("00:00:04", "23:10:00"),
+    GOOD.replace("00:00:04", "23:10:00"),  # a copy of a row of the appended part
+    GOOD[:60],  # cut off
+    "2019-10-31 23:59:59 UTC" + GOOD[23:].replace(",view,", ",wishlist,"),
+    # the first part's last row again
+    "2019-10-31 23:59:59 UTC,view,5,6,a.b,brand,1.50,7,00000000-0000-4000-8000-000000000000",
+]
+
+
+def _multiset(frame: pl.DataFrame) -> list[tuple[object, ...]]:
+    return sorted(frame.iter_rows(), key=repr)
+
+
+def test_appended_bytes_become_a_part_equal_to_reading_the_whole_file(tmp_path: Path) -> None:
+    """The file grows by late rows: only they are read, into a second part, and the month
+    holds what a whole read of the grown file gives: the same rows, the same invalid rows at
+    the same lines, and the same copies counted as duplicates (across parts too)."""
+    raw = _write(tmp_path / "m.csv", [line for line, _ in CORPUS])
+    first, _, _ = _ingest(raw, tmp_path / "lake")
+    with raw.open("a") as f:
+        f.write("\n".join(LATE) + "\n")
+    result, events, quarantine = _ingest(raw, tmp_path / "lake", first.state)
+    assert (result.mode, len(result.parts)) == ("appended", 2)
+    assert result.parts[0] == first.parts[0]
+    assert result.parts[1].raw_rows == len(LATE)
+
+    whole, whole_events, whole_quarantine = _ingest(raw, tmp_path / "whole")
+    assert whole.mode == "full"
+    assert _multiset(events) == _multiset(whole_events)
+    invalid = ["line", "reason", "raw_line"]
+    assert _multiset(quarantine.filter(pl.col("reason") != "duplicate").select(invalid)) == (
+        _multiset(whole_quarantine.filter(pl.col("reason") != "duplicate").select(invalid))
+    )
+    by_hand = {"wrong_column_count": 1, "unknown_event_type": 1}
+    assert result.parts[1].quarantined == by_hand
+    assert result.parts[1].duplicates == 3  # LATE[0], LATE[2] and LATE[5]
+    assert (result.quarantined, result.duplicates) == (whole.quarantined, whole.duplicates)
+    assert (result.rows_in, result.rows_loaded) == (whole.rows_in, whole.rows_loaded)
+    assert result.raw_rows == whole.raw_rows == reader.count_raw_rows(raw)
+    # The appended part's duplicates point at its own rows.
+    part = pl.read_parquet(_parts(tmp_path / "lake" / "events")[1]).with_row_index("row")
+    dups = pl.read_parquet(_parts(tmp_path / "lake" / "quarantine")[1]).filter(
+        pl.col("reason") == "duplicate"
+    )
+    assert sorted(dups["raw_line"]) == sorted([LATE[0], LATE[2], LATE[5]])
+    late_copy = part.filter(pl.col("event_time") == datetime(2019, 10, 1, 23, 10))["row"][1]
+    first_copies = part.filter(
+        pl.col("event_time").is_in(
+            [datetime(2019, 10, 1, 0, 0, 4), datetime(2019, 10, 31, 23, 59, 59)]
+        )
+    )["row"]
+    assert sorted(dups["parquet_row"]) == sorted([late_copy, *first_copies])
+    # Nothing new: nothing read, nothing written.
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "lake").glob("*/*.parquet")}
+    again, _, _ = _ingest(raw, tmp_path / "lake", result.state)
+    assert (again.mode, again.state) == ("unchanged", result.state)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lake").glob("*/*.parquet")} == files
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ("rewrite", "bytes changed since the last ingest"),
+        ("shrink", "smaller than at the last ingest"),
+        ("open_line", "ended inside a line"),
+        ("reader", "the reader changed"),
+        ("lost_part", "is missing"),
+        ("gzip", "gzip file is read whole"),
+    ],
+)
+def test_a_file_that_did_not_only_grow_is_read_whole(tmp_path: Path, change: str, why: str) -> None:
+    lines = [line for line, _ in CORPUS]
+    raw = _write(
+        tmp_path / ("m.csv.gz" if change == "gzip" else "m.csv"),
+        lines,
+        final_eol=change != "open_line",
+    )
+    first, _, _ = _ingest(raw, tmp_path)
+    previous = first.state
+    if change == "rewrite":
+        _write(raw, [lines[0].replace("1081.98", "1081.99"), *lines[1:], GOOD])
+    elif change == "shrink":
+        _write(raw, lines[:-1])
+    elif change == "gzip":
+        _write(raw, [*lines, GOOD])
+    else:
+        with raw.open("a") as f:
+            f.write("\n" + GOOD + "\n")
+    if change == "reader":
+        previous = replace(previous, reader_version="another")
+    if change == "lost_part":
+        (tmp_path / "events" / previous.parts[0].name).unlink()
+    result, events, _ = _ingest(raw, tmp_path, previous)
+    assert result.mode == "full" and why in result.why
+    assert [p.name for p in _parts(tmp_path / "events")] == [result.parts[0].name]
+    assert [p.name for p in _parts(tmp_path / "quarantine")] == [result.parts[0].name]
+    assert result.parts[0].name != previous.parts[0].name
+    whole, whole_events, _ = _ingest(raw, tmp_path / "whole")
+    assert _multiset(events) == _multiset(whole_events)
+    assert result.raw_rows == whole.raw_rows == reader.count_raw_rows(raw)
 
 
 def test_real_head(tmp_path: Path, real_head: Path) -> None:

@@ -14,6 +14,7 @@ from cip_pipeline import definitions
 from cip_pipeline.assets.ingest import recorded_raw_rows
 from cip_pipeline.generator import generate
 from cip_pipeline.ingest import reader
+from cip_pipeline.partitions import SPAN_DAYS
 from cip_pipeline.resources import LakeResource
 from cip_pipeline.runner import run_pipeline
 from cip_pipeline_tests import rees46_stats as st
@@ -119,7 +120,8 @@ def test_failed_load_keeps_the_previous_partition(data_dir: Path) -> None:
     assert _materialize().success
     before = _events(data_dir)
     # The lake file disappears: the next load fails inside its transaction.
-    (data_dir / "lake" / "events" / "month=2019-10" / "events.parquet").unlink()
+    for part in (data_dir / "lake" / "events" / "month=2019-10").glob("part-*.parquet"):
+        part.unlink()
     result = dg.materialize(
         [definitions.ingest.core_events],
         partition_key=OCT,
@@ -185,6 +187,56 @@ def test_months_are_independent_partitions(data_dir: Path) -> None:
     assert both.filter(pl.col("event_time") < pl.datetime(2019, 11, 1)).height == oct_rows
     assert _materialize(OCT).success
     assert _events(data_dir).equals(both)
+
+
+def _metadata(result: dg.ExecuteInProcessResult, key: list[str]) -> dict[str, object]:
+    (event,) = [
+        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(key)
+    ]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_late_rows_are_appended_and_load_only_their_days(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The month's file grows by late rows (its last thirtieth, held back at first): the lake
+    gets a part for them, core/events loads again only the days that part touches, and the
+    month then holds exactly what a fresh load of the grown file gives."""
+    raw = data_dir / "raw" / "2019-Oct.csv"
+    grown = raw.read_bytes()
+    cut = grown.index(b"\n", len(grown) - len(grown) // 30) + 1
+    raw.write_bytes(grown[:cut])
+    instance = dg.DagsterInstance.ephemeral()
+    assert _materialize_into(instance).success
+    raw.write_bytes(grown)
+    late = _materialize_into(instance)
+    assert late.success
+    ingest = _metadata(late, ["events_parquet"])
+    assert (ingest["read"], ingest["parquet_parts"]) == ("appended", 2)
+    assert ingest["raw_rows"] == grown.count(b"\n") - 1
+    assert ingest["raw_rows_read"] == grown[cut:].count(b"\n")
+    span = SPAN_DAYS
+    late_spans = {  # the first day of each load span holding a late row
+        f"2019-10-{(int(line[8:10]) - 1) // span * span + 1:02d}"
+        for line in grown[cut:].splitlines()
+        if line[:4] == b"2019"
+    }
+    chunks = _metadata(late, ["core", "events"])["chunks"]
+    reloaded = {c["label"][:10] for c in chunks if not c["kept"]}
+    assert late_spans <= reloaded
+    assert len(reloaded) <= len(late_spans) + 1  # a row group may straddle a span's start
+    assert sum(c["rows"] for c in chunks) == ingest["rows_loaded"]
+    appended, appended_audit = _events(data_dir), _audit()
+    checks = late.get_asset_check_evaluations()
+    assert checks and all(e.passed for e in checks)
+
+    fresh = tmp_path_factory.mktemp("fresh")
+    (fresh / "raw").mkdir()
+    (fresh / "raw" / raw.name).write_bytes(grown)
+    monkeypatch.setenv("CIP_DATA_DIR", str(fresh))
+    assert _materialize().success
+    assert appended.equals(_events(fresh))
+    assert appended_audit.sort("reason").equals(_audit().sort("reason"))
 
 
 def test_cip_run_on_partial_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,14 @@ from cip_pipeline.ingest import reader
 from cip_pipeline.io_managers import SqlQuery, SqlTable
 from cip_pipeline.io_managers.tables import PARTITION_EXPR, Chunk, TimeSlice
 from cip_pipeline.months import raw_file_name
-from cip_pipeline.partitions import WAREHOUSE_POOL, month_of_partition, month_window, monthly
+from cip_pipeline.partitions import (
+    WAREHOUSE_POOL,
+    month_of_partition,
+    month_spans,
+    month_window,
+    monthly,
+    span_start,
+)
 from cip_pipeline.resources import LakeResource, WarehouseResource
 
 QUARANTINE_WARN_SHARE = 0.001
@@ -289,29 +296,37 @@ def core_events(context: dg.AssetExecutionContext, lake: LakeResource) -> SqlQue
 
 
 def load_chunks(lake: LakeResource, month: str, start: datetime, end: datetime) -> list[Chunk]:
-    """A chunk per day of the month's events, reading the lake parts that hold rows of that
-    day. The parts' names are unique to what they hold, so a chunk's SQL is its fingerprint:
-    after an append, only the days the new part touches are loaded again."""
+    """A chunk per span of the month (`month_spans`) with events, reading the lake parts that
+    hold rows of the span. A part's name is unique to what it holds, so a chunk's SQL is its
+    fingerprint: after an append, only the spans the new part touches are loaded again."""
     parts = lake.events_parts(month)
-    day_parts: dict[datetime, list[Path]] = {}
-    for part in parts:
-        for day in _days_covered(part, start, end):
-            day_parts.setdefault(day, []).append(part)
+    if not parts:
+        raise dg.Failure(f"no events Parquet for {month} in the lake: materialize events_parquet")
+    covered = {
+        part: {span_start(d, start) for d in _days_covered(part, start, end)} for part in parts
+    }
     quarantine = lake.quarantine_dir(month)
     chunks = []
-    for day, on_day in sorted(day_parts.items()) or [(start, parts)]:
-        # A month without rows still gets a (empty) load over the whole month.
-        day_end = day + timedelta(days=1) if day_parts else end
-        select = sql.statement(
-            "ingest",
-            "load_events",
-            events_parquet=sql.quote_paths(on_day),
-            quarantine_parquet=sql.quote_paths(quarantine / p.name for p in on_day),
-            day_start=sql.timestamp(day),
-            day_end=sql.timestamp(day_end),
-        )
-        keep = TimeSlice("event_time", day, day_end).predicate()
-        chunks.append(Chunk(select, f"{day:%Y-%m-%d}", sql.digest(select), keep))
+    for since, until in month_spans(start, end):
+        in_span = [part for part in parts if since in covered[part]]
+        if not in_span and (chunks or until < end):
+            continue
+        # A month without rows at all still gets one (empty) load: its last span, all parts.
+        selects = [
+            sql.statement(
+                "ingest",
+                "load_events",
+                events_parquet=sql.quote_path(part),
+                quarantine_parquet=sql.quote_path(quarantine / part.name),
+                since=sql.timestamp(since),
+                until=sql.timestamp(until),
+            )
+            for part in in_span or parts
+        ]
+        select = "\nUNION ALL\n".join(selects)
+        keep = TimeSlice("event_time", since, until).predicate()
+        label = f"{since:%Y-%m-%d} to {until:%Y-%m-%d}"
+        chunks.append(Chunk(select, label, sql.digest(select), keep))
     return chunks
 
 

@@ -75,9 +75,9 @@ FROM ranked
 WHERE source = 1 AND copy_number > 1
 
 -- name: load_events
--- A day of the month's events as the warehouse stores them, duplicates left out. It reads the
--- lake parts that hold rows of the day ({events_parquet}; their quarantine files are
--- {quarantine_parquet}), and of them only the row groups that cover the day.
+-- The rows of one lake part in [{since}, {until}) as the warehouse stores them, duplicates (as
+-- its quarantine file lists them) left out. Only the part's row groups that cover the span
+-- are read.
 SELECT event_time,
        event_type::event_type AS event_type,
        product_id,
@@ -87,13 +87,11 @@ SELECT event_time,
        price,
        user_id,
        user_session::UUID AS user_session
-FROM read_parquet({events_parquet}, filename = true, file_row_number = true) AS e
+FROM read_parquet({events_parquet}, file_row_number = true)
 ANTI JOIN (
-    SELECT parse_filename(filename) AS part, parquet_row
-    FROM read_parquet({quarantine_parquet}, filename = true)
-    WHERE reason = 'duplicate'
-) AS d ON d.part = parse_filename(e.filename) AND d.parquet_row = e.file_row_number
-WHERE e.event_time >= {day_start} AND e.event_time < {day_end}
+    SELECT parquet_row FROM read_parquet({quarantine_parquet}) WHERE reason = 'duplicate'
+) AS d ON d.parquet_row = file_row_number
+WHERE event_time >= {since} AND event_time < {until}
 
 -- name: events_profile
 -- What the row checks need of a month's events, in one scan of {events}: the lake's Parquet,
