@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -11,6 +12,7 @@ import polars as pl
 import pytest
 
 from cip_pipeline import definitions
+from cip_pipeline.assets import core
 from cip_pipeline.assets.ingest import recorded_raw_rows
 from cip_pipeline.generator import generate
 from cip_pipeline.ingest import reader
@@ -32,11 +34,12 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _materialize_into(
-    instance: dg.DagsterInstance, partition: str = OCT
+    instance: dg.DagsterInstance, partition: str = OCT, with_sessions: bool = False
 ) -> dg.ExecuteInProcessResult:
-    """The month's load stage (raw file -> lake -> core.events, audit)."""
+    """The month's load stage (raw file -> lake -> core.events, audit), and its sessions."""
+    sessions = [core.fact_sessions, core.fact_sessions_checks] if with_sessions else []
     return dg.materialize(
-        [*definitions.LOAD_ASSETS, *definitions.LOAD_CHECKS],
+        [*definitions.LOAD_ASSETS, *definitions.LOAD_CHECKS, *sessions],
         partition_key=partition,
         resources=definitions.resources(),
         instance=instance,
@@ -56,6 +59,14 @@ def _events(data_dir: Path) -> pl.DataFrame:
             "event_type::VARCHAR AS event_type FROM core.events "
             "ORDER BY ALL"
         ).pl()
+    finally:
+        con.close()
+
+
+def _table(data_dir: Path, table: str) -> pl.DataFrame:
+    con = duckdb.connect(str(data_dir / "warehouse" / "cip.duckdb"), read_only=True)
+    try:
+        return con.sql(f"SELECT * FROM {table} ORDER BY ALL").pl()
     finally:
         con.close()
 
@@ -196,20 +207,21 @@ def _metadata(result: dg.ExecuteInProcessResult, key: list[str]) -> dict[str, ob
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
-def test_late_rows_are_appended_and_load_only_their_days(
+def test_late_rows_are_appended_and_rebuild_only_their_spans(
     data_dir: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The month's file grows by late rows (its last thirtieth, held back at first): the lake
-    gets a part for them, core/events loads again only the days that part touches, and the
-    month then holds exactly what a fresh load of the grown file gives."""
+    gets a part for them, core/events loads again only the spans that part touches,
+    fact_sessions builds again only the spans whose sessions could see them, and the month
+    then holds exactly what a fresh build from the grown file gives."""
     raw = data_dir / "raw" / "2019-Oct.csv"
     grown = raw.read_bytes()
     cut = grown.index(b"\n", len(grown) - len(grown) // 30) + 1
     raw.write_bytes(grown[:cut])
     instance = dg.DagsterInstance.ephemeral()
-    assert _materialize_into(instance).success
+    assert _materialize_into(instance, with_sessions=True).success
     raw.write_bytes(grown)
-    late = _materialize_into(instance)
+    late = _materialize_into(instance, with_sessions=True)
     assert late.success
     ingest = _metadata(late, ["events_parquet"])
     assert (ingest["read"], ingest["parquet_parts"]) == ("appended", 2)
@@ -226,7 +238,14 @@ def test_late_rows_are_appended_and_load_only_their_days(
     assert late_spans <= reloaded
     assert len(reloaded) <= len(late_spans) + 1  # a row group may straddle a span's start
     assert sum(c["rows"] for c in chunks) == ingest["rows_loaded"]
+    sessions = _metadata(late, ["core", "fact_sessions"])["chunks"]
+    rebuilt = sorted(c["label"][:10] for c in sessions if not c["kept"])
+    # The spans of the late rows, and the one before (its sessions may run into them).
+    earliest = datetime.fromisoformat(min(reloaded)) - timedelta(days=SPAN_DAYS)
+    assert rebuilt and rebuilt[0] >= f"{earliest:%Y-%m-%d}"
+    assert sum(c["kept"] for c in sessions) >= len(sessions) - 2 * len(reloaded)
     appended, appended_audit = _events(data_dir), _audit()
+    appended_sessions = _table(data_dir, "core.fact_sessions")
     checks = late.get_asset_check_evaluations()
     assert checks and all(e.passed for e in checks)
 
@@ -234,8 +253,9 @@ def test_late_rows_are_appended_and_load_only_their_days(
     (fresh / "raw").mkdir()
     (fresh / "raw" / raw.name).write_bytes(grown)
     monkeypatch.setenv("CIP_DATA_DIR", str(fresh))
-    assert _materialize().success
+    assert _materialize_into(dg.DagsterInstance.ephemeral(), with_sessions=True).success
     assert appended.equals(_events(fresh))
+    assert appended_sessions.equals(_table(fresh, "core.fact_sessions"))
     assert appended_audit.sort("reason").equals(_audit().sort("reason"))
 
 

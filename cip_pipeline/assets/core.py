@@ -52,9 +52,9 @@ from cip_pipeline.assets.common import (
 from cip_pipeline.automation import ON_ANY_MONTH_CHANGE
 from cip_pipeline.budget import day_chunks, parse_size
 from cip_pipeline.io_managers import Chunk, SqlQuery, SqlTable, fingerprint
-from cip_pipeline.io_managers.tables import PARTITION_EXPR, TimeSlice
+from cip_pipeline.io_managers.tables import CHUNKS, PARTITION_EXPR, TimeSlice
 from cip_pipeline.months import month_bounds
-from cip_pipeline.partitions import WAREHOUSE_POOL, month_window, monthly
+from cip_pipeline.partitions import WAREHOUSE_POOL, month_spans, month_window, monthly
 from cip_pipeline.resources import WarehouseResource
 
 EVENTS = dg.AssetKey(["core", "events"])
@@ -216,6 +216,7 @@ def fact_sessions(
 ) -> dg.Output[SqlQuery]:
     start, end = month_window(context.partition_key)
     boundary = boundary_sql(events, start, end)
+    loaded = loaded_spans(context.instance, [month_before(start), start, end])
     with warehouse.connect(read_only=True) as con:
         until, next_events = session_reach(con, events, boundary, end)
         crossing = fetch_row(con, sql.statement("core", "boundary_counts", boundary=boundary))
@@ -223,22 +224,13 @@ def fact_sessions(
             con, sql.statement("core", "fact_sessions_event_coverage"), {"start": start, "end": end}
         )
         fingerprint = neighbour_fingerprint(con, events, boundary, end, until)
-    query = sql.statement(
-        "core",
-        "fact_sessions",
-        boundary=boundary,
-        top_categories=top_categories_sql(events),
-        events=events.select(),
-        start=sql.timestamp(start),
-        end=sql.timestamp(end),
-        until=sql.timestamp(until),
-    )
+        chunks = session_chunks(con, events, start, end, until, loaded)
     context.log.info(
         f"{crossing['inherited']} sessions began in the previous month, "
         f"{crossing['continuing']} continue into the next ({next_events} events up to {until})"
     )
     return dg.Output(
-        SqlQuery(query, headline=sql.statement("core", "fact_sessions_headline")),
+        SqlQuery(chunks=tuple(chunks), headline=sql.statement("core", "fact_sessions_headline")),
         metadata={
             **figures,
             "sessions_from_previous_month": metadata_value(crossing["inherited"]),
@@ -249,6 +241,72 @@ def fact_sessions(
             FINGERPRINT: dg.MetadataValue.text(fingerprint),
         },
     )
+
+
+LoadedSpan = tuple[datetime, datetime, str]
+
+
+def loaded_spans(instance: dg.DagsterInstance, months: list[datetime]) -> list[LoadedSpan] | None:
+    """The spans of core.events in `months` as their last loads recorded them: [since, until)
+    and the fingerprint of what was loaded. None when a loaded month recorded no spans."""
+    spans: list[LoadedSpan] = []
+    for month in months:
+        last = recorded(instance, EVENTS, f"{month:%Y-%m-%d}")
+        if not last:
+            continue  # not loaded: nothing of it is read
+        if not isinstance(last.get(CHUNKS), list):
+            return None
+        for chunk in last[CHUNKS]:
+            since, _, until = chunk["label"].partition(" to ")
+            try:
+                span = (datetime.fromisoformat(since), datetime.fromisoformat(until))
+            except ValueError:
+                return None  # recorded by an older version of the load
+            spans.append((*span, chunk["fingerprint"]))
+    return spans
+
+
+def session_chunks(
+    con: duckdb.DuckDBPyConnection,
+    events: SqlTable,
+    start: datetime,
+    end: datetime,
+    until: datetime,
+    loaded: list[LoadedSpan] | None,
+) -> list[Chunk]:
+    """The month's sessions (`fact_sessions` in core.sql) as one SELECT per span of session
+    start days (`month_spans`): a span's boundaries are handled as the month's are. Each
+    chunk's fingerprint is its SQL and the loaded spans of core.events it reads (`loaded`),
+    so late rows rebuild only the spans whose sessions could have seen them."""
+    chunks = []
+    for since, span_end in month_spans(start, end):
+        boundary = boundary_sql(events, since, span_end)
+        reach = until if span_end == end else session_reach(con, events, boundary, span_end)[0]
+        read = SqlTable(
+            events.schema, events.table, TimeSlice("event_time", since, reach).predicate()
+        )
+        select = sql.statement(
+            "core",
+            "fact_sessions",
+            boundary=boundary,
+            top_categories=top_categories_sql(read),
+            events=events.select(),
+            start=sql.timestamp(since),
+            end=sql.timestamp(span_end),
+            until=sql.timestamp(reach),
+        )
+        # The boundaries read a session gap on either side of the span.
+        first, last = since - SESSION_GAP, max(reach, span_end + SESSION_GAP)
+        inputs = None if loaded is None else [f for a, b, f in loaded if a < last and b > first]
+        chunks.append(
+            Chunk(
+                select,
+                label=f"{since:%Y-%m-%d} to {span_end:%Y-%m-%d}",
+                fingerprint=None if inputs is None else sql.digest(select, *inputs),
+                keep=TimeSlice("start_time", since, span_end).predicate(),
+            )
+        )
+    return chunks
 
 
 @dg.multi_asset_check(
