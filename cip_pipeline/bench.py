@@ -77,7 +77,7 @@ LATE_SHARE = 30
 
 def _fresh_run_dir(raw: Path, late_month: str | None = None) -> Path:
     """An empty run folder whose raw files link to the cached ones; the file of `late_month`
-    is a copy without its late rows (see `_hold_back`)."""
+    is a copy without its late rows (from `_late_rows_offset` on)."""
     run = paths.data_dir() / "bench" / "run"
     shutil.rmtree(run, ignore_errors=True)
     (run / "raw").mkdir(parents=True)

@@ -41,11 +41,7 @@ def span_start(day: datetime, month_start: datetime) -> datetime:
 def month_spans(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
     """The month [start, end) as [since, until) spans of SPAN_DAYS days (the last may be
     shorter)."""
-    starts = []
-    day = start
-    while day < end:
-        starts.append(day)
-        day += timedelta(days=SPAN_DAYS)
+    starts = [start + timedelta(days=d) for d in range(0, (end - start).days, SPAN_DAYS)]
     return list(zip(starts, [*starts[1:], end], strict=True))
 
 

@@ -65,3 +65,32 @@ def test_a_failed_refresh_is_reported_with_the_full_run(
     assert report.assets["events_parquet"].rows
     _, md_path = write_report(report)
     assert "- FAILED: one-month refresh of run 1, 2019-11" in md_path.read_text()
+
+
+def test_the_refresh_receives_the_newest_month_late_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full run reads the newest month without its last thirtieth; the refresh finds it
+    appended to the file (the nightly case) and the ingest reads only those bytes."""
+    monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
+    run_raw = tmp_path / "bench" / "run" / "raw" / "2019-Nov.csv"
+    real_run_months = bench.run_months
+    sizes: list[int] = []
+
+    def run_months(
+        defs: dg.Definitions, instance: dg.DagsterInstance, months: Sequence[str]
+    ) -> list[RunSummary]:
+        sizes.append(run_raw.stat().st_size)
+        return real_run_months(defs, instance, months)
+
+    monkeypatch.setattr(bench, "run_months", run_months)
+    report = run_bench(20_000, seed=5, repeat=1, refresh=True)
+    assert not report.failures and len(report.refresh_totals) == 1
+    cached = (tmp_path / "bench" / "raw" / "20000-seed5" / "2019-Nov.csv").read_bytes()
+    held_back = cached[sizes[0] :]
+    assert sizes == [sizes[0], len(cached)]
+    assert cached[sizes[0] - 1 : sizes[0]] == b"\n"  # cut at a line
+    assert len(cached) // 30 - 200 < len(held_back) <= len(cached) // 30  # from the next line
+    assert run_raw.read_bytes() == cached
+    parts = sorted((tmp_path / "bench" / "run" / "lake" / "events" / "month=2019-11").iterdir())
+    assert len(parts) == 2  # the whole file as it was, then the late rows

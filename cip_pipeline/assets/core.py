@@ -28,6 +28,11 @@ after it. Dagster shows the partition as having a newer upstream (it depends on
 sensor rebuild it, and `cip run` does it by itself: it loads every month before deriving
 any, and re-derives the already loaded neighbours of the months it loads, unless what a
 neighbour's sessions read from the months around it is unchanged (`neighbours_unchanged`).
+
+Inside the month the same holds at the boundaries of its spans of three days
+(`month_spans`): each span's sessions are built apart, with the rest of those that go on into
+the next span, and a span keeps its stored rows while the core.events spans it reads are as
+they were loaded (`session_chunks`).
 """
 
 import warnings
@@ -275,9 +280,11 @@ def session_chunks(
     loaded: list[LoadedSpan] | None,
 ) -> list[Chunk]:
     """The month's sessions (`fact_sessions` in core.sql) as one SELECT per span of session
-    start days (`month_spans`): a span's boundaries are handled as the month's are. Each
-    chunk's fingerprint is its SQL and the loaded spans of core.events it reads (`loaded`),
-    so late rows rebuild only the spans whose sessions could have seen them."""
+    start days (`month_spans`): a span's boundaries are handled as the month's are, and its
+    category map is made from the events it reads (REES46 gives a category id one code). Each
+    chunk's fingerprint is its SQL and the fingerprints of the core.events spans it reads, as
+    their loads recorded them (`loaded`; core.events has no other writer): late rows rebuild
+    only the spans whose sessions could have seen them."""
     chunks = []
     for since, span_end in month_spans(start, end):
         boundary = boundary_sql(events, since, span_end)

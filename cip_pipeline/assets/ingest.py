@@ -48,8 +48,10 @@ def _lake_counts(lake: LakeResource, month: str) -> tuple[int, dict[str, int]]:
     reason."""
     parquet_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in lake.events_parts(month))
     quarantine = lake.quarantine_parts(month)
-    reasons = pl.read_parquet(quarantine, columns=["reason"])["reason"] if quarantine else []
-    return parquet_rows, dict(pl.Series(reasons, dtype=pl.String).value_counts().iter_rows())
+    if not quarantine:
+        return parquet_rows, {}
+    reasons = pl.read_parquet(quarantine, columns=["reason"])["reason"]
+    return parquet_rows, dict(reasons.value_counts().iter_rows())
 
 
 def _parquet_schema(path: Path) -> dg.TableSchema:
@@ -92,13 +94,10 @@ def events_parquet(
     raw_bytes = raw.stat().st_size
     parts = lake.events_parts(month)
     parquet_bytes = sum(p.stat().st_size for p in parts)
-    new = result.parts[-1] if result.mode != "unchanged" else None
     context.log.info(
-        f"{month}: {result.mode} read ({result.why or 'bytes appended since the last run'}); "
-        f"{result.rows_in:,} rows in, {result.rows_loaded:,} to load, "
-        f"{sum(result.quarantined.values()):,} quarantined, "
-        f"{result.duplicates:,} duplicates; {new.raw_rows if new else 0:,} rows read in "
-        f"{result.seconds:.1f} s"
+        f"{month}: {result.describe()}, {result.rows_read:,} rows in {result.seconds:.1f} s; "
+        f"the month: {result.rows_in:,} rows in, {result.rows_loaded:,} to load, "
+        f"{sum(result.quarantined.values()):,} quarantined, {result.duplicates:,} duplicates"
     )
     return dg.MaterializeResult(
         metadata={
@@ -107,7 +106,7 @@ def events_parquet(
             "read": dg.MetadataValue.text(result.mode),
             "read_whole_because": dg.MetadataValue.text(result.why),
             "raw_rows": dg.MetadataValue.int(result.raw_rows),
-            "raw_rows_read": dg.MetadataValue.int(new.raw_rows if new else 0),
+            "raw_rows_read": dg.MetadataValue.int(result.rows_read),
             "rows_in": dg.MetadataValue.int(result.rows_in),
             "rows_valid": dg.MetadataValue.int(result.rows_valid),
             "rows_loaded": dg.MetadataValue.int(result.rows_loaded),
@@ -116,7 +115,7 @@ def events_parquet(
             "quarantine_by_reason": dg.MetadataValue.json(result.quarantined),
             "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
             "rows_per_second": dg.MetadataValue.int(
-                round((new.raw_rows if new else 0) / max(result.seconds, 1e-9))
+                round(result.rows_read / max(result.seconds, 1e-9))
             ),
             "raw_file": dg.MetadataValue.path(str(raw)),
             "raw_bytes": dg.MetadataValue.int(raw_bytes),

@@ -144,6 +144,17 @@ class IngestResult:
         return self.state.parts
 
     @property
+    def rows_read(self) -> int:  # raw rows read this time
+        return 0 if self.mode == "unchanged" else self.parts[-1].raw_rows
+
+    def describe(self) -> str:
+        return {
+            "full": f"the whole file read ({self.why})",
+            "appended": "the bytes appended since the last ingest read",
+            "unchanged": "the file is unchanged since the last ingest: nothing read",
+        }[self.mode]
+
+    @property
     def raw_rows(self) -> int:  # rows after the header counted from the file's bytes
         return sum(p.raw_rows for p in self.parts)
 
@@ -412,10 +423,11 @@ class _MonthLake:
             size, digest = _copy_appended(raw, previous, tail)
             if size == previous.raw_bytes:
                 return IngestResult(previous, "unchanged", "")
+            rows = count_raw_rows(tail)
             first_line = 2 + sum(p.raw_rows for p in previous.parts)
             earlier = [self.events_dir / p.name for p in previous.parts]
             part = self._write_part(tail, len(previous.parts), first_line, earlier)
-            part = replace(part, raw_rows=count_raw_rows(tail))
+            part = replace(part, raw_rows=rows)
         finally:
             tail.unlink(missing_ok=True)
         state = LakeState([*previous.parts, part], size, digest, READER_VERSION)
