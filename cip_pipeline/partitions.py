@@ -33,16 +33,16 @@ def month_window(key: str) -> tuple[datetime, datetime]:
 SPAN_DAYS = 3
 
 
-def span_start(day: datetime, month_start: datetime) -> datetime:
-    """The first day of the span of the month that holds `day`."""
-    return month_start + timedelta(days=(day - month_start).days // SPAN_DAYS * SPAN_DAYS)
-
-
 def month_spans(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
     """The month [start, end) as [since, until) spans of SPAN_DAYS days (the last may be
     shorter)."""
     starts = [start + timedelta(days=d) for d in range(0, (end - start).days, SPAN_DAYS)]
     return list(zip(starts, [*starts[1:], end], strict=True))
+
+
+def span_label(since: datetime, until: datetime) -> str:
+    """How a chunk of whole days is named in the `chunks` metadata."""
+    return f"{since:%Y-%m-%d} to {until:%Y-%m-%d}"
 
 
 __all__ = ["WAREHOUSE_POOL", "month_of_partition", "month_window", "monthly", "partition_key"]

@@ -59,7 +59,13 @@ from cip_pipeline.budget import day_chunks, parse_size
 from cip_pipeline.io_managers import Chunk, SqlQuery, SqlTable, fingerprint
 from cip_pipeline.io_managers.tables import CHUNKS, PARTITION_EXPR, TimeSlice
 from cip_pipeline.months import month_bounds
-from cip_pipeline.partitions import WAREHOUSE_POOL, month_spans, month_window, monthly
+from cip_pipeline.partitions import (
+    WAREHOUSE_POOL,
+    month_spans,
+    month_window,
+    monthly,
+    span_label,
+)
 from cip_pipeline.resources import WarehouseResource
 
 EVENTS = dg.AssetKey(["core", "events"])
@@ -252,22 +258,20 @@ LoadedSpan = tuple[datetime, datetime, str]
 
 
 def loaded_spans(instance: dg.DagsterInstance, months: list[datetime]) -> list[LoadedSpan] | None:
-    """The spans of core.events in `months` as their last loads recorded them: [since, until)
-    and the fingerprint of what was loaded. None when a loaded month recorded no spans."""
+    """The spans of core.events in `months` (`month_spans`) as their last loads recorded them:
+    [since, until) and the fingerprint of what was loaded. None when a loaded month recorded
+    other chunks (an older version of the load)."""
     spans: list[LoadedSpan] = []
     for month in months:
-        last = recorded(instance, EVENTS, f"{month:%Y-%m-%d}")
+        partition = f"{month:%Y-%m-%d}"
+        last = recorded(instance, EVENTS, partition)
         if not last:
             continue  # not loaded: nothing of it is read
-        if not isinstance(last.get(CHUNKS), list):
+        loaded = {c["label"]: c["fingerprint"] for c in last.get(CHUNKS) or []}
+        expected = {span_label(*span): span for span in month_spans(*month_window(partition))}
+        if not loaded or not loaded.keys() <= expected.keys():
             return None
-        for chunk in last[CHUNKS]:
-            since, _, until = chunk["label"].partition(" to ")
-            try:
-                span = (datetime.fromisoformat(since), datetime.fromisoformat(until))
-            except ValueError:
-                return None  # recorded by an older version of the load
-            spans.append((*span, chunk["fingerprint"]))
+        spans += [(*expected[label], f) for label, f in loaded.items()]
     return spans
 
 
@@ -308,7 +312,7 @@ def session_chunks(
         chunks.append(
             Chunk(
                 select,
-                label=f"{since:%Y-%m-%d} to {span_end:%Y-%m-%d}",
+                label=span_label(since, span_end),
                 fingerprint=None if inputs is None else sql.digest(select, *inputs),
                 keep=TimeSlice("start_time", since, span_end).predicate(),
             )
@@ -414,7 +418,7 @@ def user_days_chunks(
         chunks.append(
             Chunk(
                 select,
-                label=f"{since:%Y-%m-%d} to {until:%Y-%m-%d}",
+                label=span_label(since, until),
                 fingerprint=fingerprint(select, read),
                 keep=TimeSlice("day", since, until).predicate(),
             )

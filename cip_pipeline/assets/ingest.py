@@ -3,7 +3,7 @@
 import json
 import warnings
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from cip_pipeline.partitions import (
     month_spans,
     month_window,
     monthly,
-    span_start,
+    span_label,
 )
 from cip_pipeline.resources import LakeResource, WarehouseResource
 
@@ -301,17 +301,21 @@ def load_chunks(lake: LakeResource, month: str, start: datetime, end: datetime) 
     parts = lake.events_parts(month)
     if not parts:
         raise dg.Failure(f"no events Parquet for {month} in the lake: materialize events_parquet")
-    covered = {
-        part: {span_start(d, start) for d in _days_covered(part, start, end)} for part in parts
-    }
+    ranges = {part: _time_ranges(part, start, end) for part in parts}
+    spans = [
+        (
+            since,
+            until,
+            [p for p in parts if any(lo < until and hi >= since for lo, hi in ranges[p])],
+        )
+        for since, until in month_spans(start, end)
+    ]
+    # A month without rows at all still gets one (empty) load, over the whole month.
+    spans = [span for span in spans if span[2]] or [(start, end, parts)]
     quarantine = lake.quarantine_dir(month)
     chunks = []
-    for since, until in month_spans(start, end):
-        in_span = [part for part in parts if since in covered[part]]
-        if not in_span and (chunks or until < end):
-            continue
-        # A month without rows at all still gets one (empty) load: its last span, all parts.
-        selects = [
+    for since, until, in_span in spans:
+        select = "\nUNION ALL\n".join(
             sql.statement(
                 "ingest",
                 "load_events",
@@ -320,32 +324,25 @@ def load_chunks(lake: LakeResource, month: str, start: datetime, end: datetime) 
                 since=sql.timestamp(since),
                 until=sql.timestamp(until),
             )
-            for part in in_span or parts
-        ]
-        select = "\nUNION ALL\n".join(selects)
+            for part in in_span
+        )
         keep = TimeSlice("event_time", since, until).predicate()
-        label = f"{since:%Y-%m-%d} to {until:%Y-%m-%d}"
-        chunks.append(Chunk(select, label, sql.digest(select), keep))
+        chunks.append(Chunk(select, span_label(since, until), sql.digest(select), keep))
     return chunks
 
 
-def _days_covered(part: Path, start: datetime, end: datetime) -> set[datetime]:
-    """The days of [start, end) that a part's row groups cover, from their event_time
-    statistics (every day of the window for a row group without them)."""
+def _time_ranges(part: Path, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """The [min, max] event_time of each of a part's row groups, from their statistics (the
+    whole month for a row group without them)."""
     meta = pq.ParquetFile(part).metadata
     column = meta.schema.names.index("event_time")
-    days: set[datetime] = set()
+    ranges = []
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
-        if not group.num_rows:
-            continue
         stats = group.column(column).statistics
-        low, high = (stats.min, stats.max) if stats and stats.has_min_max else (start, end)
-        day = max(low, start).replace(hour=0, minute=0, second=0, microsecond=0)
-        while day < min(high + timedelta(microseconds=1), end):
-            days.add(day)
-            day += timedelta(days=1)
-    return days
+        if group.num_rows:
+            ranges.append((stats.min, stats.max) if stats and stats.has_min_max else (start, end))
+    return ranges
 
 
 CORE_EVENTS_COLUMNS = {

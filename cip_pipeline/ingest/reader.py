@@ -490,25 +490,22 @@ def _duplicates(
 ) -> pl.DataFrame:
     """Rows of `part` that copy an earlier row of the month exactly: earlier in the part, or
     in an `earlier` part, read only over the part's time range."""
-    if not earlier:
-        return con.sql(
-            sql.statement("ingest", "duplicate_rows", events_parquet=sql.quote_path(part))
-        ).pl()
-    if not rows:
-        return pl.DataFrame(schema={"parquet_row": pl.Int64, "raw_line": pl.String})
-    first, last = con.execute(
-        sql.statement("ingest", "parquet_time_range", events_parquet=sql.quote_path(part))
-    ).fetchall()[0]
-    return con.sql(
-        sql.statement(
+    events = sql.quote_path(part)
+    if earlier and rows:
+        first, last = con.execute(
+            sql.statement("ingest", "parquet_time_range", events_parquet=events)
+        ).fetchall()[0]
+        candidates = sql.statement(
             "ingest",
-            "duplicate_rows_appended",
-            events_parquet=sql.quote_path(part),
+            "appended_duplicate_candidates",
+            events_parquet=events,
             earlier_parquet=sql.quote_paths(earlier),
             first_time=sql.timestamp(first),
             last_time=sql.timestamp(last),
         )
-    ).pl()
+    else:
+        candidates = sql.statement("ingest", "duplicate_candidates", events_parquet=events)
+    return con.sql(sql.statement("ingest", "later_copies", candidates=candidates)).pl()
 
 
 RAW_BLOCK = 1 << 24
@@ -572,6 +569,8 @@ def count_raw_rows(path: Path) -> int:
 # not appended to: the month is read whole again.
 READER_VERSION = sql.digest(
     Path(__file__).read_text(),
-    sql.statement("ingest", "duplicate_rows"),
-    sql.statement("ingest", "duplicate_rows_appended"),
+    *(
+        sql.statement("ingest", name)
+        for name in ("duplicate_candidates", "appended_duplicate_candidates", "later_copies")
+    ),
 )

@@ -1,8 +1,8 @@
 -- Ingest: from the month's validated Parquet to the warehouse.
 
--- name: duplicate_rows
--- Exact duplicates (all nine fields equal): every copy after the first, by Parquet row.
--- Hashing first keeps the exact comparison to the few rows whose hash repeats.
+-- name: duplicate_candidates
+-- The rows of a part that may be exact duplicates (all nine fields equal), for later_copies:
+-- those whose hash repeats. Hashing first keeps the exact comparison to the few such rows.
 WITH hashed AS (
     SELECT file_row_number,
            hash(event_time, event_type, product_id, category_id, category_code, brand,
@@ -11,31 +11,16 @@ WITH hashed AS (
 ),
 repeated AS (
     SELECT h FROM hashed GROUP BY h HAVING count(*) > 1
-),
-candidates AS (
-    SELECT e.*
-    FROM read_parquet({events_parquet}, file_row_number = true) AS e
-    SEMI JOIN (SELECT file_row_number FROM hashed WHERE h IN (SELECT h FROM repeated)) AS c
-        USING (file_row_number)
-),
-ranked AS (
-    SELECT *, row_number() OVER (
-        PARTITION BY event_time, event_type, product_id, category_id, category_code, brand,
-                     price, user_id, user_session
-        ORDER BY file_row_number) AS copy_number
-    FROM candidates
 )
-SELECT file_row_number AS parquet_row,
-       concat_ws(',', strftime(event_time, '%Y-%m-%d %H:%M:%S UTC'), event_type,
-                 product_id, category_id, coalesce(category_code, ''), coalesce(brand, ''),
-                 price, user_id, coalesce(user_session::UUID::VARCHAR, '')) AS raw_line
-FROM ranked
-WHERE copy_number > 1
+SELECT 1 AS source, e.*
+FROM read_parquet({events_parquet}, file_row_number = true) AS e
+SEMI JOIN (SELECT file_row_number FROM hashed WHERE h IN (SELECT h FROM repeated)) AS c
+    USING (file_row_number)
 
--- name: duplicate_rows_appended
--- The same for a part read from bytes appended to the raw file: its rows that copy a row
--- earlier in it, or in an earlier part of the month ({earlier_parquet}). Exact copies share
--- the event time, so the earlier parts are read over the part's time range only, from the few
+-- name: appended_duplicate_candidates
+-- The same for a part read from bytes appended to the raw file, whose rows may also copy a
+-- row of an earlier part of the month ({earlier_parquet}; source 0). Exact copies share the
+-- event time, so the earlier parts are read over the part's time range only, from the few
 -- row groups that cover it.
 WITH part AS (
     SELECT *,
@@ -49,23 +34,26 @@ earlier AS (
                 price, user_id, user_session) AS h
     FROM read_parquet({earlier_parquet})
     WHERE event_time BETWEEN {first_time} AND {last_time}
-),
-candidates AS (
-    SELECT 0 AS source, -1::BIGINT AS file_row_number, * EXCLUDE (h)
-    FROM earlier
-    WHERE h IN (SELECT h FROM part)
-    UNION ALL
-    SELECT 1, file_row_number, * EXCLUDE (h, file_row_number)
-    FROM part
-    WHERE h IN (SELECT h FROM earlier)
-       OR h IN (SELECT h FROM part GROUP BY h HAVING count(*) > 1)
-),
-ranked AS (
+)
+SELECT 0 AS source, -1::BIGINT AS file_row_number, * EXCLUDE (h)
+FROM earlier
+WHERE h IN (SELECT h FROM part)
+UNION ALL
+SELECT 1, file_row_number, * EXCLUDE (h, file_row_number)
+FROM part
+WHERE h IN (SELECT h FROM earlier)
+   OR h IN (SELECT h FROM part GROUP BY h HAVING count(*) > 1)
+
+-- name: later_copies
+-- Exact duplicates among the candidates (rows of the part, source 1, after those of earlier
+-- parts, source 0; a statement above): every copy of the part after the first, by Parquet row,
+-- with the line it was read from.
+WITH ranked AS (
     SELECT *, row_number() OVER (
         PARTITION BY event_time, event_type, product_id, category_id, category_code, brand,
                      price, user_id, user_session
         ORDER BY source, file_row_number) AS copy_number
-    FROM candidates
+    FROM ({candidates})
 )
 SELECT file_row_number AS parquet_row,
        concat_ws(',', strftime(event_time, '%Y-%m-%d %H:%M:%S UTC'), event_type,
