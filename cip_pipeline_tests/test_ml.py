@@ -20,6 +20,7 @@ import scipy.stats
 
 from cip_pipeline import definitions, stats
 from cip_pipeline.assets import core, experiments, ml
+from cip_pipeline.assets.common import recorded
 from cip_pipeline.assets.core import user_days_chunks
 from cip_pipeline.assets.ml import FEATURES_KEY, snapshot_selects
 from cip_pipeline.automation import ALL_MONTHS_JOB, MONTHLY_JOB
@@ -254,6 +255,8 @@ def test_model_scores_and_simulation_are_rebuilt_identically(
     """Materializing again on the same warehouse gives the same booster, scores and simulated
     experiment (row order of the tables they read varies between builds; they must not)."""
     rebuilt, defs = _warehouse_copy(warehouse, tmp_path)
+    with duckdb.connect(str(rebuilt)) as con:  # forget the inputs: the model is trained again
+        con.execute("UPDATE ml.model_registry SET inputs = NULL")
     again = [
         ml.propensity_features,
         ml.propensity_model,
@@ -263,8 +266,10 @@ def test_model_scores_and_simulation_are_rebuilt_identically(
     with dg.DagsterInstance.ephemeral() as instance:
         summary = execute(defs, ALL_MONTHS_JOB, instance, "again", assets=again)
     assert summary.success, summary.failures
-    boosters = "SELECT booster FROM ml.model_registry ORDER BY version DESC LIMIT 1"
-    assert _query(rebuilt, boosters)["booster"][0] == _query(warehouse, boosters)["booster"][0]
+    boosters = "SELECT version, booster FROM ml.model_registry ORDER BY version DESC LIMIT 1"
+    before, after = _query(warehouse, boosters).row(0), _query(rebuilt, boosters).row(0)
+    assert after[0] == before[0] + 1  # a new version, trained again
+    assert after[1] == before[1]
     for query in (
         "SELECT * EXCLUDE (model_version) FROM ml.propensity_scores",
         "SELECT * FROM experiments.reactivation_simulation",
@@ -272,6 +277,43 @@ def test_model_scores_and_simulation_are_rebuilt_identically(
         first, second = _query(warehouse, query), _query(rebuilt, query)
         assert first.height > 0
         assert first.sort(first.columns).equals(second.sort(second.columns)), query
+
+
+def test_the_model_is_reused_while_its_samples_are_unchanged(
+    warehouse: Path, tmp_path: Path
+) -> None:
+    """Features rebuilt over the same data leave the training samples as they were: the model
+    step hands back the newest version instead of fitting again. A change to a training
+    snapshot fits and registers a new version."""
+    rebuilt, defs = _warehouse_copy(warehouse, tmp_path)
+    steps = [ml.propensity_features, ml.propensity_model, ml.propensity_scores]
+    registry = "SELECT version, booster, inputs FROM ml.model_registry ORDER BY version"
+    scores = "SELECT * FROM ml.propensity_scores"
+    before = _query(rebuilt, registry)
+    with dg.DagsterInstance.ephemeral() as instance:
+        summary = execute(defs, ALL_MONTHS_JOB, instance, "again", assets=steps)
+        assert summary.success, summary.failures
+        model = recorded(instance, ml.MODEL_KEY)
+    assert model["trained"] is False and model["registered"] == "no: this version was reused"
+    assert model["model_version"] == before["version"][-1]
+    assert _query(rebuilt, registry).equals(before)
+    first, second = _query(warehouse, scores), _query(rebuilt, scores)
+    assert first.sort("user_id").equals(second.sort("user_id"))
+
+    with duckdb.connect(str(rebuilt)) as con:  # a training snapshot changes
+        con.execute(
+            "UPDATE ml.propensity_features SET events_w = events_w + 1 "
+            "WHERE snapshot = TIMESTAMP '2019-10-15'"
+        )
+    with dg.DagsterInstance.ephemeral() as instance:
+        summary = execute(defs, ALL_MONTHS_JOB, instance, "changed", assets=[ml.propensity_model])
+        assert summary.success, summary.failures
+        model = recorded(instance, ml.MODEL_KEY)
+    after = _query(rebuilt, registry)
+    assert model["trained"] is True and model["registered"] == "yes"
+    assert after.height == before.height + 1
+    assert after["version"][-1] == model["model_version"] == before["version"][-1] + 1
+    assert after["inputs"][-1] != before["inputs"][-1]
 
 
 def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path: Path) -> None:

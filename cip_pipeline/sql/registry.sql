@@ -16,7 +16,9 @@ CREATE TABLE IF NOT EXISTS ml.model_registry (
     PRIMARY KEY (model_name, version)
 );
 -- registries made before the flag: their versions were all served
-ALTER TABLE ml.model_registry ADD COLUMN IF NOT EXISTS validated BOOLEAN DEFAULT true
+ALTER TABLE ml.model_registry ADD COLUMN IF NOT EXISTS validated BOOLEAN DEFAULT true;
+-- a fingerprint of what the version was trained from (NULL: unknown, never reused)
+ALTER TABLE ml.model_registry ADD COLUMN IF NOT EXISTS inputs VARCHAR
 
 -- name: next_version
 SELECT coalesce(max(version), 0) + 1 FROM ml.model_registry WHERE model_name = $name
@@ -25,12 +27,24 @@ SELECT coalesce(max(version), 0) + 1 FROM ml.model_registry WHERE model_name = $
 INSERT INTO ml.model_registry BY NAME
 SELECT $name AS model_name, $version AS version, $created_at AS created_at,
        $booster AS booster, $params AS params, $features AS features, $windows AS windows,
-       $metrics AS metrics, $encodings AS encodings, $validated AS validated
+       $metrics AS metrics, $encodings AS encodings, $validated AS validated,
+       $inputs AS inputs
 
 -- name: latest
 -- The newest version that passed its validation: the one scoring uses.
-SELECT version, created_at, booster, params, features, windows, metrics, encodings
+SELECT version, created_at, booster, params, features, windows, metrics, encodings,
+       validated
 FROM ml.model_registry
 WHERE model_name = $name AND validated
 ORDER BY version DESC
 LIMIT 1
+
+-- name: newest_if_trained_on
+-- The newest version, validated or not, when it was trained from exactly these inputs: the
+-- same training would register the same booster again.
+SELECT version, created_at, booster, params, features, windows, metrics, encodings,
+       validated
+FROM ml.model_registry
+WHERE model_name = $name
+  AND version = (SELECT max(version) FROM ml.model_registry WHERE model_name = $name)
+  AND inputs = $inputs
