@@ -10,7 +10,13 @@ import duckdb
 import pytest
 
 from cip_pipeline.io_managers import Chunk
-from cip_pipeline.io_managers.tables import CHUNKS, TableName, TimeSlice, replace_rows
+from cip_pipeline.io_managers.tables import (
+    CHUNKS,
+    SCHEMA_CHANGES,
+    TableName,
+    TimeSlice,
+    replace_rows,
+)
 
 NAME = TableName("t", "parts")
 
@@ -118,3 +124,21 @@ def test_kept_rows_of_a_partition_leave_other_partitions_alone() -> None:
     # October with November's records: nothing matches, all of October is built
     rebuilt = build(october, days(10, 3, "c"), again)
     assert [r["kept"] for r in rebuilt] == [False, False] and len(octobers) == 2
+
+
+def test_a_partition_built_with_new_columns_changes_the_table_and_says_so() -> None:
+    """A partition whose query gained a column and lost another (new code, one month
+    materialized): the table follows the query, the other month holds NULL in the new column,
+    and the metadata lists the change."""
+    con = duckdb.connect()
+    october = TimeSlice("day", datetime(2019, 10, 1), datetime(2019, 11, 1))
+    november = TimeSlice("day", datetime(2019, 11, 1), datetime(2019, 12, 1))
+    old = "SELECT DATE '2019-{m}-01' AS day, 1 AS value, 'x' AS gone"
+    new = "SELECT DATE '2019-{m}-01' AS day, 2 AS value, [{m}, 1] AS products"
+    for part, m in ((october, 10), (november, 11)):
+        assert SCHEMA_CHANGES not in replace_rows(con, NAME, [old.format(m=m)], part)
+    metadata = replace_rows(con, NAME, [new.format(m=11)], november)
+    assert metadata[SCHEMA_CHANGES].value == ["added products INTEGER[]", "dropped gone"]
+    rows = con.execute(f"SELECT day::VARCHAR, * EXCLUDE (day) FROM {NAME.qualified} ORDER BY day")
+    assert rows.fetchall() == [("2019-10-01", 1, None), ("2019-11-01", 2, [11, 1])]
+    assert SCHEMA_CHANGES not in replace_rows(con, NAME, [new.format(m=10)], october)

@@ -429,20 +429,23 @@ def test_recommendations_cover_cold_start_and_never_self(warehouse: Path) -> Non
 
 
 def test_co_view_recommendations_equal_an_independent_count(warehouse: Path) -> None:
-    """Each product's co-view tier, recounted in Polars: pairs viewed in one session among the
-    last 28 days' sessions viewing 2 to max_session_views products, seen in at least two such
-    sessions, most often first (then the lower id), after the product's rules."""
+    """Each product's co-view tier, recounted in Polars from the events: pairs viewed in one
+    session among the sessions started in the last 28 days that viewed 2 to max_session_views
+    products, seen in at least two such sessions, most often first (then the lower id), after
+    the product's rules."""
     from cip_pipeline.assets.ml import AffinityConfig
 
     config = AffinityConfig()
+    events = _query(
+        warehouse,
+        "SELECT user_session::VARCHAR AS s, product_id, event_type, event_time "
+        "FROM core.events WHERE user_session IS NOT NULL",
+    )
     end = _query(warehouse, "SELECT max(event_time) AS m FROM core.events")["m"][0]
+    since = end - timedelta(days=28)
     views = (
-        _query(
-            warehouse,
-            "SELECT user_session::VARCHAR AS s, product_id, event_time FROM core.events "
-            "WHERE event_type = 'view' AND user_session IS NOT NULL",
-        )
-        .filter(pl.col("event_time") >= end - timedelta(days=28))
+        events.filter(pl.col("event_time").min().over("s") >= since)
+        .filter(pl.col("event_type") == "view")
         .select("s", "product_id")
         .unique()
         .filter(pl.len().over("s").is_between(2, config.max_session_views))

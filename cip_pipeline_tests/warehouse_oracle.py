@@ -73,6 +73,11 @@ def fact_sessions(events: pl.DataFrame) -> pl.DataFrame:
         *_counts(),
         pl.col("product_id").n_unique().alias("distinct_products"),
         _revenue(),
+        pl.col("product_id")
+        .filter(pl.col("event_type") == "view")
+        .unique()
+        .sort()
+        .alias("viewed_products"),
     )
     main = _most_frequent(with_session, "user_session", "l1", "main_category")
     return (

@@ -429,7 +429,7 @@ def product_affinity(config: AffinityConfig) -> SqlQuery:
 
 @dg.asset(
     key=["ml", "recommendations"],
-    deps=[dg.AssetKey(["ml", "product_affinity"])],
+    deps=[dg.AssetKey(["ml", "product_affinity"]), FACT_SESSIONS],
     group_name="ml",
     kinds={"duckdb"},
     io_manager_key="sql_io_manager",

@@ -9,6 +9,7 @@ import dagster as dg
 from cip_pipeline.assets.common import headline, recorded
 from cip_pipeline.io_managers.tables import (
     CHUNKS,
+    SCHEMA_CHANGES,
     Chunk,
     TableName,
     TimeSlice,
@@ -90,6 +91,11 @@ class DuckDBSqlIOManager(dg.ConfigurableIOManager):
                 written = _reference(name, part).select()
                 con.execute(f"CREATE OR REPLACE TEMP VIEW written AS {written}")
                 metadata |= headline(con, obj.headline)
+        if SCHEMA_CHANGES in metadata:
+            context.log.warning(
+                f"{name.qualified}: {metadata[SCHEMA_CHANGES].value}; rows not rebuilt by this "
+                "run hold NULL in added columns until their partitions are materialized again"
+            )
         context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> SqlTable:

@@ -126,6 +126,34 @@ def reusable(
     }
 
 
+# Materialization metadata: the columns a partial rewrite added to or dropped from the table.
+SCHEMA_CHANGES = "schema_changes"
+
+
+def _follow_columns(con: duckdb.DuckDBPyConnection, name: TableName, select: str) -> list[str]:
+    """Give a table that is rewritten in part (a partition, or some chunks) the columns its
+    query now returns: new columns are added, NULL in the rows kept until those are built
+    again; columns the query no longer returns are dropped. Returns what changed."""
+    wanted = con.execute(f"DESCRIBE SELECT * FROM ({select}) LIMIT 0").fetchall()
+    stored = {
+        c: t
+        for c, t in con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ?",
+            [name.schema, name.table],
+        ).fetchall()
+    }
+    changes = []
+    for column, data_type, *_ in wanted:
+        if column not in stored:
+            con.execute(f'ALTER TABLE {name.qualified} ADD COLUMN "{column}" {data_type}')
+            changes.append(f"added {column} {data_type}")
+    for column in stored.keys() - {c for c, *_ in wanted}:
+        con.execute(f'ALTER TABLE {name.qualified} DROP COLUMN "{column}"')
+        changes.append(f"dropped {column}")
+    return changes
+
+
 def _record(chunk: Chunk, rows: int, seconds: float, kept: bool) -> dict[str, Any]:
     return {
         "label": chunk.label,
@@ -152,6 +180,7 @@ def replace_rows(
     """
     parts = [c if isinstance(c, Chunk) else Chunk(c) for c in chunks]
     records: list[dict[str, Any]] = []
+    schema_changes: list[str] = []
 
     def build(chunk: Chunk, statement: str) -> None:
         started = time.perf_counter()
@@ -173,6 +202,7 @@ def replace_rows(
                 f"CREATE TABLE IF NOT EXISTS {name.qualified} AS "
                 f"SELECT * FROM ({parts[0].select}) LIMIT 0"
             )
+            schema_changes = _follow_columns(con, name, parts[0].select)
             scope = part.predicate() if part else "true"
             outside = f"SELECT count(*) FILTER (WHERE ({scope}) IS NOT TRUE) FROM {name.qualified}"
             before = con.execute(outside).fetchone()[0]
@@ -204,6 +234,7 @@ def replace_rows(
     chunked = len(parts) > 1 or any(c.fingerprint for c in parts)
     return {
         **({CHUNKS: dg.MetadataValue.json(records)} if chunked else {}),
+        **({SCHEMA_CHANGES: dg.MetadataValue.json(schema_changes)} if schema_changes else {}),
         "dagster/row_count": dg.MetadataValue.int(int(rows)),
         "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns]),
         "dagster/table_name": f"{name.schema}.{name.table}",

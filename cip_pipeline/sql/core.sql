@@ -110,6 +110,9 @@ FROM (SELECT DISTINCT brand FROM {events} WHERE brand IS NOT NULL)
 --                  code.
 --   cart_abandoned the session carted and bought nothing
 --   revenue        sum of the purchase events' prices
+--   viewed_products the distinct products viewed, ascending (empty without a view): what
+--                  co-view recommendations pair up, kept here so that they read sessions
+--                  instead of grouping a month of events again
 WITH boundary AS MATERIALIZED ({boundary}),
 top_categories AS ({top_categories}),
 session_events AS NOT MATERIALIZED (
@@ -139,7 +142,9 @@ sessions AS (
            count(*) FILTER (WHERE event_type = 'remove_from_cart') AS remove_from_carts,
            count(DISTINCT product_id) AS distinct_products,
            coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0)::DECIMAL(18, 2)
-               AS revenue
+               AS revenue,
+           list_sort(list_distinct(list(product_id) FILTER (WHERE event_type = 'view')))
+               AS viewed_products
     FROM session_events
     GROUP BY user_session
 ),
@@ -159,7 +164,8 @@ SELECT s.user_session, s.user_id, s.start_time, s.end_time,
        s.purchases > 0 AS has_purchase,
        s.carts > 0 AND s.purchases = 0 AS cart_abandoned,
        s.revenue,
-       m.main_category
+       m.main_category,
+       coalesce(s.viewed_products, []::INTEGER[]) AS viewed_products
 FROM sessions AS s LEFT JOIN main_categories AS m USING (user_session)
 
 -- name: fact_sessions_event_coverage
