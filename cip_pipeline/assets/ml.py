@@ -349,14 +349,12 @@ def propensity_scores(
             "materialize ml/propensity_model again before scoring"
         )
     brand_codes = {k: int(v) for k, v in model.encodings["preferred_brand"].items()}
-    version = str(model.version)
     with warehouse.connect() as con:
-        con.execute(sql.statement("ml", "create_score_cache"))
-        con.execute(sql.statement("ml", "scoring_rows", version=version))
-        users, to_score = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE score IS NULL) FROM scoring_rows"
-        ).fetchall()[0]
-        chunks = max(1, to_score * SCORING_CHUNKS_PER_MILLION // 1_000_000)
+        users = con.execute(
+            "SELECT count(*) FROM ml.propensity_features WHERE role = 'score'"
+        ).fetchall()[0][0]
+        chunks = max(1, users * SCORING_CHUNKS_PER_MILLION // 1_000_000)
+        con.execute(sql.statement("ml", "create_scoring_staging"))
         for k in range(chunks):  # one slice of users in Python at a time
             frame = con.sql(
                 sql.statement("ml", "scoring_chunk", chunks=str(chunks), chunk=str(k))
@@ -364,22 +362,14 @@ def propensity_scores(
             if frame.height == 0:
                 continue
             x, _ = prop.encode(frame, brand_codes)
-            scored = frame.select("user_id").with_columns(
+            scored = frame.select("user_id", "snapshot").with_columns(
                 pl.Series("score", model.booster.predict(x))
             )
             con.register("_scored", scored.to_arrow())
-            con.execute("INSERT INTO predicted SELECT * FROM _scored")
+            con.execute("INSERT INTO ml.scoring_staging SELECT * FROM _scored")
             con.unregister("_scored")
-        con.execute(sql.statement("ml", "replace_score_cache", version=version))
-    context.add_output_metadata(
-        {
-            "model_version": model.version,
-            "users_scored": users,
-            # the rest kept the score this model version gave the same feature row before
-            "users_predicted": to_score,
-        }
-    )
-    return SqlQuery(sql.statement("ml", "scores_from_cache"))
+    context.add_output_metadata({"model_version": model.version, "users_scored": users})
+    return SqlQuery(sql.statement("ml", "scores_from_staging", version=str(model.version)))
 
 
 class AffinityConfig(dg.Config):

@@ -148,54 +148,22 @@ FROM ml.propensity_features
 GROUP BY ALL
 ORDER BY snapshot
 
--- name: create_score_cache
--- Each score with what it was computed from: the model version and the hash of the user's
--- feature row. A row the same version scored before keeps its score; the nightly refresh
--- changes the features of the users active in the late rows only.
-CREATE TABLE IF NOT EXISTS ml.score_cache (
-    user_id INTEGER, snapshot TIMESTAMP, model_version INTEGER, features UBIGINT, score DOUBLE
-);
-DROP TABLE IF EXISTS ml.scoring_staging  -- what the cache replaced
-
--- name: scoring_rows
--- The score snapshot's users, the hash of each one's feature row, and the cached score when
--- model version {version} scored that same row.
-CREATE OR REPLACE TEMP TABLE scoring_rows AS
-SELECT f.user_id, f.snapshot, f.features, c.score
-FROM (
-    SELECT user_id, snapshot, hash(p) AS features
-    FROM ml.propensity_features AS p
-    WHERE role = 'score'
-) AS f
-LEFT JOIN ml.score_cache AS c
-  ON c.user_id = f.user_id AND c.snapshot = f.snapshot AND c.features = f.features
- AND c.model_version = {version};
-CREATE OR REPLACE TEMP TABLE predicted (user_id INTEGER, score DOUBLE)
+-- name: create_scoring_staging
+-- Scores land here chunk by chunk before the IO manager publishes them in one transaction.
+CREATE OR REPLACE TABLE ml.scoring_staging (user_id INTEGER, snapshot TIMESTAMP, score DOUBLE)
 
 -- name: scoring_chunk
--- One slice of the users whose score is not cached, with their features.
-SELECT p.*
-FROM ml.propensity_features AS p
-SEMI JOIN (
-    SELECT user_id FROM scoring_rows
-    WHERE score IS NULL AND hash(user_id) % {chunks} = {chunk}
-) AS r USING (user_id)
-WHERE p.role = 'score'
+SELECT *
+FROM ml.propensity_features
+WHERE role = 'score' AND hash(user_id) % {chunks} = {chunk}
 
--- name: replace_score_cache
-CREATE OR REPLACE TABLE ml.score_cache AS
-SELECT r.user_id, r.snapshot, {version} AS model_version, r.features,
-       coalesce(r.score, p.score) AS score
-FROM scoring_rows AS r
-LEFT JOIN predicted AS p USING (user_id)
-
--- name: scores_from_cache
+-- name: scores_from_staging
 SELECT user_id,
        snapshot AS scored_as_of,
        score,
        ntile(10) OVER (ORDER BY score DESC, user_id) AS decile,
-       model_version
-FROM ml.score_cache
+       {version} AS model_version
+FROM ml.scoring_staging
 
 -- name: baskets
 -- Purchase baskets of events before cutoff: each session's distinct purchased products,
