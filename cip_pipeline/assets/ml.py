@@ -35,7 +35,7 @@ EVALUATION = "offline_evaluation"
 EVALUATION_FINGERPRINT = "offline_evaluation_fingerprint"
 # Rows of each snapshot that reach Python: a uniform hash sample keeps metrics unbiased.
 MAX_ROWS_PER_SNAPSHOT = 100_000
-SCORING_CHUNKS_PER_MILLION = 4
+SCORING_BATCH_ROWS = 250_000  # users in Python at a time
 # Below this many buyers (or non-buyers) per side, PR-AUC comparisons are noise.
 MIN_BUYERS = 200
 
@@ -349,18 +349,17 @@ def propensity_scores(
             "materialize ml/propensity_model again before scoring"
         )
     brand_codes = {k: int(v) for k, v in model.encodings["preferred_brand"].items()}
-    with warehouse.connect() as con:
-        users = con.execute(
-            "SELECT count(*) FROM ml.propensity_features WHERE role = 'score'"
-        ).fetchall()[0][0]
-        chunks = max(1, users * SCORING_CHUNKS_PER_MILLION // 1_000_000)
+    users = 0
+    with warehouse.connect() as con, con.cursor() as reader:
         con.execute(sql.statement("ml", "create_scoring_staging"))
-        for k in range(chunks):  # one slice of users in Python at a time
-            frame = con.sql(
-                sql.statement("ml", "scoring_chunk", chunks=str(chunks), chunk=str(k))
-            ).pl()
-            if frame.height == 0:
-                continue
+        # One scan streamed in batches (a query per slice of users scanned the table each
+        # time: 3.1 s of 12 at 110 M events); scores go in through the other cursor.
+        batches = reader.sql(sql.statement("ml", "scoring_rows")).to_arrow_reader(
+            SCORING_BATCH_ROWS
+        )
+        for batch in batches:
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
             x, _ = prop.encode(frame, brand_codes)
             scored = frame.select("user_id", "snapshot").with_columns(
                 pl.Series("score", model.booster.predict(x))
@@ -368,6 +367,7 @@ def propensity_scores(
             con.register("_scored", scored.to_arrow())
             con.execute("INSERT INTO ml.scoring_staging SELECT * FROM _scored")
             con.unregister("_scored")
+            users += frame.height
     context.add_output_metadata({"model_version": model.version, "users_scored": users})
     return SqlQuery(sql.statement("ml", "scores_from_staging", version=str(model.version)))
 

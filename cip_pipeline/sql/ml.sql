@@ -152,10 +152,11 @@ ORDER BY snapshot
 -- Scores land here chunk by chunk before the IO manager publishes them in one transaction.
 CREATE OR REPLACE TABLE ml.scoring_staging (user_id INTEGER, snapshot TIMESTAMP, score DOUBLE)
 
--- name: scoring_chunk
+-- name: scoring_rows
+-- Read as a stream of batches: one scan, one batch of users in Python at a time.
 SELECT *
 FROM ml.propensity_features
-WHERE role = 'score' AND hash(user_id) % {chunks} = {chunk}
+WHERE role = 'score'
 
 -- name: scores_from_staging
 SELECT user_id,
