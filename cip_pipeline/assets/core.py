@@ -219,8 +219,9 @@ def _neighbouring_months() -> dg.TimeWindowPartitionMapping:
     metadata={PARTITION_EXPR: "start_time"},
     description="One row per session (user_session) whose first event lies in the month, "
     "with all its events, including those in the first hours of the next month: user, "
-    "start, end, duration, event counts, distinct products, cart/purchase flags, revenue "
-    "and main top-level category. Events without a session are in no session.",
+    "start, end, duration, event counts, distinct products, cart/purchase flags, revenue, "
+    "main top-level category and the products viewed. Events without a session are in no "
+    "session.",
 )
 def fact_sessions(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, events: SqlTable

@@ -149,7 +149,7 @@ GROUP BY ALL
 ORDER BY snapshot
 
 -- name: create_scoring_staging
--- Scores land here chunk by chunk before the IO manager publishes them in one transaction.
+-- Scores land here batch by batch before the IO manager publishes them in one transaction.
 CREATE OR REPLACE TABLE ml.scoring_staging (user_id INTEGER, snapshot TIMESTAMP, score DOUBLE)
 
 -- name: scoring_rows
