@@ -45,4 +45,13 @@ def span_label(since: datetime, until: datetime) -> str:
     return f"{since:%Y-%m-%d} to {until:%Y-%m-%d}"
 
 
-__all__ = ["WAREHOUSE_POOL", "month_of_partition", "month_window", "monthly", "partition_key"]
+__all__ = [
+    "SPAN_DAYS",
+    "WAREHOUSE_POOL",
+    "month_of_partition",
+    "month_spans",
+    "month_window",
+    "monthly",
+    "partition_key",
+    "span_label",
+]

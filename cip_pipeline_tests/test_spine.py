@@ -51,24 +51,24 @@ def _materialize(partition: str = OCT) -> dg.ExecuteInProcessResult:
     return _materialize_into(dg.DagsterInstance.ephemeral(), partition)
 
 
-def _events(data_dir: Path) -> pl.DataFrame:
+def _query(data_dir: Path, query: str) -> pl.DataFrame:
     con = duckdb.connect(str(data_dir / "warehouse" / "cip.duckdb"), read_only=True)
     try:
-        return con.sql(
-            "SELECT * EXCLUDE (user_session), user_session::VARCHAR AS user_session, "
-            "event_type::VARCHAR AS event_type FROM core.events "
-            "ORDER BY ALL"
-        ).pl()
+        return con.sql(query).pl()
     finally:
         con.close()
+
+
+def _events(data_dir: Path) -> pl.DataFrame:
+    return _query(
+        data_dir,
+        "SELECT * EXCLUDE (user_session), user_session::VARCHAR AS user_session, "
+        "event_type::VARCHAR AS event_type FROM core.events ORDER BY ALL",
+    )
 
 
 def _table(data_dir: Path, table: str) -> pl.DataFrame:
-    con = duckdb.connect(str(data_dir / "warehouse" / "cip.duckdb"), read_only=True)
-    try:
-        return con.sql(f"SELECT * FROM {table} ORDER BY ALL").pl()
-    finally:
-        con.close()
+    return _query(data_dir, f"SELECT * FROM {table} ORDER BY ALL")
 
 
 def test_definitions_load() -> None:

@@ -420,10 +420,9 @@ class _MonthLake:
     def append(self, raw: Path, previous: LakeState) -> IngestResult:
         tail = self.events_dir / "appended.csv.tmp"
         try:
-            size, digest = _copy_appended(raw, previous, tail)
+            size, digest, rows = _copy_appended(raw, previous, tail)
             if size == previous.raw_bytes:
                 return IngestResult(previous, "unchanged", "")
-            rows = count_raw_rows(tail)
             first_line = 2 + sum(p.raw_rows for p in previous.parts)
             earlier = [self.events_dir / p.name for p in previous.parts]
             part = self._write_part(tail, len(previous.parts), first_line, earlier)
@@ -511,9 +510,16 @@ def _duplicates(
 RAW_BLOCK = 1 << 24
 
 
-def _copy_appended(raw: Path, previous: LakeState, tail: Path) -> tuple[int, str]:
+def _rows(newlines: int, last: bytes) -> int:
+    """Lines in bytes that begin a line, from their newlines and last byte: a last line
+    without a newline counts."""
+    return newlines + (last not in (b"", b"\n"))
+
+
+def _copy_appended(raw: Path, previous: LakeState, tail: Path) -> tuple[int, str, int]:
     """Check that `raw` starts with the bytes `previous` recorded, ending on a line, and copy
-    what follows them under a header to `tail`: the file's size and SHA-1 now."""
+    what follows them under a header to `tail`: the file's size and SHA-1 now, and the rows
+    appended (counted from the bytes as they are copied)."""
     digest = hashlib.sha1()
     last = b"\n"
     with raw.open("rb") as f:
@@ -531,14 +537,16 @@ def _copy_appended(raw: Path, previous: LakeState, tail: Path) -> tuple[int, str
             )
         if last != b"\n":
             raise _NotAppended("the last ingest ended inside a line")
-        size = previous.raw_bytes
+        size, newlines, last = previous.raw_bytes, 0, b""
         with tail.open("wb") as out:
             out.write(HEADER.encode() + b"\n")
             while block := f.read(RAW_BLOCK):
                 digest.update(block)
                 out.write(block)
                 size += len(block)
-    return size, digest.hexdigest()
+                newlines += block.count(b"\n")
+                last = block[-1:]
+    return size, digest.hexdigest(), _rows(newlines, last)
 
 
 def scan_raw(path: Path) -> tuple[int, int, str]:
@@ -547,17 +555,15 @@ def scan_raw(path: Path) -> tuple[int, int, str]:
     check, and what tells the next ingest whether the file only grew."""
     opener = gzip.open if path.name.endswith(".gz") else open
     digest = hashlib.sha1()
-    lines = size = 0
-    last = b"\n"
+    newlines = size = 0
+    last = b""
     with opener(path, "rb") as f:
         while block := f.read(RAW_BLOCK):
-            lines += block.count(b"\n")
+            newlines += block.count(b"\n")
             digest.update(block)
             size += len(block)
             last = block[-1:]
-    if last != b"\n":
-        lines += 1
-    return max(lines - 1, 0), size, digest.hexdigest()
+    return max(_rows(newlines, last) - 1, 0), size, digest.hexdigest()
 
 
 def count_raw_rows(path: Path) -> int:

@@ -130,19 +130,21 @@ def reusable(
 SCHEMA_CHANGES = "schema_changes"
 
 
+def _columns(con: duckdb.DuckDBPyConnection, name: TableName) -> list[tuple[str, str]]:
+    """The table's (column, type) pairs, in order."""
+    return con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+        [name.schema, name.table],
+    ).fetchall()
+
+
 def _follow_columns(con: duckdb.DuckDBPyConnection, name: TableName, select: str) -> list[str]:
     """Give a table that is rewritten in part (a partition, or some chunks) the columns its
     query now returns: new columns are added, NULL in the rows kept until those are built
     again; columns the query no longer returns are dropped. Returns what changed."""
     wanted = con.execute(f"DESCRIBE SELECT * FROM ({select}) LIMIT 0").fetchall()
-    stored = {
-        c: t
-        for c, t in con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = ? AND table_name = ?",
-            [name.schema, name.table],
-        ).fetchall()
-    }
+    stored = dict(_columns(con, name))
     changes = []
     for column, data_type, *_ in wanted:
         if column not in stored:
@@ -226,11 +228,7 @@ def replace_rows(
         raise
     where = f" WHERE {part.predicate()}" if part else ""
     rows = con.execute(f"SELECT count(*) FROM {name.qualified}{where}").fetchone()[0]
-    columns = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
-        [name.schema, name.table],
-    ).fetchall()
+    columns = _columns(con, name)
     chunked = len(parts) > 1 or any(c.fingerprint for c in parts)
     return {
         **({CHUNKS: dg.MetadataValue.json(records)} if chunked else {}),
