@@ -170,6 +170,55 @@ def test_row_groups_in_file_order_and_by_product_within(
     assert pq.ParquetFile(part).metadata.num_row_groups == 3
 
 
+def _event(second: int, user: int, product: int = 1, event: str = "view") -> str:
+    return f"2019-10-01 {second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d} UTC," + (
+        f"{event},{product},1,a.b,x,1.00,{user},"
+    )
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_duplicates_are_found_across_row_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_order: bool
+) -> None:
+    """Exact copies in one row group, on both sides of a boundary, three groups apart and in
+    a group out of time order (both a few seconds out), as the write finds them in a file in
+    time order; a file out of order by more than the carried hour is left to the query over
+    the whole part. Either way: every later copy by Parquet row, as Polars finds them in what
+    was written."""
+    monkeypatch.setattr(reader, "ROW_GROUP_ROWS", 4)
+    seen: list[bool] = []
+    whole_part_query = reader._duplicates
+
+    def spy(*args: object) -> pl.DataFrame:
+        seen.append(args[-1] is None)
+        return whole_part_query(*args)
+
+    monkeypatch.setattr(reader, "_duplicates", spy)
+    lines = [
+        _event(0, 1), _event(0, 1),  # a copy in the first group
+        _event(1, 2), _event(5, 3),
+        _event(5, 3),  # a copy of the row before, in the next group
+        _event(5, 4, product=2),
+        _event(5, 3, event="cart"),  # same product, time and user: not a copy
+        _event(6, 5) if in_order else _event(5 * 3600, 5),
+        _event(7, 6), _event(8, 7), _event(9, 8), _event(10, 9),
+        _event(5, 3),  # the fourth row again, three groups later
+        _event(11, 1), _event(11, 1, product=3), _event(12, 10),
+        _event(20, 1), _event(19, 2), _event(20, 1),  # a copy two rows on, seconds out of order
+        _event(21, 1),
+    ]  # fmt: skip
+    raw = _write(tmp_path / "m.csv", lines)
+    result, events, quarantine = _ingest(raw, tmp_path)
+
+    assert seen == [not in_order]
+    indexed = events.with_row_index("row")
+    later = indexed.filter(pl.col("row") != pl.col("row").min().over(events.columns))
+    dups = quarantine.filter(pl.col("reason") == "duplicate")
+    assert sorted(dups["parquet_row"]) == sorted(later["row"].cast(pl.Int64))
+    assert result.duplicates == later.height == 4  # lines 2, 6, 15 and 19, by hand
+    assert sorted(dups["raw_line"]) == sorted([lines[1], lines[4], lines[12], lines[18]])
+
+
 def test_cut_off_last_line_without_newline(tmp_path: Path) -> None:
     raw = _write(tmp_path / "m.csv", [GOOD, GOOD[:60]], final_eol=False)
     result, events, quarantine = _ingest(raw, tmp_path)

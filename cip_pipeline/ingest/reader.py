@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -90,7 +90,8 @@ QUARANTINE_COLUMNS = [
 ]
 # The lake's row order. Row groups follow the file, so they stay in time order and month or
 # day filters skip them; within one (about a day of events) rows are ordered by product, so
-# its category, brand and price repeat row after row: a quarter smaller than time order.
+# its category, brand and price repeat row after row (a quarter smaller than time order), and
+# exact copies lie side by side (see _CopyFinder).
 ROW_GROUP_ROWS = 1 << 20
 
 
@@ -264,19 +265,90 @@ def classify(lines: pl.LazyFrame, month_start: datetime, month_end: datetime) ->
     return typed.with_columns(reason.alias("reason"))
 
 
+class _CopyFinder:
+    """The rows of a part that may be exact copies of one another (all nine fields equal), found
+    as its row groups pass, so that no second pass over the part has to hash every row.
+
+    Exact copies share their product and event time, and the REES46 files are in time order: a
+    row's copies lie in its row group, next to it (a row group is ordered by product, stably),
+    or in the last moments of the row groups before it. So each row group's candidates are its
+    rows whose product and time equal a neighbour's (whose (product, time) repeats, in a group
+    not in time order), plus its rows no later than the newest time already seen, compared
+    with the rows kept from the last `CARRY` before that time. That is exact as long as no row
+    group starts more than `CARRY` before the newest time seen: a file out of order beyond that
+    is left to the query over the whole part (`in_order` turns False)."""
+
+    CARRY = timedelta(hours=1)
+
+    def __init__(self) -> None:
+        self.in_order = True
+        self._newest: datetime | None = None
+        self._carry = pl.DataFrame(schema={"file_row_number": pl.Int64, **EVENTS_SCHEMA})
+        self._found: list[pl.Series] = []
+
+    def scan(self, group: pl.DataFrame, first_row: int) -> None:
+        """Look at one row group as written, whose first row is Parquet row `first_row`."""
+        if not self.in_order or not group.height:
+            return
+        first, last = group["event_time"].min(), group["event_time"].max()
+        if self._newest is not None and first < self._newest - self.CARRY:
+            self.in_order, self._found, self._carry = False, [], self._carry.clear()
+            return
+        rows = group.with_row_index("file_row_number", offset=first_row).with_columns(
+            pl.col("file_row_number").cast(pl.Int64)
+        )
+        # Rows of one product are in file order: in time order, their copies are neighbours.
+        # Comparing neighbours costs a twentieth of hashing (product, time) over the group.
+        time, previous_time = pl.col("event_time"), pl.col("event_time").shift(1)
+        same_product = pl.col("product_id") == pl.col("product_id").shift(1)
+        same = same_product & (time == previous_time)
+        paired = (same | same.shift(-1)).fill_null(False)
+        if group.select((same_product & (time < previous_time)).any()).item():
+            paired = pl.struct("product_id", "event_time").is_duplicated()
+        seen = pl.lit(False) if self._newest is None else time <= self._newest
+        pool = pl.concat(
+            [self._carry.filter(pl.col("event_time") >= first), rows.filter(paired | seen)]
+        )
+        # Only row numbers are kept: a frame of string views would keep its group's buffers.
+        copied = pool.filter(pl.struct(*EVENT_COLUMNS).is_duplicated())
+        self._found.append(copied["file_row_number"])
+        self._newest = last if self._newest is None else max(self._newest, last)
+        kept_from = pl.col("event_time") >= self._newest - self.CARRY
+        self._carry = pl.concat([self._carry.filter(kept_from), rows.filter(kept_from)])
+
+    def candidates(self) -> pl.DataFrame | None:
+        """The Parquet rows (`file_row_number`) of every row with an exact copy in the part;
+        None when the part was out of order (see the class)."""
+        if not self.in_order:
+            return None
+        found = pl.concat([self._carry["file_row_number"].clear(), *self._found])
+        return found.unique().to_frame()
+
+
 def _ordered_row_groups(
-    rows: pl.LazyFrame, quarantine_tmp: Path
+    rows: pl.LazyFrame, quarantine_tmp: Path, copies: _CopyFinder
 ) -> Callable[..., Iterator[pl.DataFrame]]:
     """A Polars IO source: the good rows in row groups of ROW_GROUP_ROWS, each ordered by
     product (stably, so by time within a product). Bad rows go to `quarantine_tmp` as the
-    stream passes them; one pass over the file feeds both."""
+    stream passes them, and each row group goes past `copies`; one pass over the file feeds
+    all three."""
 
     def source(
         with_columns: list[str] | None, predicate: pl.Expr | None, *_: object
     ) -> Iterator[pl.DataFrame]:
         writer: pq.ParquetWriter | None = None
         pending: list[pl.DataFrame] = []
-        held = 0
+        held = written = 0
+
+        def row_group(block: pl.DataFrame) -> pl.DataFrame:
+            nonlocal written
+            block = block.sort("product_id", maintain_order=True)
+            if predicate is not None:
+                block = block.filter(predicate)
+            copies.scan(block, written)
+            written += block.height
+            return block if with_columns is None else block.select(with_columns)
+
         try:
             needed = rows.select(*EVENT_COLUMNS, "reason", "line", "raw_line")
             for batch in needed.collect_batches(engine="streaming"):
@@ -292,9 +364,9 @@ def _ordered_row_groups(
                 while held >= ROW_GROUP_ROWS:
                     block = pl.concat(pending)
                     pending, held = [block.slice(ROW_GROUP_ROWS)], block.height - ROW_GROUP_ROWS
-                    yield _row_group(block.slice(0, ROW_GROUP_ROWS), with_columns, predicate)
+                    yield row_group(block.slice(0, ROW_GROUP_ROWS))
             if held:
-                yield _row_group(pl.concat(pending), with_columns, predicate)
+                yield row_group(pl.concat(pending))
         finally:
             if writer is not None:
                 writer.close()
@@ -304,22 +376,14 @@ def _ordered_row_groups(
     return source
 
 
-def _row_group(
-    block: pl.DataFrame, with_columns: list[str] | None, predicate: pl.Expr | None
-) -> pl.DataFrame:
-    """One row group: ordered by product (stably), then the sink's filter and projection."""
-    block = block.sort("product_id", maintain_order=True)
-    if predicate is not None:
-        block = block.filter(predicate)
-    return block if with_columns is None else block.select(with_columns)
-
-
-def _write_lake_files(rows: pl.LazyFrame, events_tmp: Path, quarantine_tmp: Path) -> None:
+def _write_lake_files(
+    rows: pl.LazyFrame, events_tmp: Path, quarantine_tmp: Path, copies: _CopyFinder
+) -> None:
     # Polars' own writer (pyarrow's made the same rows 26% larger), fed by an IO source:
     # frames pass by reference, no row is touched in Python. The IO-plugin API is marked
     # unstable; pyproject pins the Polars minor version it was tested with.
     register_io_source(
-        _ordered_row_groups(rows, quarantine_tmp), schema=EVENTS_SCHEMA
+        _ordered_row_groups(rows, quarantine_tmp, copies), schema=EVENTS_SCHEMA
     ).sink_parquet(
         events_tmp,
         compression="zstd",
@@ -444,10 +508,11 @@ class _MonthLake:
         events_tmp, quarantine_tmp = self._tmp(name)
         try:
             rows = classify(_lines(source, first_line), self.month_start, self.month_end)
-            _write_lake_files(rows, events_tmp, quarantine_tmp)
+            copies = _CopyFinder()
+            _write_lake_files(rows, events_tmp, quarantine_tmp, copies)
             rows_valid = pq.ParquetFile(events_tmp).metadata.num_rows
             with self.scratch() as con:
-                duplicates = _duplicates(con, events_tmp, earlier, rows_valid)
+                duplicates = _duplicates(con, events_tmp, earlier, rows_valid, copies.candidates())
             quarantine = pl.concat(
                 [
                     pl.read_parquet(quarantine_tmp),
@@ -487,10 +552,15 @@ class _MonthLake:
 
 
 def _duplicates(
-    con: duckdb.DuckDBPyConnection, part: Path, earlier: list[Path], rows: int
+    con: duckdb.DuckDBPyConnection,
+    part: Path,
+    earlier: list[Path],
+    rows: int,
+    in_part: pl.DataFrame | None,
 ) -> pl.DataFrame:
     """Rows of `part` that copy an earlier row of the month exactly: earlier in the part, or
-    in an `earlier` part, read only over the part's time range."""
+    in an `earlier` part, read only over the part's time range. `in_part` are the part's rows
+    that have a copy in it, by row number, when the write found them (`_CopyFinder`)."""
     events = sql.quote_path(part)
     if earlier and rows:
         first, last = con.execute(
@@ -503,6 +573,14 @@ def _duplicates(
             earlier_parquet=sql.quote_paths(earlier),
             first_time=sql.timestamp(first),
             last_time=sql.timestamp(last),
+        )
+    elif in_part is not None:
+        con.register("copies_in_part", in_part)
+        candidates = sql.statement(
+            "ingest",
+            "found_duplicate_candidates",
+            events_parquet=events,
+            found="copies_in_part",
         )
     else:
         candidates = sql.statement("ingest", "duplicate_candidates", events_parquet=events)
@@ -591,6 +669,11 @@ READER_VERSION = sql.digest(
     Path(__file__).read_text(),
     *(
         sql.statement("ingest", name)
-        for name in ("duplicate_candidates", "appended_duplicate_candidates", "later_copies")
+        for name in (
+            "duplicate_candidates",
+            "found_duplicate_candidates",
+            "appended_duplicate_candidates",
+            "later_copies",
+        )
     ),
 )

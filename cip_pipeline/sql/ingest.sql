@@ -17,6 +17,13 @@ FROM read_parquet({events_parquet}, file_row_number = true) AS e
 SEMI JOIN (SELECT file_row_number FROM hashed WHERE h IN (SELECT h FROM repeated)) AS c
     USING (file_row_number)
 
+-- name: found_duplicate_candidates
+-- The same from the rows that the write of the part found to have a copy in it ({found}: their
+-- file_row_number, see reader._CopyFinder), instead of hashing every row of the part again.
+SELECT 1 AS source, e.*
+FROM read_parquet({events_parquet}, file_row_number = true) AS e
+SEMI JOIN {found} AS c USING (file_row_number)
+
 -- name: appended_duplicate_candidates
 -- The same for a part read from bytes appended to the raw file, whose rows may also copy a
 -- row of an earlier part of the month ({earlier_parquet}; source 0). Exact copies share the
