@@ -104,6 +104,10 @@ def dagster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dagster]:
     home.mkdir(parents=True)
     generate(30_000, seed=4, out=data / "raw")
     write_instance_config(home, Budget.from_env())
+    # Create the instance's SQLite storage first, as `cip ui` does: a webserver and a daemon
+    # that both create it at once can stamp its schema twice ("more than one head present").
+    with dg.DagsterInstance.from_config(str(home)):
+        pass
     port = free_port()
     env = {
         **os.environ,

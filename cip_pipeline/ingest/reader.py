@@ -321,7 +321,7 @@ class _CopyFinder:
         None when the part was out of order (see the class)."""
         if not self.in_order:
             return None
-        found = pl.concat([self._carry["file_row_number"].clear(), *self._found])
+        found = pl.concat([pl.Series("file_row_number", [], pl.Int64), *self._found])
         return found.unique().to_frame()
 
 
@@ -342,9 +342,7 @@ def _ordered_row_groups(
 
         def row_group(block: pl.DataFrame) -> pl.DataFrame:
             nonlocal written
-            block = block.sort("product_id", maintain_order=True)
-            if predicate is not None:
-                block = block.filter(predicate)
+            block = _row_group(block, predicate)
             copies.scan(block, written)
             written += block.height
             return block if with_columns is None else block.select(with_columns)
@@ -374,6 +372,12 @@ def _ordered_row_groups(
                 pl.DataFrame(schema=QUARANTINE_SCHEMA).write_parquet(quarantine_tmp)
 
     return source
+
+
+def _row_group(block: pl.DataFrame, predicate: pl.Expr | None) -> pl.DataFrame:
+    """One row group's rows: ordered by product (stably), then the sink's filter."""
+    block = block.sort("product_id", maintain_order=True)
+    return block if predicate is None else block.filter(predicate)
 
 
 def _write_lake_files(
