@@ -306,14 +306,12 @@ class _CopyFinder:
         if group.select((same_product & (time < previous_time)).any()).item():
             paired = pl.struct("product_id", "event_time").is_duplicated()
         seen = pl.lit(False) if self._newest is None else time <= self._newest
-        pool = pl.concat(
-            [self._carry.filter(pl.col("event_time") >= first), rows.filter(paired | seen)]
-        )
+        pool = pl.concat([self._carry.filter(time >= first), rows.filter(paired | seen)])
         # Only row numbers are kept: a frame of string views would keep its group's buffers.
         copied = pool.filter(pl.struct(*EVENT_COLUMNS).is_duplicated())
         self._found.append(copied["file_row_number"])
         self._newest = last if self._newest is None else max(self._newest, last)
-        kept_from = pl.col("event_time") >= self._newest - self.CARRY
+        kept_from = time >= self._newest - self.CARRY
         self._carry = pl.concat([self._carry.filter(kept_from), rows.filter(kept_from)])
 
     def candidates(self) -> pl.DataFrame | None:
@@ -578,16 +576,14 @@ def _duplicates(
             first_time=sql.timestamp(first),
             last_time=sql.timestamp(last),
         )
-    elif in_part is not None:
-        con.register("copies_in_part", in_part)
-        candidates = sql.statement(
-            "ingest",
-            "found_duplicate_candidates",
-            events_parquet=events,
-            found="copies_in_part",
-        )
     else:
-        candidates = sql.statement("ingest", "duplicate_candidates", events_parquet=events)
+        copy_rows = f"({sql.statement('ingest', 'hashed_copy_rows', events_parquet=events)})"
+        if in_part is not None:  # found by the write: no row of the part is hashed
+            con.register("copies_in_part", in_part)
+            copy_rows = "copies_in_part"
+        candidates = sql.statement(
+            "ingest", "duplicate_candidates", events_parquet=events, copy_rows=copy_rows
+        )
     return con.sql(sql.statement("ingest", "later_copies", candidates=candidates)).pl()
 
 
@@ -674,8 +670,8 @@ READER_VERSION = sql.digest(
     *(
         sql.statement("ingest", name)
         for name in (
+            "hashed_copy_rows",
             "duplicate_candidates",
-            "found_duplicate_candidates",
             "appended_duplicate_candidates",
             "later_copies",
         )

@@ -1,28 +1,25 @@
 -- Ingest: from the month's validated Parquet to the warehouse.
 
--- name: duplicate_candidates
--- The rows of a part that may be exact duplicates (all nine fields equal), for later_copies:
--- those whose hash repeats. Hashing first keeps the exact comparison to the few such rows.
+-- name: hashed_copy_rows
+-- The rows of a part that may be exact duplicates (all nine fields equal), by file_row_number:
+-- those whose hash repeats. For a part the write could not check (reader._CopyFinder).
 WITH hashed AS (
     SELECT file_row_number,
            hash(event_time, event_type, product_id, category_id, category_code, brand,
                 price, user_id, user_session) AS h
     FROM read_parquet({events_parquet}, file_row_number = true)
-),
-repeated AS (
-    SELECT h FROM hashed GROUP BY h HAVING count(*) > 1
 )
-SELECT 1 AS source, e.*
-FROM read_parquet({events_parquet}, file_row_number = true) AS e
-SEMI JOIN (SELECT file_row_number FROM hashed WHERE h IN (SELECT h FROM repeated)) AS c
-    USING (file_row_number)
+SELECT file_row_number FROM hashed
+WHERE h IN (SELECT h FROM hashed GROUP BY h HAVING count(*) > 1)
 
--- name: found_duplicate_candidates
--- The same from the rows that the write of the part found to have a copy in it ({found}: their
--- file_row_number, see reader._CopyFinder), instead of hashing every row of the part again.
+-- name: duplicate_candidates
+-- The rows of a part that may be exact duplicates, for later_copies: those whose
+-- file_row_number copy_rows lists, as the write found them (reader._CopyFinder) or as
+-- hashed_copy_rows does.
+-- The exact comparison is left to later_copies, over these few rows.
 SELECT 1 AS source, e.*
 FROM read_parquet({events_parquet}, file_row_number = true) AS e
-SEMI JOIN {found} AS c USING (file_row_number)
+SEMI JOIN {copy_rows} AS c USING (file_row_number)
 
 -- name: appended_duplicate_candidates
 -- The same for a part read from bytes appended to the raw file, whose rows may also copy a
