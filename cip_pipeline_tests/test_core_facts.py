@@ -9,7 +9,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from cip_pipeline.assets.core import user_days_chunks
+from cip_pipeline.assets.core import session_chunks, user_days_chunks
 from cip_pipeline.io_managers import SqlTable
 from cip_pipeline.io_managers.tables import TimeSlice
 from cip_pipeline_tests import warehouse_oracle as oracle
@@ -20,6 +20,7 @@ from cip_pipeline_tests.warehouse_sample import (
 )
 
 OCT, NOV = "2019-10-01", "2019-11-01"
+EVENTS_TABLE = SqlTable("core", "events")
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,46 @@ def test_daily_kpis_reconcile_with_the_month(
     assert meta["month_purchases"].value == purchases.height
     assert meta["month_revenue"].value == pytest.approx(purchases["price"].sum(), rel=1e-9)
     assert meta["month_events"].value == october.height
+
+
+def test_session_products_by_hand() -> None:
+    """Distinct and viewed products of hand-made sessions, through the chunk SQL alone:
+    repeated views, a product carted but never viewed, neighbouring ids (whose codes in the
+    SQL differ by one) and the largest product id."""
+    big = 2**31 - 1
+    rows = [
+        # (minute, event_type, product_id, session)
+        (0, "view", 7, "s"),
+        (1, "view", 7, "s"),
+        (2, "cart", 7, "s"),
+        (3, "view", 8, "s"),
+        (4, "cart", 3, "s"),
+        (5, "purchase", 3, "s"),
+        (6, "view", big, "s"),
+        (7, "remove_from_cart", 8, "s"),
+        (8, "cart", 5, "t"),
+        (9, "cart", 5, "t"),
+    ]
+    ids = {"s": "aaaaaaaa-0000-4000-8000-000000000001", "t": "bbbbbbbb-0000-4000-8000-00000000000b"}
+    con = duckdb.connect()
+    con.execute(
+        "CREATE SCHEMA core; CREATE TABLE core.events (event_time TIMESTAMP, event_type VARCHAR,"
+        " product_id INTEGER, category_id BIGINT, category_code VARCHAR, brand VARCHAR,"
+        " price DECIMAL(9, 2), user_id INTEGER, user_session UUID)"
+    )
+    con.executemany(
+        "INSERT INTO core.events VALUES (TIMESTAMP '2019-11-05 10:00' + to_minutes($1::BIGINT),"
+        " $2, $3, 1, 'electronics.phone', NULL, 9.99, 1, $4)",
+        [(minute, kind, product, ids[s]) for minute, kind, product, s in rows],
+    )
+    start, end = datetime(2019, 11, 1), datetime(2019, 12, 1)
+    [chunk] = [
+        c
+        for c in session_chunks(con, EVENTS_TABLE, start, end, end, None)
+        if c.label.startswith("2019-11-04")
+    ]
+    got = con.execute(
+        f"SELECT user_session::VARCHAR, distinct_products, viewed_products FROM ({chunk.select})"
+        " ORDER BY 1"
+    ).fetchall()
+    assert got == [(ids["s"], 4, [7, 8, big]), (ids["t"], 1, [])]

@@ -140,13 +140,14 @@ sessions AS (
            count(*) FILTER (WHERE event_type = 'cart') AS carts,
            count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
            count(*) FILTER (WHERE event_type = 'remove_from_cart') AS remove_from_carts,
-           -- distinct products from a list, not count(DISTINCT): 1.8 against 2.3 s for a
-           -- 3-day span at 110 M events, with the viewed products' list beside it
-           len(list_distinct(list(product_id))) AS distinct_products,
            coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0)::DECIMAL(18, 2)
                AS revenue,
-           list_sort(list_distinct(list(product_id) FILTER (WHERE event_type = 'view')))
-               AS viewed_products
+           -- The session's products as codes (product_id * 2, plus 1 for a view), sorted:
+           -- distinct products and viewed products are then read off neighbours (below).
+           -- One sort and no hashing per session: list_distinct (and count(DISTINCT)) took
+           -- 2.2 s for a 3-day span at 110 M events, this 1.25 s.
+           list_sort(list((product_id::BIGINT << 1) | (event_type = 'view')::BIGINT))
+               AS product_codes
     FROM session_events
     GROUP BY user_session
 ),
@@ -161,13 +162,19 @@ main_categories AS (
 )
 SELECT s.user_session, s.user_id, s.start_time, s.end_time,
        date_diff('second', s.start_time, s.end_time) AS duration_seconds,
-       s.events, s.views, s.carts, s.purchases, s.remove_from_carts, s.distinct_products,
+       s.events, s.views, s.carts, s.purchases, s.remove_from_carts,
+       len(list_filter(s.product_codes, lambda c, i:
+           c IS NOT NULL AND (i = 1 OR c >> 1 <> s.product_codes[i - 1] >> 1)))
+           AS distinct_products,
        s.carts > 0 AS has_cart,
        s.purchases > 0 AS has_purchase,
        s.carts > 0 AND s.purchases = 0 AS cart_abandoned,
        s.revenue,
        m.main_category,
-       coalesce(s.viewed_products, []::INTEGER[]) AS viewed_products
+       list_transform(
+           list_filter(s.product_codes, lambda c, i:
+               c & 1 = 1 AND (i = 1 OR c <> s.product_codes[i - 1])),
+           lambda c: (c >> 1)::INTEGER) AS viewed_products
 FROM sessions AS s LEFT JOIN main_categories AS m USING (user_session)
 
 -- name: fact_sessions_event_coverage
