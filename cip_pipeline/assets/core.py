@@ -124,6 +124,17 @@ def boundary_sql(events: SqlTable, start: datetime, end: datetime) -> str:
     )
 
 
+def boundary_once(
+    con: duckdb.DuckDBPyConnection, events: SqlTable, start: datetime, end: datetime
+) -> str:
+    """The boundary sessions of [start, end) (`boundary_sql`) computed once on this connection,
+    into a temporary table named by the window, and a SELECT over it: the reach, counts and
+    fingerprint queries would each compute them again from four days of events."""
+    table = f"boundary_{start:%Y%m%d%H%M%S}_{end:%Y%m%d%H%M%S}"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {boundary_sql(events, start, end)}")
+    return f"SELECT side, user_session FROM temp.{table}"
+
+
 def session_reach(
     con: duckdb.DuckDBPyConnection, events: SqlTable, boundary: str, end: datetime
 ) -> tuple[datetime, int]:
@@ -184,7 +195,7 @@ def neighbours_unchanged(
     around = TimeSlice("event_time", month_before(start), month_after(end))
     events = SqlTable(*EVENTS.path, around.predicate())
     with warehouse.connect(read_only=True) as con:
-        boundary = boundary_sql(events, start, end)
+        boundary = boundary_once(con, events, start, end)
         until, _ = session_reach(con, events, boundary, end)
         return neighbour_fingerprint(con, events, boundary, end, until) == fingerprint
 
@@ -227,9 +238,9 @@ def fact_sessions(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, events: SqlTable
 ) -> dg.Output[SqlQuery]:
     start, end = month_window(context.partition_key)
-    boundary = boundary_sql(events, start, end)
     loaded = loaded_spans(context.instance, [month_before(start), start, end])
     with warehouse.connect(read_only=True) as con:
+        boundary = boundary_once(con, events, start, end)
         until, next_events = session_reach(con, events, boundary, end)
         crossing = fetch_row(con, sql.statement("core", "boundary_counts", boundary=boundary))
         figures = headline(
@@ -293,7 +304,12 @@ def session_chunks(
     chunks = []
     for since, span_end in month_spans(start, end):
         boundary = boundary_sql(events, since, span_end)
-        reach = until if span_end == end else session_reach(con, events, boundary, span_end)[0]
+        if span_end == end:
+            reach = until
+        else:
+            reach, _ = session_reach(
+                con, events, boundary_once(con, events, since, span_end), span_end
+            )
         read = SqlTable(
             events.schema, events.table, TimeSlice("event_time", since, reach).predicate()
         )
