@@ -148,7 +148,7 @@ def test_daily_kpis_reconcile_with_the_month(
 def test_session_products_by_hand() -> None:
     """Distinct and viewed products of hand-made sessions, through the chunk SQL alone:
     repeated views, a product carted but never viewed, neighbouring ids (whose codes in the
-    SQL differ by one) and the largest product id."""
+    SQL differ by one), negative ids (the ingest accepts any Int32) and both ends of Int32."""
     big = 2**31 - 1
     rows = [
         # (minute, event_type, product_id, session)
@@ -162,8 +162,16 @@ def test_session_products_by_hand() -> None:
         (7, "remove_from_cart", 8, "s"),
         (8, "cart", 5, "t"),
         (9, "cart", 5, "t"),
+        (10, "view", -3, "u"),
+        (11, "cart", -3, "u"),
+        (12, "view", -(2**31), "u"),
+        (13, "view", -2, "u"),
     ]
-    ids = {"s": "aaaaaaaa-0000-4000-8000-000000000001", "t": "bbbbbbbb-0000-4000-8000-00000000000b"}
+    ids = {
+        "s": "aaaaaaaa-0000-4000-8000-000000000001",
+        "t": "bbbbbbbb-0000-4000-8000-00000000000b",
+        "u": "cccccccc-0000-4000-8000-00000000000c",
+    }
     con = duckdb.connect()
     con.execute(
         "CREATE SCHEMA core; CREATE TABLE core.events (event_time TIMESTAMP, event_type VARCHAR,"
@@ -185,4 +193,8 @@ def test_session_products_by_hand() -> None:
         f"SELECT user_session::VARCHAR, distinct_products, viewed_products FROM ({chunk.select})"
         " ORDER BY 1"
     ).fetchall()
-    assert got == [(ids["s"], 4, [7, 8, big]), (ids["t"], 1, [])]
+    assert got == [
+        (ids["s"], 4, [7, 8, big]),
+        (ids["t"], 1, []),
+        (ids["u"], 3, [-(2**31), -3, -2]),
+    ]
