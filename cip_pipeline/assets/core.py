@@ -127,9 +127,10 @@ def boundary_sql(events: SqlTable, start: datetime, end: datetime) -> str:
 def boundary_once(
     con: duckdb.DuckDBPyConnection, events: SqlTable, start: datetime, end: datetime
 ) -> str:
-    """The boundary sessions of [start, end) (`boundary_sql`) computed once on this connection,
-    into a temporary table named by the window, and a SELECT over it: the reach, counts and
-    fingerprint queries would each compute them again from four days of events."""
+    """The boundary sessions of [start, end) (`boundary_sql`) computed into a temporary table
+    of this connection, named by the window and replaced on each call, and a SELECT over it:
+    the reach, counts and fingerprint queries would each compute them from four days of
+    events."""
     table = f"boundary_{start:%Y%m%d%H%M%S}_{end:%Y%m%d%H%M%S}"
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {boundary_sql(events, start, end)}")
     return f"SELECT side, user_session FROM temp.{table}"
