@@ -324,12 +324,12 @@ class _CopyFinder:
 
 
 def _ordered_row_groups(
-    rows: pl.LazyFrame, quarantine_tmp: Path, copies: _CopyFinder
+    rows: pl.LazyFrame, quarantine_tmp: Path, copies: _CopyFinder | None
 ) -> Callable[..., Iterator[pl.DataFrame]]:
     """A Polars IO source: the good rows in row groups of ROW_GROUP_ROWS, each ordered by
     product (stably, so by time within a product). Bad rows go to `quarantine_tmp` as the
-    stream passes them, and each row group goes past `copies`; one pass over the file feeds
-    all three."""
+    stream passes them, and each row group goes past `copies` (if given); one pass over the
+    file feeds all three."""
 
     def source(
         with_columns: list[str] | None, predicate: pl.Expr | None, *_: object
@@ -341,7 +341,8 @@ def _ordered_row_groups(
         def row_group(block: pl.DataFrame) -> pl.DataFrame:
             nonlocal written
             block = _row_group(block, predicate)
-            copies.scan(block, written)
+            if copies is not None:
+                copies.scan(block, written)
             written += block.height
             return block if with_columns is None else block.select(with_columns)
 
@@ -379,7 +380,7 @@ def _row_group(block: pl.DataFrame, predicate: pl.Expr | None) -> pl.DataFrame:
 
 
 def _write_lake_files(
-    rows: pl.LazyFrame, events_tmp: Path, quarantine_tmp: Path, copies: _CopyFinder
+    rows: pl.LazyFrame, events_tmp: Path, quarantine_tmp: Path, copies: _CopyFinder | None
 ) -> None:
     # Polars' own writer (pyarrow's made the same rows 26% larger), fed by an IO source:
     # frames pass by reference, no row is touched in Python. The IO-plugin API is marked
@@ -510,11 +511,14 @@ class _MonthLake:
         events_tmp, quarantine_tmp = self._tmp(name)
         try:
             rows = classify(_lines(source, first_line), self.month_start, self.month_end)
-            copies = _CopyFinder()
+            # An appended part's copies are looked for with the earlier parts' rows, by a query
+            # over them all (`_duplicates`): what the write would find goes unused.
+            copies = None if earlier else _CopyFinder()
             _write_lake_files(rows, events_tmp, quarantine_tmp, copies)
             rows_valid = pq.ParquetFile(events_tmp).metadata.num_rows
+            in_part = None if copies is None else copies.candidates()
             with self.scratch() as con:
-                duplicates = _duplicates(con, events_tmp, earlier, rows_valid, copies.candidates())
+                duplicates = _duplicates(con, events_tmp, earlier, rows_valid, in_part)
             quarantine = pl.concat(
                 [
                     pl.read_parquet(quarantine_tmp),
@@ -577,8 +581,9 @@ def _duplicates(
             last_time=sql.timestamp(last),
         )
     else:
-        copy_rows = f"({sql.statement('ingest', 'hashed_copy_rows', events_parquet=events)})"
-        if in_part is not None:  # found by the write: no row of the part is hashed
+        if in_part is None:
+            copy_rows = f"({sql.statement('ingest', 'hashed_copy_rows', events_parquet=events)})"
+        else:  # found by the write: no row of the part is hashed
             con.register("copies_in_part", in_part)
             copy_rows = "copies_in_part"
         candidates = sql.statement(
