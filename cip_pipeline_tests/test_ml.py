@@ -484,6 +484,65 @@ def test_co_view_recommendations_equal_an_independent_count(warehouse: Path) -> 
     assert recs["score"].to_list() == expected["len"].cast(pl.Float64).to_list()
 
 
+def test_co_view_top_ten_by_hand() -> None:
+    """The co-view tier on hand-made sessions, against a count of pairs in Python. The SQL
+    sorts only the pairs at or above a lower bound of each product's 10th count, so the
+    sessions give products whose bound is 32, 3 and 0, eleven partners tied at the 10th
+    place (the lower ids win, negative ones and Int32's minimum among them), a partner just
+    below the bound, a 10th partner below the count of the other nine, and pairs seen in a
+    single session (never recommended)."""
+    low = -(2**31)
+    sessions: list[list[int]] = []
+    sessions += [[1, low, -5, *range(100, 109), 110] for _ in range(33)]  # 11 partners, n = 33
+    sessions += [[1, 111] for _ in range(31)]  # below product 1's bound of 32
+    sessions += [[2, p] for p in range(200, 210) for _ in range(3)]  # 10 partners, n = 3
+    sessions += [[2, 210], [2, 210], [2, 211]]  # n = 2 (kept after the ten) and n = 1
+    sessions += [[3, 300], [3, 300], [3, 301], [3, 301], [3, 302]]  # bound 0
+    sessions += [[4, p] for p in range(400, 409) for _ in range(4)] + [[4, 409]] * 3  # bound 3
+    con = duckdb.connect()
+    con.execute(
+        "CREATE SCHEMA core; CREATE TABLE core.events (event_time TIMESTAMP, event_type VARCHAR,"
+        " product_id INTEGER, category_id BIGINT, brand VARCHAR);"
+        "CREATE TABLE core.fact_sessions (start_time TIMESTAMP, end_time TIMESTAMP,"
+        " viewed_products INTEGER[])"
+    )
+    products = sorted({p for s in sessions for p in s})
+    con.executemany(
+        "INSERT INTO core.events VALUES (TIMESTAMP '2019-11-30 12:00', 'view', $1, $1, NULL)",
+        [(p,) for p in products],  # each product alone in its category: no fallback
+    )
+    con.executemany(
+        "INSERT INTO core.fact_sessions VALUES (TIMESTAMP '2019-11-20 10:00',"
+        " TIMESTAMP '2019-11-20 10:30', list_sort($1))",
+        [(s,) for s in sessions],
+    )
+    no_rules = (
+        "(SELECT 0 AS antecedent, 0 AS consequent, 0.0 AS confidence, 0.0 AS lift WHERE false)"
+    )
+    got = con.execute(
+        f"SELECT product_id, recommended_product_id, score, rank "
+        f"FROM ({ml.recommendations_sql(ml.AffinityConfig(), no_rules)}) "
+        "WHERE source = 'co-view' ORDER BY product_id, rank"
+    ).fetchall()
+
+    counts: dict[tuple[int, int], int] = {}
+    for s in sessions:
+        for a in s:
+            for b in s:
+                if a != b:
+                    counts[a, b] = counts.get((a, b), 0) + 1
+    expected = []
+    for p in products:
+        seen = sorted((-n, b) for (a, b), n in counts.items() if a == p and n >= 2)
+        expected += [(p, b, float(-m), i) for i, (m, b) in enumerate(seen[:10], start=1)]
+    assert got == expected
+    top_of_1 = [b for p, b, _, _ in got if p == 1]
+    assert top_of_1 == [low, -5, *range(100, 108)]
+    assert [b for p, b, _, _ in got if p == 2] == list(range(200, 210))
+    assert [(b, n) for p, b, n, _ in got if p == 3] == [(300, 2.0), (301, 2.0)]
+    assert [b for p, b, _, _ in got if p == 4] == list(range(400, 410))
+
+
 def test_power_tables_equal_the_stats_module(warehouse: Path) -> None:
     table = _query(warehouse, "SELECT * FROM experiments.ab_power_tables")
     sizes = table.filter(pl.col("table") == "conversion_sample_size")

@@ -268,12 +268,32 @@ co_view_pairs AS (
     GROUP BY ALL
     HAVING count(*) >= 2
 ),
+co_view_directed AS NOT MATERIALIZED (
+    -- both directions, read twice below: storing them once cost more than the second read
+    SELECT a AS product_id, b AS recommended_product_id, n FROM co_view_pairs
+    UNION ALL
+    SELECT b, a, n FROM co_view_pairs
+),
+co_view_floor AS (
+    -- A lower bound of each product's 10th highest count, from a few thresholds: only its
+    -- pairs at or above it can be in its top 10, so the window below sorts a fraction of
+    -- the directed pairs (35 M at 110 M events: 4.2 -> 2.2 s, the same rows). A top-10
+    -- aggregate was faster still but ran out of memory under the budget.
+    SELECT product_id,
+           CASE WHEN count(*) FILTER (WHERE n >= 32) >= 10 THEN 32
+                WHEN count(*) FILTER (WHERE n >= 16) >= 10 THEN 16
+                WHEN count(*) FILTER (WHERE n >= 8) >= 10 THEN 8
+                WHEN count(*) FILTER (WHERE n >= 4) >= 10 THEN 4
+                WHEN count(*) FILTER (WHERE n >= 3) >= 10 THEN 3
+                ELSE 0 END AS least
+    FROM co_view_directed
+    GROUP BY product_id
+),
 co_views AS (
     SELECT product_id, recommended_product_id, n::DOUBLE AS score, 'co-view' AS source,
            2 AS tier
-    FROM (SELECT a AS product_id, b AS recommended_product_id, n FROM co_view_pairs
-          UNION ALL
-          SELECT b, a, n FROM co_view_pairs)
+    FROM co_view_directed JOIN co_view_floor USING (product_id)
+    WHERE n >= least
     QUALIFY row_number() OVER (PARTITION BY product_id ORDER BY n DESC,
                                recommended_product_id) <= 10
 ),
