@@ -496,7 +496,7 @@ def test_co_view_top_ten_by_hand() -> None:
     sessions += [[1, low, -5, *range(100, 109), 110] for _ in range(33)]  # 11 partners, n = 33
     sessions += [[1, 111] for _ in range(31)]  # below product 1's bound of 32
     sessions += [[2, p] for p in range(200, 210) for _ in range(3)]  # 10 partners, n = 3
-    sessions += [[2, 210], [2, 210], [2, 211]]  # n = 2 (kept after the ten) and n = 1
+    sessions += [[2, 210], [2, 210], [2, 211]]  # n = 2, below the bound, and n = 1
     sessions += [[3, 300], [3, 300], [3, 301], [3, 301], [3, 302]]  # bound 0
     sessions += [[4, p] for p in range(400, 409) for _ in range(4)] + [[4, 409]] * 3  # bound 3
     con = duckdb.connect()
@@ -520,7 +520,7 @@ def test_co_view_top_ten_by_hand() -> None:
         "(SELECT 0 AS antecedent, 0 AS consequent, 0.0 AS confidence, 0.0 AS lift WHERE false)"
     )
     got = con.execute(
-        f"SELECT product_id, recommended_product_id, score, rank "
+        "SELECT product_id, recommended_product_id, score, rank "
         f"FROM ({ml.recommendations_sql(ml.AffinityConfig(), no_rules)}) "
         "WHERE source = 'co-view' ORDER BY product_id, rank"
     ).fetchall()
