@@ -21,8 +21,6 @@ WITH figures AS (
            min(event_time)::VARCHAR AS lo_event_time,
            max(event_time)::VARCHAR AS hi_event_time,
            count(event_type) AS n_event_type,
-           min(event_type::VARCHAR) AS lo_event_type,
-           max(event_type::VARCHAR) AS hi_event_type,
            count(product_id) AS n_product_id,
            min(product_id)::VARCHAR AS lo_product_id,
            max(product_id)::VARCHAR AS hi_product_id,
@@ -55,7 +53,11 @@ distincts AS (
     -- the same aggregates apart (the whole profile of a 67 M-row month: 9.7 -> 8.6 s)
     SELECT *
     FROM (SELECT count(DISTINCT event_time) AS d_event_time FROM {events}),
-         (SELECT count(DISTINCT event_type) AS d_event_type FROM {events}),
+         -- the types' text order from their few distinct values, not a cast of every row
+         -- (the enum's order is not alphabetical): 0.7 -> 0.2 s for a 69 M-row month
+         (SELECT count(*) AS d_event_type, min(t::VARCHAR) AS lo_event_type,
+                 max(t::VARCHAR) AS hi_event_type
+          FROM (SELECT DISTINCT event_type AS t FROM {events} WHERE event_type IS NOT NULL)),
          (SELECT count(DISTINCT product_id) AS d_product_id FROM {events}),
          (SELECT count(DISTINCT category_id) AS d_category_id FROM {events}),
          (SELECT count(DISTINCT category_code) AS d_category_code FROM {events}),
