@@ -17,6 +17,7 @@ from cip_pipeline_tests.warehouse_sample import (
     WarehouseSample,
     assert_frames_match,
     check_problems,
+    hand_made_events,
 )
 
 OCT, NOV = "2019-10-01", "2019-11-01"
@@ -172,12 +173,7 @@ def test_session_products_by_hand() -> None:
         "t": "bbbbbbbb-0000-4000-8000-00000000000b",
         "u": "cccccccc-0000-4000-8000-00000000000c",
     }
-    con = duckdb.connect()
-    con.execute(
-        "CREATE SCHEMA core; CREATE TABLE core.events (event_time TIMESTAMP, event_type VARCHAR,"
-        " product_id INTEGER, category_id BIGINT, category_code VARCHAR, brand VARCHAR,"
-        " price DECIMAL(9, 2), user_id INTEGER, user_session UUID)"
-    )
+    con = hand_made_events()
     con.executemany(
         "INSERT INTO core.events VALUES (TIMESTAMP '2019-11-05 10:00' + to_minutes($1::BIGINT),"
         " $2, $3, 1, 'electronics.phone', NULL, 9.99, 1, $4)",

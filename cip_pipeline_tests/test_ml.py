@@ -31,6 +31,7 @@ from cip_pipeline.io_managers.tables import CHUNKS
 from cip_pipeline.ml import propensity as prop
 from cip_pipeline.runner import execute, run_pipeline
 from cip_pipeline_tests import warehouse_oracle
+from cip_pipeline_tests.warehouse_sample import hand_made_events
 
 pytestmark = pytest.mark.slow
 
@@ -499,16 +500,15 @@ def test_co_view_top_ten_by_hand() -> None:
     sessions += [[2, 210], [2, 210], [2, 211]]  # n = 2, below the bound, and n = 1
     sessions += [[3, 300], [3, 300], [3, 301], [3, 301], [3, 302]]  # bound 0
     sessions += [[4, p] for p in range(400, 409) for _ in range(4)] + [[4, 409]] * 3  # bound 3
-    con = duckdb.connect()
+    con = hand_made_events()
     con.execute(
-        "CREATE SCHEMA core; CREATE TABLE core.events (event_time TIMESTAMP, event_type VARCHAR,"
-        " product_id INTEGER, category_id BIGINT, brand VARCHAR);"
         "CREATE TABLE core.fact_sessions (start_time TIMESTAMP, end_time TIMESTAMP,"
         " viewed_products INTEGER[])"
     )
     products = sorted({p for s in sessions for p in s})
     con.executemany(
-        "INSERT INTO core.events VALUES (TIMESTAMP '2019-11-30 12:00', 'view', $1, $1, NULL)",
+        "INSERT INTO core.events (event_time, event_type, product_id, category_id)"
+        " VALUES (TIMESTAMP '2019-11-30 12:00', 'view', $1, $1)",
         [(p,) for p in products],  # each product alone in its category: no fallback
     )
     con.executemany(

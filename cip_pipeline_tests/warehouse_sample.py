@@ -22,6 +22,18 @@ from cip_pipeline.runner import RunSummary, execute, run_months, write_instance_
 REL_TOLERANCE = 1e-6
 
 
+def hand_made_events() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB holding an empty core.events with the warehouse's columns (the
+    event type as text), for a statement run on hand-made rows."""
+    con = duckdb.connect()
+    con.execute(
+        "CREATE SCHEMA core; CREATE TABLE core.events (event_time TIMESTAMP, event_type VARCHAR,"
+        " product_id INTEGER, category_id BIGINT, category_code VARCHAR, brand VARCHAR,"
+        " price DECIMAL(9, 2), user_id INTEGER, user_session UUID)"
+    )
+    return con
+
+
 @dataclass
 class WarehouseSample:
     root: Path
