@@ -23,15 +23,20 @@ from typing import TextIO
 from cip_pipeline import definitions, paths
 from cip_pipeline.automation import ALL_MONTHS_JOB
 from cip_pipeline.months import month_of_raw_file
-from cip_pipeline.runner import ensure_instance, execute, run_months
+from cip_pipeline.runner import RunSummary, ensure_instance, execute, run_months
 
 
 @dataclass
 class AssetFigures:
+    """One asset's figures, a value per run: both months summed, its checks' steps apart."""
+
     asset: str
     rows: int | None
     seconds: list[float] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)
+    check_seconds: list[float] = field(default_factory=list)
+    refresh_seconds: list[float] = field(default_factory=list)
+    refresh_check_seconds: list[float] = field(default_factory=list)
 
     def median_seconds(self) -> float:
         return statistics.median(self.seconds) if self.seconds else 0.0
@@ -51,6 +56,9 @@ class BenchReport:
     raw_bytes: int
     totals: list[float] = field(default_factory=list)
     refresh_totals: list[float] = field(default_factory=list)
+    # the part of each total spent in check steps (the rest: assets, and Dagster between steps)
+    check_totals: list[float] = field(default_factory=list)
+    refresh_check_totals: list[float] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)
     parquet_bytes: int = 0
     warehouse_bytes: int = 0
@@ -140,23 +148,22 @@ def run_bench(
             if definitions.UNPARTITIONED_ASSETS:
                 summaries.append(execute(defs, ALL_MONTHS_JOB, instance, "all months"))
             total = time.perf_counter() - t0
-            per_run: dict[str, AssetFigures] = {}
             for summary in summaries:
                 if not summary.success:
                     raise RuntimeError(
                         f"benchmark run failed ({summary.label}): {summary.failures}"
                     )
-                for step in summary.steps:
-                    fig = per_run.setdefault(step.asset, AssetFigures(step.asset, 0))
-                    fig.rows = (fig.rows or 0) + (step.rows or 0)
-                    fig.seconds.append(step.seconds)
-                    fig.peak_rss.append(step.peak_rss or 0)
+            per_run = _per_asset(summaries)
             for name, fig in per_run.items():
                 agg = report.assets.setdefault(name, AssetFigures(name, fig.rows))
-                agg.seconds.append(sum(fig.seconds))
-                agg.peak_rss.append(max(fig.peak_rss))
+                agg.seconds.append(fig.seconds)
+                agg.check_seconds.append(fig.check_seconds)
+                agg.peak_rss.append(fig.peak_rss)
             report.totals.append(total)
-            report.peak_rss.append(max((max(f.peak_rss) for f in per_run.values()), default=0))
+            report.check_totals.append(sum(f.check_seconds for f in per_run.values()))
+            report.peak_rss.append(
+                max((max(f.peak_rss, f.check_peak_rss) for f in per_run.values()), default=0)
+            )
             report.parquet_bytes = _dir_bytes(run / "lake" / "events")
             report.warehouse_bytes = _dir_bytes(run / "warehouse")
             print(f"run {i + 1}/{repeat}: {total:.1f} s", file=out)
@@ -181,6 +188,14 @@ def run_bench(
                     print(f"  one-month refresh failed: {report.failures[-1]}", file=out)
                     continue
                 report.refresh_totals.append(time.perf_counter() - t1)
+                per_refresh = _per_asset(refreshed)
+                for name, fig in per_refresh.items():
+                    agg = report.assets.setdefault(name, AssetFigures(name, None))
+                    agg.refresh_seconds.append(fig.seconds)
+                    agg.refresh_check_seconds.append(fig.check_seconds)
+                report.refresh_check_totals.append(
+                    sum(f.check_seconds for f in per_refresh.values())
+                )
                 print(f"  one-month refresh: {report.refresh_totals[-1]:.1f} s", file=out)
     finally:
         for k, v in home_env.items():
@@ -191,8 +206,35 @@ def run_bench(
     return report
 
 
-def _median_range(values: list[float]) -> str:
-    if not values:
+@dataclass
+class _RunFigures:
+    rows: int = 0
+    seconds: float = 0.0
+    check_seconds: float = 0.0
+    peak_rss: int = 0
+    check_peak_rss: int = 0
+
+
+def _per_asset(summaries: list[RunSummary]) -> dict[str, _RunFigures]:
+    """Per asset over a run's summaries (the months' and the all-months'): rows and seconds of
+    its materializations, seconds of its check steps, and the peak RSS of each."""
+    figures: dict[str, _RunFigures] = {}
+    for summary in summaries:
+        for step in summary.steps:
+            fig = figures.setdefault(step.asset, _RunFigures())
+            fig.rows += step.rows or 0
+            fig.seconds += step.seconds
+            fig.peak_rss = max(fig.peak_rss, step.peak_rss or 0)
+        for step in summary.check_steps:
+            fig = figures.setdefault(step.asset, _RunFigures())
+            fig.check_seconds += step.seconds
+            fig.check_peak_rss = max(fig.check_peak_rss, step.peak_rss or 0)
+    return figures
+
+
+def _median_range(values: list[float], blank_zero: bool = False) -> str:
+    """Median (range) to two decimals; "-" with no values (or only zeros, if `blank_zero`)."""
+    if not values or (blank_zero and not any(values)):
         return "-"
     med = statistics.median(values)
     if len(values) == 1:
@@ -202,23 +244,42 @@ def _median_range(values: list[float]) -> str:
 
 def to_markdown(report: BenchReport) -> str:
     mib = 2**20
+    refresh = bool(report.refresh_totals)
+    header = (
+        "| asset | rows | seconds, median (range) | its checks, s | rows/s | peak RSS MiB (max) |"
+    )
+    rule = "|---|---:|---:|---:|---:|---:|"
+    if refresh:
+        header += " refresh, s | refresh checks, s |"
+        rule += "---:|---:|"
     lines = [
         f"# cip bench: {report.events:,} events, seed {report.seed}, "
         f"{report.repeat} run(s), {report.started}",
         "",
-        "| asset | rows | seconds, median (range) | rows/s | peak RSS MiB (max) |",
-        "|---|---:|---:|---:|---:|",
+        "Seconds per asset: its steps in the full run (both months), and apart the steps of its",
+        "checks; the totals also hold Dagster's work between steps.",
+        "",
+        header,
+        rule,
     ]
     for fig in report.assets.values():
         rows_per_second = fig.rows_per_second()
         rate = "-" if rows_per_second is None else f"{rows_per_second:,.0f}"
         peak = f"{max(fig.peak_rss) / mib:,.0f}" if fig.peak_rss else "-"
-        lines.append(
-            f"| {fig.asset} | {fig.rows or 0:,} | {_median_range(fig.seconds)} | {rate} | {peak} |"
+        line = (
+            f"| {fig.asset} | {fig.rows or 0:,} | {_median_range(fig.seconds)} | "
+            f"{_median_range(fig.check_seconds, blank_zero=True)} | {rate} | {peak} |"
         )
+        if refresh:
+            line += (
+                f" {_median_range(fig.refresh_seconds)} | "
+                f"{_median_range(fig.refresh_check_seconds, blank_zero=True)} |"
+            )
+        lines.append(line)
     lines += [
         "",
-        f"- full run: {_median_range(report.totals)} s",
+        f"- full run: {_median_range(report.totals)} s, of which check steps "
+        f"{_median_range(report.check_totals)} s",
         f"- overall peak RSS: {max(report.peak_rss, default=0) / mib:,.0f} MiB",
         f"- raw CSV: {report.raw_bytes / mib:,.0f} MiB; Parquet: "
         f"{report.parquet_bytes / mib:,.0f} MiB "
@@ -229,7 +290,8 @@ def to_markdown(report: BenchReport) -> str:
         ratio = statistics.median(report.refresh_totals) / statistics.median(report.totals)
         lines.append(
             f"- one-month refresh: {_median_range(report.refresh_totals)} s "
-            f"({ratio:.2f} x the full run)"
+            f"({ratio:.2f} x the full run), of which check steps "
+            f"{_median_range(report.refresh_check_totals)} s"
         )
     lines += [f"- FAILED: {failure}" for failure in report.failures]
     return "\n".join(lines) + "\n"

@@ -74,7 +74,8 @@ class RunSummary:
     run_id: str
     success: bool
     seconds: float
-    steps: list[StepLine] = field(default_factory=list)
+    steps: list[StepLine] = field(default_factory=list)  # materializations
+    check_steps: list[StepLine] = field(default_factory=list)  # the steps of an asset's checks
     checks_passed: int = 0
     check_problems: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -82,8 +83,13 @@ class RunSummary:
 
 
 def _summarize(
-    label: str, result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance, seconds: float
+    label: str,
+    result: dg.ExecuteInProcessResult,
+    instance: dg.DagsterInstance,
+    seconds: float,
+    checked: dict[str, str],
 ) -> RunSummary:
+    """What a run did; `checked` names the asset of each step of asset checks."""
     run_id = result.run_id
     summary = RunSummary(label, run_id, result.success, seconds)
     durations = {
@@ -101,6 +107,11 @@ def _summarize(
                 step_peaks.get(event.step_key or ""),
             )
         )
+    summary.check_steps = [
+        StepLine(checked[step_key], None, seconds, step_peaks.get(step_key))
+        for step_key, seconds in durations.items()
+        if step_key in checked
+    ]
     for evaluation in result.get_asset_check_evaluations():
         if evaluation.passed:
             summary.checks_passed += 1
@@ -135,7 +146,8 @@ def print_summary(summary: RunSummary, out: TextIO = sys.stdout) -> None:
         rows = f"{step.rows:>12,} rows" if step.rows is not None else " " * 17
         rss = f"  {step.peak_rss / 2**20:7,.0f} MiB peak" if step.peak_rss else ""
         print(f"  {step.asset:<28} {rows}  {step.seconds:6.2f} s{rss}", file=out)
-    checks = f"  checks: {summary.checks_passed} passed"
+    check_seconds = sum(step.seconds for step in summary.check_steps)
+    checks = f"  checks: {summary.checks_passed} passed ({check_seconds:.2f} s)"
     if summary.check_problems:
         checks += f", {len(summary.check_problems)} not passed: " + ", ".join(
             summary.check_problems
@@ -168,7 +180,16 @@ def execute(
         tags={"cip/trigger": "cip run"},
         run_config=QUIET,
     )
-    return _summarize(label, result, instance, time.perf_counter() - t0)
+    return _summarize(label, result, instance, time.perf_counter() - t0, checked_assets(defs))
+
+
+def checked_assets(defs: dg.Definitions) -> dict[str, str]:
+    """The step of each definition of asset checks (its op's name) -> the asset it checks (or
+    the assets, joined). Checks declared on an asset run in the asset's own step: not here."""
+    return {
+        c.node_def.name: ", ".join(sorted({k.asset_key.to_user_string() for k in c.check_keys}))
+        for c in defs.asset_checks or []
+    }
 
 
 def months_to_derive(loaded: Sequence[str], previously_loaded: Iterable[str]) -> list[str]:

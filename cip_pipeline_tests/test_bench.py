@@ -39,6 +39,39 @@ def test_bench_reports_every_asset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         md_path.read_text() == to_markdown(report) and "| events_parquet |" in md_path.read_text()
     )
     assert (tmp_path / "bench" / "raw" / "60000-seed3" / ".complete").exists()
+    _assert_check_seconds_match_the_instance(report, tmp_path / "bench" / "run" / "dagster_home")
+
+
+def _assert_check_seconds_match_the_instance(report: bench.BenchReport, home: Path) -> None:
+    """Each asset's check seconds (full run plus refresh) are the durations Dagster recorded
+    for the steps of the check definitions on it, summed over every run of the benchmark."""
+    checked_by = {
+        c.node_def.name: next(iter(c.check_keys)).asset_key.to_user_string()
+        for c in definitions.build_definitions().asset_checks or []
+    }
+    expected: dict[str, float] = {}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+        for run in runs:
+            for stats in instance.get_run_step_stats(run.run_id):
+                if stats.step_key in checked_by:
+                    asset = checked_by[stats.step_key]
+                    duration = (stats.end_time or 0) - (stats.start_time or 0)
+                    expected[asset] = expected.get(asset, 0.0) + duration
+    assert len(runs) > 4 and len(expected) >= 10  # month loads and derivations, all months
+    reported = {
+        name: sum(fig.check_seconds) + sum(fig.refresh_check_seconds)
+        for name, fig in report.assets.items()
+        if any(fig.check_seconds) or any(fig.refresh_check_seconds)
+    }
+    assert reported.keys() == expected.keys()
+    for name, seconds in expected.items():
+        assert reported[name] == pytest.approx(seconds), name
+    total = sum(expected.values())
+    assert report.check_totals[0] + report.refresh_check_totals[0] == pytest.approx(total)
+    assert 0 < report.check_totals[0] < report.totals[0]
+    refreshed = report.assets["core/fact_sessions"]
+    assert refreshed.refresh_seconds[0] > 0 and refreshed.refresh_check_seconds[0] > 0
 
 
 def test_a_failed_refresh_is_reported_with_the_full_run(
