@@ -246,8 +246,9 @@ def propensity_model(
     scores["logistic_regression"] = prop.logistic_scores(logistic, x_val)
     scores.update(prop.rule_scores(val))
     probabilistic = ("lightgbm", "logistic_regression")
+    weights = prop.bootstrap_weights(len(y_val))
     metrics = {
-        name: asdict(prop.evaluate(y_val, s, probabilities=name in probabilistic))
+        name: asdict(prop.evaluate(y_val, s, name in probabilistic, weights))
         for name, s in scores.items()
     }
     beats = metrics["lightgbm"]["pr_auc"] > max(
