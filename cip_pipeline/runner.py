@@ -108,8 +108,8 @@ def _summarize(
             )
         )
     summary.check_steps = [
-        StepLine(checked[step_key], None, seconds, step_peaks.get(step_key))
-        for step_key, seconds in durations.items()
+        StepLine(checked[step_key], None, step_seconds, step_peaks.get(step_key))
+        for step_key, step_seconds in durations.items()
         if step_key in checked
     ]
     for evaluation in result.get_asset_check_evaluations():
