@@ -815,3 +815,48 @@ def test_late_rows_rebuild_only_the_user_day_chunks_and_snapshots_that_read_them
                 *_query(copy, "SELECT min(event_time), max(event_time) FROM core.events").row(0)
             )
             assert stored(features).equals(full_build(list(snapshot_selects(plan).values())))
+
+
+def test_score_snapshot_reads_its_all_time_figures_from_a_current_dim_users(
+    warehouse: Path, tmp_path: Path
+) -> None:
+    """The score snapshot's cutoff follows every user-day, so the all-time figures that
+    core.dim_users adds up are the same, row for row, as those grouped from the user-days. The
+    snapshot reads them there only while dim_users was built after the user-days."""
+    copy, defs = _warehouse_copy(warehouse, tmp_path)
+    first, last = _query(copy, "SELECT min(event_time), max(event_time) FROM core.events").row(0)
+    plan = prop.plan_snapshots(first, last)
+    score = f"{plan.score:%Y-%m-%d} (score)"
+    of_users, of_days = snapshot_selects(plan, users_current=True), snapshot_selects(plan)
+    assert "FROM core.dim_users" in of_users[score]
+    assert "FROM core.dim_users" not in of_days[score]
+    assert {k: v for k, v in of_users.items() if k != score} == {
+        k: v for k, v in of_days.items() if k != score
+    }
+    from_users, from_days = (_query(copy, q[score]).sort("user_id") for q in (of_users, of_days))
+    users = _query(copy, "SELECT count(*) AS n FROM core.dim_users")["n"][0]
+    assert from_users.height == users and from_users.equals(from_days)
+    assert from_users.schema == from_days.schema
+
+    def build(asset: dg.AssetsDefinition, instance: dg.DagsterInstance) -> dict[str, object]:
+        job = ALL_MONTHS_JOB if asset.partitions_def is None else MONTHLY_JOB
+        partition = None if asset.partitions_def is None else "2019-11-01"
+        summary = execute(defs, job, instance, "all-time", partition, [asset])
+        assert summary.success, summary.failures
+        return recorded(instance, asset.key)
+
+    source = "score_snapshot_all_time_from"
+    with dg.DagsterInstance.ephemeral() as instance:
+        build(core.fact_user_days, instance)
+        assert not ml.dim_users_current(instance)  # no dim_users recorded
+        build(core.dim_users, instance)
+        assert ml.dim_users_current(instance)
+        assert build(ml.propensity_features, instance)[source] == "core.dim_users"
+        stored = _query(copy, "SELECT * FROM ml.propensity_features").sort(pl.all())
+        build(core.fact_user_days, instance)  # dim_users is now older than the user-days
+        assert not ml.dim_users_current(instance)
+        meta = build(ml.propensity_features, instance)
+        assert str(meta[source]).startswith("core.fact_user_days")
+        # the score snapshot alone is built again (its SQL changed), to the same rows
+        assert [c["kept"] for c in meta[CHUNKS]] == [True] * (len(of_days) - 1) + [False]
+        assert _query(copy, "SELECT * FROM ml.propensity_features").sort(pl.all()).equals(stored)

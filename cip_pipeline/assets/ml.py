@@ -15,8 +15,8 @@ import sklearn
 from pydantic import Field
 
 from cip_pipeline import sql
-from cip_pipeline.assets.common import SKIPPED, recorded, skipped
-from cip_pipeline.assets.core import FACT_SESSIONS, FACT_USER_DAYS
+from cip_pipeline.assets.common import SKIPPED, latest_materialization, recorded, skipped
+from cip_pipeline.assets.core import DIM_USERS, FACT_SESSIONS, FACT_USER_DAYS
 from cip_pipeline.budget import Budget
 from cip_pipeline.io_managers import Chunk, SqlQuery, fingerprint
 from cip_pipeline.io_managers.model_io_manager import (
@@ -57,7 +57,7 @@ def _plan(warehouse: WarehouseResource, config: PropensityConfig) -> prop.Snapsh
 
 @dg.asset(
     key=FEATURES_KEY,
-    deps=[FACT_USER_DAYS, FACT_SESSIONS],
+    deps=[FACT_USER_DAYS, FACT_SESSIONS, DIM_USERS],
     group_name="ml",
     kinds={"duckdb"},
     io_manager_key="sql_io_manager",
@@ -74,10 +74,14 @@ def propensity_features(
         raise dg.Failure("core.events is empty")
     with warehouse.connect(read_only=True) as con:
         inputs = con.execute(sql.statement("ml", "snapshot_input_days")).fetchall()
-    chunks = snapshot_chunks(plan, inputs)
+    users_current = dim_users_current(context.instance)
+    chunks = snapshot_chunks(plan, inputs, users_current)
     context.add_output_metadata(
         {
             "windows": dg.MetadataValue.json(plan.describe()),
+            "score_snapshot_all_time_from": "core.dim_users"
+            if users_current
+            else "core.fact_user_days (core.dim_users is older than it)",
             # in the order of the IO manager's chunks
             "snapshots": dg.MetadataValue.json([c.label for c in chunks]),
         }
@@ -85,26 +89,46 @@ def propensity_features(
     return SqlQuery.chunked(chunks)
 
 
-def snapshot_selects(plan: prop.SnapshotPlan) -> dict[str, str]:
+def dim_users_current(instance: dg.DagsterInstance) -> bool:
+    """Whether core.dim_users was built after the last build of any month of
+    core.fact_user_days, and so adds up the user-days the snapshots read."""
+    users = latest_materialization(instance, DIM_USERS)
+    days = latest_materialization(instance, FACT_USER_DAYS)
+    return users is not None and days is not None and users.timestamp > days.timestamp
+
+
+def snapshot_selects(plan: prop.SnapshotPlan, users_current: bool = False) -> dict[str, str]:
     """One SELECT per snapshot of the plan (`propensity_snapshot` in ml.sql), by its label:
     stored one after the other, memory holds one snapshot's users at a time."""
-    return {c.label: c.select for c in snapshot_chunks(plan, [])}
+    return {c.label: c.select for c in snapshot_chunks(plan, [], users_current)}
 
 
 def snapshot_chunks(
-    plan: prop.SnapshotPlan, inputs: list[tuple[str, datetime, int, int]]
+    plan: prop.SnapshotPlan,
+    inputs: list[tuple[str, datetime, int, int]],
+    users_current: bool = False,
 ) -> list[Chunk]:
     """The snapshots as chunks of one build, each fingerprinted by its SQL and by the rows it
     reads (`snapshot_input_days`: user-days before the cutoff, or before the end of the label
     window, and sessions started before the cutoff). Late rows for the last days of the data
-    leave the earlier snapshots' stored rows in place."""
+    leave the earlier snapshots' stored rows in place. The score snapshot's cutoff follows
+    every user-day: with `users_current` (see `dim_users_current`) its all-time figures are
+    read from core.dim_users, and its fingerprint holds the SQL that adds them up there."""
     horizon = timedelta(days=plan.horizon_days)
     chunks = []
     for cutoff, role, labelled in plan.cutoffs():
+        at = f"{cutoff:%Y-%m-%d %H:%M:%S}"
+        of_users = users_current and cutoff == plan.score
+        all_time = (
+            sql.statement("ml", "snapshot_all_time_of_dim_users")
+            if of_users
+            else sql.statement("ml", "snapshot_all_time", cutoff=at)
+        )
         select = sql.statement(
             "ml",
             "propensity_snapshot",
-            cutoff=f"{cutoff:%Y-%m-%d %H:%M:%S}",
+            all_time=all_time,
+            cutoff=at,
             role=role,
             labelled=str(labelled).lower(),
             window_days=str(plan.window_days),
@@ -112,12 +136,13 @@ def snapshot_chunks(
         )
         reads_until = {"user_days": cutoff + horizon if labelled else cutoff, "sessions": cutoff}
         read = [(n, h) for source, day, n, h in inputs if day < reads_until[source]]
+        code = select + (sql.statement("core", "dim_users") if of_users else "")
         chunks.append(
             Chunk(
                 select,
                 label=f"{cutoff:%Y-%m-%d} ({role})",
-                fingerprint=fingerprint(select, read),
-                keep=f"snapshot = TIMESTAMP '{cutoff:%Y-%m-%d %H:%M:%S}'",
+                fingerprint=fingerprint(code, read),
+                keep=f"snapshot = TIMESTAMP '{at}'",
             )
         )
     return chunks
