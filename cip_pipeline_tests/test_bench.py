@@ -11,7 +11,7 @@ import pytest
 
 from cip_pipeline import bench, definitions
 from cip_pipeline.bench import run_bench, to_markdown, write_report
-from cip_pipeline.runner import RunSummary
+from cip_pipeline.runner import RunSummary, checked_assets
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +45,7 @@ def test_bench_reports_every_asset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def _assert_check_seconds_match_the_instance(report: bench.BenchReport, home: Path) -> None:
     """Each asset's check seconds (full run plus refresh) are the durations Dagster recorded
     for the steps of the check definitions on it, summed over every run of the benchmark."""
-    checked_by = {
-        c.node_def.name: next(iter(c.check_keys)).asset_key.to_user_string()
-        for c in definitions.build_definitions().asset_checks or []
-    }
+    checked_by = checked_assets(definitions.build_definitions())
     expected: dict[str, float] = {}
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()

@@ -9,6 +9,7 @@ import math
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -715,6 +716,17 @@ def _warehouse_copy(warehouse: Path, tmp_path: Path) -> tuple[Path, dg.Definitio
     return root / "warehouse" / "cip.duckdb", defs
 
 
+def _materialize(
+    defs: dg.Definitions, asset: dg.AssetsDefinition, instance: dg.DagsterInstance
+) -> dict[str, Any]:
+    """Materialize `asset` alone (November, if partitioned) as `cip run` does; its metadata."""
+    job = ALL_MONTHS_JOB if asset.partitions_def is None else MONTHLY_JOB
+    partition = None if asset.partitions_def is None else "2019-11-01"
+    summary = execute(defs, job, instance, "alone", partition, [asset])
+    assert summary.success, summary.failures
+    return recorded(instance, asset.key)
+
+
 def test_offline_evaluation_is_reused_only_while_what_it_reads_is_unchanged(
     warehouse: Path, tmp_path: Path
 ) -> None:
@@ -766,13 +778,7 @@ def test_late_rows_rebuild_only_the_user_day_chunks_and_snapshots_that_read_them
         patch.setattr(core, "BYTES_PER_EVENT", 5_000)
 
         def build(asset: dg.AssetsDefinition, instance: dg.DagsterInstance) -> list[bool]:
-            job = ALL_MONTHS_JOB if asset.partitions_def is None else MONTHLY_JOB
-            partition = None if asset.partitions_def is None else "2019-11-01"
-            summary = execute(defs, job, instance, "reuse", partition, [asset])
-            assert summary.success, summary.failures
-            event = instance.get_latest_materialization_event(asset.key)
-            assert event is not None and event.asset_materialization is not None
-            return [c["kept"] for c in event.asset_materialization.metadata[CHUNKS].value]
+            return [c["kept"] for c in _materialize(defs, asset, instance)[CHUNKS]]
 
         def stored(query: str) -> pl.DataFrame:
             return _query(copy, query).sort(pl.all())
@@ -838,24 +844,18 @@ def test_score_snapshot_reads_its_all_time_figures_from_a_current_dim_users(
     assert from_users.height == users and from_users.equals(from_days)
     assert from_users.schema == from_days.schema
 
-    def build(asset: dg.AssetsDefinition, instance: dg.DagsterInstance) -> dict[str, object]:
-        job = ALL_MONTHS_JOB if asset.partitions_def is None else MONTHLY_JOB
-        partition = None if asset.partitions_def is None else "2019-11-01"
-        summary = execute(defs, job, instance, "all-time", partition, [asset])
-        assert summary.success, summary.failures
-        return recorded(instance, asset.key)
-
     source = "score_snapshot_all_time_from"
     with dg.DagsterInstance.ephemeral() as instance:
-        build(core.fact_user_days, instance)
+        _materialize(defs, core.fact_user_days, instance)
         assert not ml.dim_users_current(instance)  # no dim_users recorded
-        build(core.dim_users, instance)
+        _materialize(defs, core.dim_users, instance)
         assert ml.dim_users_current(instance)
-        assert build(ml.propensity_features, instance)[source] == "core.dim_users"
+        assert _materialize(defs, ml.propensity_features, instance)[source] == "core.dim_users"
         stored = _query(copy, "SELECT * FROM ml.propensity_features").sort(pl.all())
-        build(core.fact_user_days, instance)  # dim_users is now older than the user-days
+        # dim_users is now older than the user-days
+        _materialize(defs, core.fact_user_days, instance)
         assert not ml.dim_users_current(instance)
-        meta = build(ml.propensity_features, instance)
+        meta = _materialize(defs, ml.propensity_features, instance)
         assert str(meta[source]).startswith("core.fact_user_days")
         # the score snapshot alone is built again (its SQL changed), to the same rows
         assert [c["kept"] for c in meta[CHUNKS]] == [True] * (len(of_days) - 1) + [False]
