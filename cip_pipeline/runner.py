@@ -92,9 +92,11 @@ def _summarize(
     """What a run did; `checked` names the asset of each step of asset checks."""
     run_id = result.run_id
     summary = RunSummary(label, run_id, result.success, seconds)
+    # A skipped step has an end time and no start time: it took no time of its own.
     durations = {
-        s.step_key: (s.end_time or 0) - (s.start_time or 0)
+        s.step_key: s.end_time - s.start_time
         for s in instance.get_run_step_stats(run_id)
+        if s.start_time is not None and s.end_time is not None
     }
     for event in result.get_asset_materialization_events():
         mat = event.materialization

@@ -823,12 +823,13 @@ def test_late_rows_rebuild_only_the_user_day_chunks_and_snapshots_that_read_them
             assert stored(features).equals(full_build(list(snapshot_selects(plan).values())))
 
 
-def test_score_snapshot_reads_its_all_time_figures_from_a_current_dim_users(
+def test_score_snapshot_reads_its_all_time_figures_from_dim_users_of_the_same_user_days(
     warehouse: Path, tmp_path: Path
 ) -> None:
     """The score snapshot's cutoff follows every user-day, so the all-time figures that
     core.dim_users adds up are the same, row for row, as those grouped from the user-days. The
-    snapshot reads them there only while dim_users was built after the user-days."""
+    snapshot reads them there only while dim_users' last build added up the user-days there
+    are now (a digest of their content, not which was built last)."""
     copy, defs = _warehouse_copy(warehouse, tmp_path)
     first, last = _query(copy, "SELECT min(event_time), max(event_time) FROM core.events").row(0)
     plan = prop.plan_snapshots(first, last)
@@ -845,18 +846,62 @@ def test_score_snapshot_reads_its_all_time_figures_from_a_current_dim_users(
     assert from_users.schema == from_days.schema
 
     source = "score_snapshot_all_time_from"
+    score_rows = "SELECT * FROM ml.propensity_features WHERE role = 'score'"
     with dg.DagsterInstance.ephemeral() as instance:
         _materialize(defs, core.fact_user_days, instance)
-        assert not ml.dim_users_current(instance)  # no dim_users recorded
+        meta = _materialize(defs, ml.propensity_features, instance)
+        assert "not built from" in str(meta[source])  # no dim_users recorded
         _materialize(defs, core.dim_users, instance)
-        assert ml.dim_users_current(instance)
         assert _materialize(defs, ml.propensity_features, instance)[source] == "core.dim_users"
         stored = _query(copy, "SELECT * FROM ml.propensity_features").sort(pl.all())
-        # dim_users is now older than the user-days
+        # The user-days built again to the same rows: dim_users still adds them up, and every
+        # snapshot keeps its rows.
         _materialize(defs, core.fact_user_days, instance)
-        assert not ml.dim_users_current(instance)
         meta = _materialize(defs, ml.propensity_features, instance)
-        assert str(meta[source]).startswith("core.fact_user_days")
-        # the score snapshot alone is built again (its SQL changed), to the same rows
-        assert [c["kept"] for c in meta[CHUNKS]] == [True] * (len(of_days) - 1) + [False]
+        assert meta[source] == "core.dim_users"
+        assert all(c["kept"] for c in meta[CHUNKS])
         assert _query(copy, "SELECT * FROM ml.propensity_features").sort(pl.all()).equals(stored)
+        # A purchase added to a user-day behind dim_users' back (say, a build of the user-days
+        # stopped after its commit): dim_users no longer adds the user-days up.
+        con = duckdb.connect(str(copy))
+        try:
+            con.execute(
+                "UPDATE core.fact_user_days SET purchases = purchases + 1, revenue = revenue + 10 "
+                "WHERE (user_id, day) = (SELECT (user_id, day) FROM core.fact_user_days "
+                "WHERE purchases = 0 ORDER BY user_id, day LIMIT 1)"
+            )
+        finally:
+            con.close()
+        meta = _materialize(defs, ml.propensity_features, instance)
+        assert str(meta[source]).startswith("core.fact_user_days (core.dim_users was not built")
+        changed = _query(copy, score_rows).drop("role", "label").sort("user_id")
+        assert changed.equals(_query(copy, of_days[score]).drop("role", "label").sort("user_id"))
+        stale = _query(copy, of_users[score]).drop("role", "label").sort("user_id")
+        assert not changed.equals(stale)  # what the stale dim_users would have given
+
+
+def test_dim_users_is_not_read_for_other_user_days_or_any_past_the_score_cutoff() -> None:
+    plan = prop.plan_snapshots(datetime(2019, 10, 1), datetime(2019, 11, 30, 23, 59))
+    days = [(datetime(2019, 11, 29), 10, 123), (datetime(2019, 11, 30), 12, 456)]
+    inputs = [("user_days", *day) for day in days] + [("sessions", days[0][0], 7, 89)]
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert "not built from" in str(ml.dim_users_unusable(instance, plan, inputs))
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                core.DIM_USERS, metadata={core.USER_DAYS_READ: core.user_days_digest(days)}
+            )
+        )
+        assert ml.dim_users_unusable(instance, plan, inputs) is None
+        other = [("user_days", days[0][0], 10, 124), inputs[1]]
+        assert "not built from" in str(ml.dim_users_unusable(instance, plan, other))
+        # the same user-days, one of them on the score cutoff: dim_users has no cutoff
+        late = [*days[:1], (plan.score, 12, 456)]
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                core.DIM_USERS, metadata={core.USER_DAYS_READ: core.user_days_digest(late)}
+            )
+        )
+        inputs_late = [("user_days", *day) for day in late]
+        assert ml.dim_users_unusable(instance, plan, inputs_late) == (
+            "user-days on or after the score cutoff"
+        )

@@ -657,7 +657,9 @@ def dim_products_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckR
     "events, purchases, revenue, first and last purchase, preferred top-level category and "
     "brand.",
 )
-def dim_users(events: SqlTable, user_days: SqlTable, sessions: SqlTable) -> SqlQuery:
+def dim_users(
+    warehouse: WarehouseResource, events: SqlTable, user_days: SqlTable, sessions: SqlTable
+) -> dg.Output[SqlQuery]:
     query = sql.statement(
         "core",
         "dim_users",
@@ -667,7 +669,23 @@ def dim_users(events: SqlTable, user_days: SqlTable, sessions: SqlTable) -> SqlQ
         top_categories=top_categories_sql(events),
         brand_ranks=brand_ranks_sql(events),
     )
-    return SqlQuery(query, headline=sql.statement("core", "dim_users_headline"))
+    # The warehouse pool lets no other step write the user-days before this build is stored.
+    with warehouse.connect(read_only=True) as con:
+        days = con.execute(sql.statement("core", "user_days_content")).fetchall()
+    return dg.Output(
+        SqlQuery(query, headline=sql.statement("core", "dim_users_headline")),
+        metadata={USER_DAYS_READ: user_days_digest(days)},
+    )
+
+
+# dim_users' materialization metadata: the user-days it added up (see user_days_digest).
+USER_DAYS_READ = "user_days_read"
+
+
+def user_days_digest(days: list[tuple[datetime, int, int]]) -> str:
+    """Every row of core.fact_user_days, from its (day, rows, hash sum) lines
+    (`user_days_content` in core.sql): equal digests, equal user-days."""
+    return fingerprint(sql.statement("core", "user_days_content"), [(n, h) for _, n, h in days])
 
 
 @dg.multi_asset_check(

@@ -15,8 +15,14 @@ import sklearn
 from pydantic import Field
 
 from cip_pipeline import sql
-from cip_pipeline.assets.common import SKIPPED, latest_materialization, recorded, skipped
-from cip_pipeline.assets.core import DIM_USERS, FACT_SESSIONS, FACT_USER_DAYS
+from cip_pipeline.assets.common import SKIPPED, recorded, skipped
+from cip_pipeline.assets.core import (
+    DIM_USERS,
+    FACT_SESSIONS,
+    FACT_USER_DAYS,
+    USER_DAYS_READ,
+    user_days_digest,
+)
 from cip_pipeline.budget import Budget
 from cip_pipeline.io_managers import Chunk, SqlQuery, fingerprint
 from cip_pipeline.io_managers.model_io_manager import (
@@ -73,15 +79,21 @@ def propensity_features(
     if plan is None:
         raise dg.Failure("core.events is empty")
     with warehouse.connect(read_only=True) as con:
-        inputs = con.execute(sql.statement("ml", "snapshot_input_days")).fetchall()
-    users_current = dim_users_current(context.instance)
-    chunks = snapshot_chunks(plan, inputs, users_current)
+        inputs = con.execute(
+            sql.statement(
+                "ml",
+                "snapshot_input_days",
+                user_days_content=sql.statement("core", "user_days_content"),
+            )
+        ).fetchall()
+    unusable = dim_users_unusable(context.instance, plan, inputs)
+    chunks = snapshot_chunks(plan, inputs, users_current=unusable is None)
     context.add_output_metadata(
         {
             "windows": dg.MetadataValue.json(plan.describe()),
             "score_snapshot_all_time_from": "core.dim_users"
-            if users_current
-            else "core.fact_user_days (core.dim_users is older than it)",
+            if unusable is None
+            else f"core.fact_user_days ({unusable})",
             # in the order of the IO manager's chunks
             "snapshots": dg.MetadataValue.json([c.label for c in chunks]),
         }
@@ -89,12 +101,21 @@ def propensity_features(
     return SqlQuery.chunked(chunks)
 
 
-def dim_users_current(instance: dg.DagsterInstance) -> bool:
-    """Whether core.dim_users was built after the last build of any month of
-    core.fact_user_days, and so adds up the user-days the snapshots read."""
-    users = latest_materialization(instance, DIM_USERS)
-    days = latest_materialization(instance, FACT_USER_DAYS)
-    return users is not None and days is not None and users.timestamp > days.timestamp
+def dim_users_unusable(
+    instance: dg.DagsterInstance,
+    plan: prop.SnapshotPlan,
+    inputs: list[tuple[str, datetime, int, int]],
+) -> str | None:
+    """Why the score snapshot cannot take its all-time figures from core.dim_users, or None
+    when it can: dim_users' last build added up exactly the user-days there are now (its
+    recorded digest of them), and none lies on or after the score cutoff (dim_users has no
+    cutoff). `inputs` are the rows of `snapshot_input_days`."""
+    days = [(day, n, h) for source, day, n, h in inputs if source == "user_days"]
+    if recorded(instance, DIM_USERS).get(USER_DAYS_READ) != user_days_digest(days):
+        return "core.dim_users was not built from the user-days there are now"
+    if any(day >= plan.score for day, _, _ in days):
+        return "user-days on or after the score cutoff"
+    return None
 
 
 def snapshot_selects(plan: prop.SnapshotPlan, users_current: bool = False) -> dict[str, str]:
@@ -112,7 +133,7 @@ def snapshot_chunks(
     reads (`snapshot_input_days`: user-days before the cutoff, or before the end of the label
     window, and sessions started before the cutoff). Late rows for the last days of the data
     leave the earlier snapshots' stored rows in place. The score snapshot's cutoff follows
-    every user-day: with `users_current` (see `dim_users_current`) its all-time figures are
+    every user-day: with `users_current` (see `dim_users_unusable`) its all-time figures are
     read from core.dim_users, and its fingerprint holds the SQL that adds them up there."""
     horizon = timedelta(days=plan.horizon_days)
     chunks = []

@@ -287,6 +287,17 @@ LEFT JOIN carts_not_bought AS n USING (user_id, day)
 LEFT JOIN day_category AS c USING (user_id, day)
 LEFT JOIN day_brand AS b USING (user_id, day)
 
+-- name: user_days_content
+-- core.fact_user_days day by day: rows and an order-free hash sum of every column. What
+-- dim_users records it added up, and what the propensity snapshots read.
+SELECT day::TIMESTAMP AS day,
+       count(*) AS n,
+       sum(hash(user_id, day, events, views, carts, purchases, remove_from_carts, revenue,
+                first_event, last_event, last_cart, first_purchase, last_purchase,
+                carts_not_bought, top_category, top_brand)) AS content
+FROM core.fact_user_days
+GROUP BY ALL
+
 -- name: fact_daily_kpis
 -- One row per day of the month with events. Event figures count the day's events (events
 -- without a session included); session figures count the sessions that began that day.

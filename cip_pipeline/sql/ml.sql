@@ -146,14 +146,11 @@ LEFT JOIN (
 
 -- name: snapshot_input_days
 -- What the propensity snapshots read, day by day, as order-free hash sums: core.fact_user_days
--- by its day, core.fact_sessions by the day each session starts. A snapshot's fingerprint
+-- by its day (user_days_content in core.sql), core.fact_sessions by the day each session
+-- starts. A snapshot's fingerprint
 -- sums the days before its cutoff (and, when labelled, before the end of its label window).
-SELECT 'user_days' AS source, day::TIMESTAMP AS day, count(*) AS n,
-       sum(hash(user_id, day, events, views, carts, purchases, remove_from_carts, revenue,
-                first_event, last_event, last_cart, first_purchase, last_purchase,
-                carts_not_bought, top_category, top_brand)) AS content
-FROM core.fact_user_days
-GROUP BY ALL
+SELECT 'user_days' AS source, day, n, content
+FROM ({user_days_content})
 UNION ALL
 SELECT 'sessions', date_trunc('day', start_time), count(*),
        sum(hash(user_session, user_id, start_time, end_time, duration_seconds,
