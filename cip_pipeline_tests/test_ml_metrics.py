@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -52,6 +54,40 @@ def test_bootstrap_intervals_are_percentiles_of_sklearn_on_the_shared_resamples(
             draws = [metric(y, score, sample_weight=w) for w in weights.astype(float)]
             assert m.intervals[name] == pytest.approx(np.percentile(draws, [2.5, 97.5]), abs=1e-12)
     assert "roc_auc" not in prop.evaluate(y, scores["model"], False).intervals
+
+
+def test_top_share_is_the_mean_over_every_order_of_the_ties() -> None:
+    """Precision, recall and lift in the top share count the scores' ties as a random order
+    within them would on average: checked against every order of a small example."""
+    y = np.array([1, 0, 1, 0, 0, 1, 0, 0], dtype=float)
+    score = np.array([0.9, 0.5, 0.5, 0.5, 0.5, 0.2, 0.2, 0.2])
+    top = 3  # share 3/8: the first row, then two of the four tied at 0.5 (one of them a hit)
+    orders = list(itertools.permutations(range(len(y))))
+    hits = np.mean([y[sorted(order, key=lambda i: -score[i])[:top]].sum() for order in orders])
+    assert hits == pytest.approx(1.5)  # by hand: 1 + 2 * 1/4
+    m = prop._top_k(y, score, top / len(y))
+    assert m["precision"] == pytest.approx(hits / top)
+    assert m["recall"] == pytest.approx(hits / y.sum())
+    assert m["lift"] == pytest.approx((hits / top) / y.mean())
+
+
+def test_bootstrap_lift_is_the_point_lift_of_the_resampled_rows() -> None:
+    """A replicate's lift at 10% is `_top_k`'s lift of its rows repeated by their weights. A
+    rule that ties most users (few carted in the last week, say) used to get an interval of
+    [1, 1] around a point lift above 1: the tied group was counted whole in the bootstrap and
+    by row order in the estimate."""
+    rng = np.random.default_rng(6)
+    y = (rng.random(4_000) < 0.1).astype(float)
+    rule = (rng.random(y.size) < 0.04 + 0.3 * y).astype(float)  # 1 for a few, most of them hits
+    groups, n = prop._ranked_groups(rule)
+    weights = prop.bootstrap_weights(y.size, replicates=5, seed=2)
+    for w in weights:
+        repeated = np.repeat(np.arange(y.size), w)
+        _, _, lift = prop.weighted_ranking_metrics(groups, n, y, w.astype(float))
+        assert lift == pytest.approx(prop._top_k(y[repeated], rule[repeated], 0.10)["lift"])
+    m = prop.evaluate(y, rule, False, prop.bootstrap_weights(y.size, 200))
+    lo, hi = m.intervals["lift_10%"]
+    assert m.at_k["10%"]["lift"] > 1.5 and lo < m.at_k["10%"]["lift"] < hi
 
 
 def test_logistic_baseline_reaches_the_optimum_of_its_objective() -> None:

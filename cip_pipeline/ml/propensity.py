@@ -223,11 +223,32 @@ class Metrics:
     intervals: dict[str, list[float]] = field(default_factory=dict)
 
 
+def _ranked_groups(score: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each row's group of equal scores, groups numbered from the highest score down."""
+    unique, inverse = np.unique(-score, return_inverse=True)
+    return inverse, unique.size
+
+
+def _top_share_hits(pos: np.ndarray, weight: np.ndarray, share: float) -> float:
+    """The positives (weights) among the top `share` of the weight, groups of equal scores
+    taken in order (`pos` and `weight` per group). The group that straddles the cut counts in
+    proportion, its share of positives being what a random order within it would give on
+    average: a rule's score ties most users, and the point estimate and its bootstrap must
+    treat them alike."""
+    cum_w = np.cumsum(weight)
+    cut = share * cum_w[-1]
+    k = min(int(np.searchsorted(cum_w, cut)), len(weight) - 1)  # the straddling group
+    before_w = cum_w[k - 1] if k else 0.0
+    before_pos = pos[:k].sum()
+    return float(before_pos + (cut - before_w) * pos[k] / max(weight[k], 1e-300))
+
+
 def _top_k(y: np.ndarray, score: np.ndarray, share: float) -> dict[str, float]:
-    n = max(1, round(len(y) * share))
-    order = np.lexsort((np.arange(len(y)), -score))[:n]  # deterministic among ties
-    hits = float(y[order].sum())
-    precision = hits / n
+    groups, n_groups = _ranked_groups(score)
+    pos = np.bincount(groups, weights=y, minlength=n_groups)
+    rows = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    hits = _top_share_hits(pos, rows, share)
+    precision = hits / (share * len(y))
     base = float(y.mean())
     return {
         "precision": precision,
@@ -236,27 +257,21 @@ def _top_k(y: np.ndarray, score: np.ndarray, share: float) -> dict[str, float]:
     }
 
 
-def _ranked_groups(score: np.ndarray) -> tuple[np.ndarray, int]:
-    """Each row's group of equal scores, groups numbered from the highest score down."""
-    unique, inverse = np.unique(-score, return_inverse=True)
-    return inverse, unique.size
-
-
 def weighted_ranking_metrics(
     groups: np.ndarray, n_groups: int, y: np.ndarray, w: np.ndarray, share: float = 0.10
 ) -> tuple[float, float, float]:
     """ROC-AUC, average precision (as scikit-learn defines it, ties as one threshold) and lift
-    in the top `share`, with row weights: O(n) per call, so bootstraps can reweight."""
+    in the top `share` (as `_top_k`), with row weights: O(n) per call, so bootstraps can
+    reweight."""
     pos = np.bincount(groups, weights=w * y, minlength=n_groups)
     neg = np.bincount(groups, weights=w * (1 - y), minlength=n_groups)
     total_pos, total_neg = pos.sum(), neg.sum()
     cum_pos, cum_neg = np.cumsum(pos), np.cumsum(neg)
     auc = float(np.sum(pos * (total_neg - cum_neg) + 0.5 * pos * neg) / (total_pos * total_neg))
     ap = float(np.sum(pos / total_pos * cum_pos / np.maximum(cum_pos + cum_neg, 1e-300)))
-    cum_w = cum_pos + cum_neg
-    k = min(int(np.searchsorted(cum_w, share * cum_w[-1])), n_groups - 1)
-    lift = float((cum_pos[k] / cum_w[k]) / (total_pos / cum_w[-1]))
-    return auc, ap, lift
+    total_w = total_pos + total_neg
+    lift = _top_share_hits(pos, pos + neg, share) / (share * total_w) / (total_pos / total_w)
+    return auc, ap, float(lift)
 
 
 def bootstrap_weights(users: int, replicates: int = 100, seed: int = 11) -> np.ndarray:
