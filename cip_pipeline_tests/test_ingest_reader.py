@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import threading
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -46,9 +47,22 @@ CORPUS = [
     (GOOD.replace(",1004237,", ",10042x7,"), "non_numeric_id"),
     (GOOD.replace(",535871217,", ",99999999999,"), "non_numeric_id"),
     (GOOD.replace(",2053013555631882655,", ",abc,"), "non_numeric_id"),
+    (GOOD.replace(",535871217,", ",-5,"), "non_numeric_id"),
+    (GOOD.replace(",1004237,", ",-1004237,"), "non_numeric_id"),
     (GOOD.replace(",1081.98,", ",12.3.4,"), "invalid_price"),
+    (GOOD.replace(",1081.98,", ",35.799,"), "invalid_price"),  # the cast would round it
+    (GOOD.replace(",1081.98,", ",1e2,"), "invalid_price"),
+    (GOOD.replace(",1081.98,", ",.5,"), "invalid_price"),
     (GOOD.replace(",1081.98,", ",-5.00,"), "negative_price"),
     (GOOD.replace("c6bd7419-2748-4c56-95b4-8cec9ff8b80d", "not-a-session"), "malformed_session"),
+    (  # 32 hex digits and 4 dashes, not where a UUID has them
+        GOOD.replace(
+            "c6bd7419-2748-4c56-95b4-8cec9ff8b80d", "c6bd741927484c5695b48cec9ff8b80d----"
+        ),
+        "malformed_session",
+    ),
+    (GOOD.replace(",1081.98,", ",7,"), None),  # a whole price
+    (GOOD.replace(",1081.98,", ",7.5,"), None),
     (
         GOOD.replace(
             "c6bd7419-2748-4c56-95b4-8cec9ff8b80d", "zzbd7419-2748-4c56-95b4-8cec9ff8b80d"
@@ -252,6 +266,71 @@ def test_failure_keeps_the_previous_month_files(
     with pytest.raises(RuntimeError, match="disk full"):
         _ingest(raw, tmp_path, first.state if appended else None)
     assert _lake_files(tmp_path) == before  # no temporary file left either
+
+
+def test_a_file_written_to_while_it_is_read_whole_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parser and the byte count read the file apart: a row written between the two
+    would be in one and not the other, and the next append would start past it."""
+    raw = _write(tmp_path / "m.csv", [GOOD, GOOD.replace("00:00:04", "00:00:05")])
+    written = threading.Event()
+    write_lake_files, scan_raw = reader._write_lake_files, reader.scan_raw
+
+    def parse_then_grow(*args: object) -> None:
+        write_lake_files(*args)  # type: ignore[arg-type]
+        with raw.open("a") as f:
+            f.write(GOOD.replace("00:00:04", "00:00:06") + "\n")
+        written.set()
+
+    def count_after_the_write(path: Path) -> tuple[int, int, str]:
+        written.wait(timeout=60)
+        return scan_raw(path)
+
+    monkeypatch.setattr(reader, "_write_lake_files", parse_then_grow)
+    monkeypatch.setattr(reader, "scan_raw", count_after_the_write)
+    with pytest.raises(
+        reader.RawFileError, match=r"changed while it was read \(3 rows .* 2 parsed"
+    ):
+        _ingest(raw, tmp_path)
+    assert _lake_files(tmp_path) == {}  # no part, no temporary file
+    monkeypatch.undo()
+    result, events, _ = _ingest(raw, tmp_path)
+    assert (result.raw_rows, events.height) == (3, 3)
+
+
+def test_bytes_that_are_not_text(tmp_path: Path) -> None:
+    """A line with bytes that are not UTF-8 is quarantined, the rest of the month read; a
+    byte the line reader cannot take (0x1F) is a clear error."""
+    later = GOOD.replace("00:00:04", "00:00:09").encode()
+    bad = GOOD.replace("apple", "app\udcffle").encode("utf-8", "surrogateescape")  # 0xFF
+    raw = tmp_path / "m.csv"
+    raw.write_bytes(b"\n".join([HEADER.encode(), GOOD.encode(), bad, later, b""]))
+    result, events, quarantine = _ingest(raw, tmp_path)
+    assert (result.rows_valid, result.quarantined) == (2, {"invalid_encoding": 1})
+    row = quarantine.row(0, named=True)
+    assert (row["line"], row["raw_line"]) == (3, GOOD.replace("apple", "app\ufffdle"))
+    assert events["event_time"].dt.second().to_list() == [4, 9]
+    raw.write_bytes(raw.read_bytes().replace(b"app\xffle", b"app\x1fle"))
+    with pytest.raises(reader.RawFileError, match="cannot be read as lines of text"):
+        _ingest(raw, tmp_path / "again")
+    assert not (tmp_path / "again" / "events").exists() or not _parts(tmp_path / "again" / "events")
+
+
+def test_an_unchanged_file_clears_files_a_stopped_run_left(tmp_path: Path) -> None:
+    """A run stopped between renaming its part into place and removing the parts it
+    replaced, or before its commit, leaves files the loads would read: the next ingest, even
+    of an unchanged file, removes them."""
+    raw = _write(tmp_path / "m.csv", [GOOD])
+    first, _, _ = _ingest(raw, tmp_path)
+    before = _lake_files(tmp_path)
+    for folder in ("events", "quarantine"):
+        (part,) = _parts(tmp_path / folder)
+        (tmp_path / folder / "part-0000-0badf00d.parquet").write_bytes(part.read_bytes())
+        (tmp_path / folder / "part-0001-0badf00d.parquet.tmp").write_bytes(b"cut")
+    result, events, _ = _ingest(raw, tmp_path, first.state)
+    assert result.mode == "unchanged" and events.height == 1
+    assert _lake_files(tmp_path) == before
 
 
 LATE = [

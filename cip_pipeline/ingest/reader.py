@@ -43,16 +43,19 @@ EVENT_TYPES = ("view", "cart", "purchase", "remove_from_cart")
 EVENT_TYPE = pl.Enum(EVENT_TYPES)
 PRICE = pl.Decimal(9, 2)  # two decimals, exact sums; up to 9,999,999.99
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+PRICE_TEXT = r"^-?[0-9]+(\.[0-9]{1,2})?$"
+UUID_TEXT = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 # Why a row is quarantined, checked in this order (the first that applies is recorded).
 REASONS = (
+    "invalid_encoding",  # bytes that are not UTF-8 (the line keeps U+FFFD in their place)
     "wrong_column_count",  # a cut-off row, or a row with too many or too few fields
     "unparsable_timestamp",
     "timestamp_outside_month",
     "unknown_event_type",
     "missing_user_or_product",
-    "non_numeric_id",  # product, category or user id not an integer in range
-    "invalid_price",
+    "non_numeric_id",  # product, category or user id not a non-negative integer in range
+    "invalid_price",  # not a number with at most two decimals
     "negative_price",
     "malformed_session",  # a non-empty user_session that is not a UUID
 )
@@ -206,6 +209,7 @@ def _lines(path: Path, first_line: int = 2) -> pl.LazyFrame:
         quote_char=None,
         schema={"raw_line": pl.String},
         empty_string_is_null=False,  # an empty line is quarantined as "", not as null
+        encoding="utf8-lossy",  # a bad byte is its line's problem (invalid_encoding)
         row_index_name="line",
         row_index_offset=first_line,
     ).with_columns(pl.col("line").cast(pl.Int64))
@@ -236,14 +240,16 @@ def classify(lines: pl.LazyFrame, month_start: datetime, month_end: datetime) ->
         pl.when(raw["brand"] != "").then(raw["brand"]).alias("brand"),
         raw["price"].cast(PRICE, strict=False).alias("price"),
         raw["user_id"].cast(pl.Int32, strict=False).alias("user_id"),
-        # 36 characters, of which 32 hex digits: a UUID, kept as its 16 bytes.
-        pl.when((raw["user_session"].str.len_bytes() == 36) & (session_hex.str.len_bytes() == 32))
+        # A UUID in its 8-4-4-4-12 form, kept as its 16 bytes.
+        pl.when(raw["user_session"].str.contains(UUID_TEXT))
         .then(session_hex.str.decode("hex", strict=False))
         .alias("user_session"),
     )
     col = pl.col
     reason = (
-        pl.when(col("user_session_raw").is_null() | col("extra_field").is_not_null())
+        pl.when(pl.col("raw_line").str.contains("\ufffd", literal=True))
+        .then(pl.lit("invalid_encoding"))
+        .when(col("user_session_raw").is_null() | col("extra_field").is_not_null())
         .then(pl.lit("wrong_column_count"))
         .when(col("event_time").is_null())
         .then(pl.lit("unparsable_timestamp"))
@@ -253,9 +259,14 @@ def classify(lines: pl.LazyFrame, month_start: datetime, month_end: datetime) ->
         .then(pl.lit("unknown_event_type"))
         .when((raw["product_id"] == "") | (raw["user_id"] == ""))
         .then(pl.lit("missing_user_or_product"))
-        .when(col("product_id").is_null() | col("category_id").is_null() | col("user_id").is_null())
+        .when(
+            pl.any_horizontal(
+                col(c).is_null() | (col(c) < 0) for c in ("product_id", "category_id", "user_id")
+            )
+        )
         .then(pl.lit("non_numeric_id"))
-        .when(col("price").is_null())
+        # The cast would round a third decimal away, and take 1e2 for 100.
+        .when(col("price").is_null() | ~raw["price"].str.contains(PRICE_TEXT))
         .then(pl.lit("invalid_price"))
         .when(col("price") < 0)
         .then(pl.lit("negative_price"))
@@ -424,15 +435,20 @@ def ingest_month(
         folder.mkdir(parents=True, exist_ok=True)
     lake = _MonthLake(events_dir, quarantine_dir, month_start, month_end, scratch)
     why = _why_read_whole(raw, previous, events_dir, quarantine_dir)
-    if why is None and previous is not None:
-        try:
-            result = lake.append(raw, previous)
-        except _NotAppended as exc:
-            why = str(exc)
-        else:
-            result.seconds = time.perf_counter() - t0
-            return result
-    result = lake.read_whole(raw, why or "")
+    try:
+        if why is None and previous is not None:
+            try:
+                result = lake.append(raw, previous)
+            except _NotAppended as exc:
+                why = str(exc)
+            else:
+                result.seconds = time.perf_counter() - t0
+                return result
+        result = lake.read_whole(raw, why or "")
+    except pl.exceptions.ComputeError as exc:
+        # Polars could not cut the file into single-field lines (a 0x1F byte, say).
+        reason = str(exc).splitlines()[0]
+        raise RawFileError(f"{raw.name}: cannot be read as lines of text ({reason})") from exc
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -482,6 +498,18 @@ class _MonthLake:
             rows, size, digest = scanned.result()
         finally:
             counter.shutdown(wait=False, cancel_futures=True)
+        parsed = part.rows_valid + sum(part.quarantined.values())
+        if parsed != rows:
+            # The two readers saw different files: bytes were written to it meanwhile. What
+            # the state would record is not what the part holds, and a later append would
+            # skip or repeat rows.
+            for tmp in self._tmp(part.name):
+                tmp.unlink(missing_ok=True)
+            raise RawFileError(
+                f"{raw.name} changed while it was read ({rows:,} rows counted from its bytes, "
+                f"{parsed:,} parsed): nothing was stored; materialize the month again once "
+                "the file is complete"
+            )
         state = LakeState([replace(part, raw_rows=rows)], size, digest, READER_VERSION)
         self._commit(state)
         return IngestResult(state, "full", why)
@@ -491,6 +519,7 @@ class _MonthLake:
         try:
             size, digest, rows = _copy_appended(raw, previous, tail)
             if size == previous.raw_bytes:
+                self._commit(previous)  # clears what a run stopped mid-commit left behind
                 return IngestResult(previous, "unchanged", "")
             first_line = 2 + sum(p.raw_rows for p in previous.parts)
             earlier = [self.events_dir / p.name for p in previous.parts]
@@ -543,7 +572,8 @@ class _MonthLake:
 
     def _commit(self, state: LakeState) -> None:
         """Rename the new part into place, then remove files of parts no longer in the month
-        (all of them after a whole read; none after an append)."""
+        (all of them after a whole read; none after an append), and the temporary files of
+        runs stopped before their commit: the month's folders then hold its parts alone."""
         names = {p.name for p in state.parts}
         for name in names:
             for tmp, final in zip(
@@ -552,7 +582,7 @@ class _MonthLake:
                 if tmp.exists():
                     os.replace(tmp, final)
         for folder in (self.events_dir, self.quarantine_dir):
-            for stale in folder.glob("*.parquet"):
+            for stale in [*folder.glob("*.parquet"), *folder.glob("*.parquet.tmp")]:
                 if stale.name not in names:
                     stale.unlink()
 
