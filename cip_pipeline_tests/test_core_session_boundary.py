@@ -27,12 +27,17 @@ B = "bbbbbbbb-0000-4000-8000-000000000002"  # October only
 F = "ffffffff-0000-4000-8000-000000000003"  # Oct 31 23:00 -> Nov 3, gaps of 19-21 h
 G = "99999999-0000-4000-8000-000000000004"  # November only
 H = "12345678-0000-4000-8000-000000000005"  # one second either side of midnight
+# Oct 30 12:00 -> Nov 1 06:00: begins in a span before October's last (one day, Oct 31) and
+# reaches past it into November
+J = "abcdef01-0000-4000-8000-000000000006"
 
 OCTOBER = [
     f"2019-10-10 10:00:00 UTC,view,{PLAIN},10.00,1,{B}",
     f"2019-10-10 10:01:00 UTC,cart,{PLAIN},10.00,1,{B}",
     f"2019-10-10 10:02:00 UTC,purchase,{PLAIN},10.00,1,{B}",
     f"2019-10-15 12:00:00 UTC,view,{TV},300.00,4,",
+    f"2019-10-30 12:00:00 UTC,view,{TV},300.00,7,{J}",
+    f"2019-10-31 08:00:00 UTC,view,{PHONE},250.00,7,{J}",
     f"2019-10-31 23:00:00 UTC,view,{TV},300.00,3,{F}",
     f"2019-10-31 23:50:00 UTC,view,{PHONE},250.00,2,{A}",
     f"2019-10-31 23:55:00 UTC,cart,{PHONE},250.00,2,{A}",
@@ -42,6 +47,7 @@ NOVEMBER = [
     f"2019-11-01 00:00:00 UTC,view,{WASHER},400.00,6,{H}",
     f"2019-11-01 00:05:00 UTC,purchase,{PHONE},250.00,2,{A}",
     f"2019-11-01 00:10:00 UTC,view,{WASHER},400.00,2,{A}",
+    f"2019-11-01 06:00:00 UTC,cart,{PHONE},250.00,7,{J}",
     f"2019-11-01 20:00:00 UTC,view,{TV},300.00,3,{F}",
     f"2019-11-02 15:00:00 UTC,view,{PHONE},250.00,3,{F}",
     f"2019-11-03 10:00:00 UTC,cart,{PHONE},250.00,3,{F}",
@@ -76,6 +82,7 @@ def _assert_complete(sessions: dict[str, dict]) -> None:
         B: "2019-10",
         F: "2019-10",
         H: "2019-10",
+        J: "2019-10",
         G: "2019-11",
     }
     a = sessions[A]
@@ -89,6 +96,8 @@ def _assert_complete(sessions: dict[str, dict]) -> None:
     assert f["events"] == 4 and str(f["end_time"]) == "2019-11-03 10:00:00"
     assert f["cart_abandoned"]
     assert sessions[H]["events"] == 2
+    j = sessions[J]
+    assert (j["events"], j["carts"], str(j["end_time"])) == (3, 1, "2019-11-01 06:00:00")
     assert sessions[G]["events"] == 2 and sessions[G]["main_category"] is None
 
 
@@ -107,7 +116,7 @@ def test_a_crossing_session_is_counted_once_with_all_its_events(crafted: Path) -
     assert by_day["2019-11-20"]["purchases"] == 1 and by_day["2019-11-20"]["revenue"] == 300.0
     assert kpis["events"].sum() == len(OCTOBER) + len(NOVEMBER)
     users = read_warehouse(crafted, "SELECT user_id, sessions FROM core.dim_users ORDER BY 1")
-    assert dict(users.iter_rows()) == {1: 1, 2: 1, 3: 1, 4: 0, 5: 1, 6: 1}
+    assert dict(users.iter_rows()) == {1: 1, 2: 1, 3: 1, 4: 0, 5: 1, 6: 1, 7: 1}
 
 
 def test_a_month_loaded_later_is_detected_and_fixed_by_rederiving(crafted: Path) -> None:

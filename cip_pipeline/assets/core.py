@@ -137,15 +137,20 @@ def boundary_once(
 
 
 def session_reach(
-    con: duckdb.DuckDBPyConnection, events: SqlTable, boundary: str, end: datetime
+    con: duckdb.DuckDBPyConnection,
+    events: SqlTable,
+    boundary: str,
+    end: datetime,
+    limit: datetime | None = None,
 ) -> tuple[datetime, int]:
-    """How far into the next month the month's continuing sessions go: the end of the window
-    to read (exclusive) and the number of next-month events in it.
+    """How far past `end` the continuing sessions of the month (or span) ending there go: the
+    end of the window to read (exclusive, at most `limit`, by default the end of the next
+    month) and the number of events after `end` in it.
 
-    Starts with one gap past the month's end and widens the window while a continuing
-    session's last event in it is closer than one gap to its end (a later event could follow).
+    Starts with one gap past `end` and widens the window while a continuing session's last
+    event in it is closer than one gap to its end (a later event could follow).
     """
-    next_end = month_after(end)
+    next_end = limit or month_after(end)
     until = min(end + SESSION_GAP, next_end)
     while True:
         last, events_in = con.execute(
@@ -308,8 +313,14 @@ def session_chunks(
         if span_end == end:
             reach = until
         else:
+            # A span's sessions may run past the month's end too (through a last span
+            # shorter than the gap): as far as the month's own may.
             reach, _ = session_reach(
-                con, events, boundary_once(con, events, since, span_end), span_end
+                con,
+                events,
+                boundary_once(con, events, since, span_end),
+                span_end,
+                limit=month_after(end),
             )
         read = SqlTable(
             events.schema, events.table, TimeSlice("event_time", since, reach).predicate()
