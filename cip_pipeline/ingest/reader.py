@@ -44,11 +44,10 @@ EVENT_TYPE = pl.Enum(EVENT_TYPES)
 PRICE = pl.Decimal(9, 2)  # two decimals, exact sums; up to 9,999,999.99
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 PRICE_TEXT = r"^-?[0-9]+(\.[0-9]{1,2})?$"
-UUID_TEXT = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 # Why a row is quarantined, checked in this order (the first that applies is recorded).
 REASONS = (
-    "invalid_encoding",  # bytes that are not UTF-8 (the line keeps U+FFFD in their place)
+    "invalid_encoding",  # bytes that are not UTF-8 (the raw line has U+FFFD in their place)
     "wrong_column_count",  # a cut-off row, or a row with too many or too few fields
     "unparsable_timestamp",
     "timestamp_outside_month",
@@ -198,8 +197,9 @@ def read_header(path: Path) -> str:
     return first.decode("utf-8", errors="replace").rstrip("\r\n").lstrip("\ufeff")
 
 
-def _lines(path: Path, first_line: int = 2) -> pl.LazyFrame:
-    """The lines after the header, numbered from `first_line` (the header is line 1)."""
+def _lines(path: Path, first_line: int = 2, lossy: bool = False) -> pl.LazyFrame:
+    """The lines after the header, numbered from `first_line` (the header is line 1); `lossy`
+    reads bytes that are not UTF-8 as U+FFFD instead of failing."""
     # A separator and quote that never occur, so each physical line is one field.
     return pl.scan_csv(
         path,
@@ -209,15 +209,18 @@ def _lines(path: Path, first_line: int = 2) -> pl.LazyFrame:
         quote_char=None,
         schema={"raw_line": pl.String},
         empty_string_is_null=False,  # an empty line is quarantined as "", not as null
-        encoding="utf8-lossy",  # a bad byte is its line's problem (invalid_encoding)
+        encoding="utf8-lossy" if lossy else "utf8",
         row_index_name="line",
         row_index_offset=first_line,
     ).with_columns(pl.col("line").cast(pl.Int64))
 
 
-def classify(lines: pl.LazyFrame, month_start: datetime, month_end: datetime) -> pl.LazyFrame:
+def classify(
+    lines: pl.LazyFrame, month_start: datetime, month_end: datetime, lossy: bool = False
+) -> pl.LazyFrame:
     """Typed fields plus a `reason` column (null for a row that is good). A CRLF line keeps
-    its carriage return on `raw_line`: only the quarantined lines are stripped of it."""
+    its carriage return on `raw_line`: only the quarantined lines are stripped of it. `lossy`
+    lines (see `_lines`) are looked at for U+FFFD (invalid_encoding)."""
     # Split into one field more than a row has: a row with the right count leaves the last
     # one null, a cut-off row leaves user_session null. Cheaper than counting commas apart.
     fields = lines.with_columns(
@@ -240,14 +243,16 @@ def classify(lines: pl.LazyFrame, month_start: datetime, month_end: datetime) ->
         pl.when(raw["brand"] != "").then(raw["brand"]).alias("brand"),
         raw["price"].cast(PRICE, strict=False).alias("price"),
         raw["user_id"].cast(pl.Int32, strict=False).alias("user_id"),
-        # A UUID in its 8-4-4-4-12 form, kept as its 16 bytes.
-        pl.when(raw["user_session"].str.contains(UUID_TEXT))
+        # 36 characters, of which 32 hex digits: a UUID, kept as its 16 bytes. Where its four
+        # dashes are is not looked at: a regex of the 8-4-4-4-12 form cost 15% of the parse.
+        pl.when((raw["user_session"].str.len_bytes() == 36) & (session_hex.str.len_bytes() == 32))
         .then(session_hex.str.decode("hex", strict=False))
         .alias("user_session"),
     )
     col = pl.col
+    encoding = pl.col("raw_line").str.contains("\ufffd", literal=True) if lossy else pl.lit(False)
     reason = (
-        pl.when(pl.col("raw_line").str.contains("\ufffd", literal=True))
+        pl.when(encoding)
         .then(pl.lit("invalid_encoding"))
         .when(col("user_session_raw").is_null() | col("extra_field").is_not_null())
         .then(pl.lit("wrong_column_count"))
@@ -539,11 +544,21 @@ class _MonthLake:
         name = f"part-{index:04d}-{uuid.uuid4().hex[:8]}.parquet"
         events_tmp, quarantine_tmp = self._tmp(name)
         try:
-            rows = classify(_lines(source, first_line), self.month_start, self.month_end)
             # An appended part's copies are looked for with the earlier parts' rows, by a query
             # over them all (`_duplicates`): what the write would find goes unused.
             copies = None if earlier else _CopyFinder()
-            _write_lake_files(rows, events_tmp, quarantine_tmp, copies)
+            try:
+                rows = classify(_lines(source, first_line), self.month_start, self.month_end)
+                _write_lake_files(rows, events_tmp, quarantine_tmp, copies)
+            except pl.exceptions.ComputeError as exc:
+                if "utf-8" not in str(exc):
+                    raise
+                # Read again, each line with bytes that are not UTF-8 quarantined: a clean
+                # file (every REES46 one) is not searched for them.
+                copies = None if earlier else _CopyFinder()
+                lines = _lines(source, first_line, lossy=True)
+                rows = classify(lines, self.month_start, self.month_end, lossy=True)
+                _write_lake_files(rows, events_tmp, quarantine_tmp, copies)
             rows_valid = pq.ParquetFile(events_tmp).metadata.num_rows
             in_part = None if copies is None else copies.candidates()
             with self.scratch() as con:
