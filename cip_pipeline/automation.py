@@ -11,6 +11,7 @@ import dagster as dg
 
 from cip_pipeline.months import month_of_raw_file, parse_month, partition_key
 from cip_pipeline.observability import STEP_HOOKS
+from cip_pipeline.partitions import monthly
 from cip_pipeline.resources import LakeResource
 
 MONTHLY_JOB = "monthly_refresh"
@@ -58,10 +59,18 @@ def build_jobs(
 
 
 def raw_files(lake: LakeResource) -> dict[str, Path]:
+    """The raw month files whose month is a partition (from FIRST_MONTH to the month in
+    progress): a run requested for another month would fail the whole sensor tick."""
     root = Path(lake.raw_dir)
     if not root.is_dir():
         return {}
-    return {p.name: p for p in sorted(root.iterdir()) if month_of_raw_file(p.name)}
+    return {p.name: p for p in sorted(root.iterdir()) if _partition_of(p.name)}
+
+
+def _partition_of(name: str) -> str | None:
+    month = month_of_raw_file(name)
+    key = partition_key(month) if month else None
+    return key if key and monthly.has_partition_key(key) else None
 
 
 def current_month(lake: LakeResource) -> str | None:
@@ -95,8 +104,10 @@ def nightly_refresh(
 
 
 def _file_state(path: Path) -> list[int]:
+    """Size and mtime, and the inode and ctime: a file replaced by one of the same size with
+    its mtime kept (`cp -p`, a restore) is still a change."""
     stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
 
 
 @dg.sensor(
@@ -104,7 +115,7 @@ def _file_state(path: Path) -> list[int]:
     minimum_interval_seconds=30,
     default_status=SENSOR_STATUS,
     description="A new or changed raw file requests a run for exactly its month, once "
-    "its size and mtime have held still for one tick (no half-copied file).",
+    "its size, mtime, inode and ctime have held still for one tick (no half-copied file).",
 )
 def raw_file_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {}
@@ -118,7 +129,7 @@ def raw_file_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> 
             runs.append(
                 dg.RunRequest(
                     partition_key=partition_key(month),
-                    run_key=f"{name}:{state[0]}:{state[1]}",
+                    run_key=f"{name}:" + ":".join(map(str, state)),
                     tags={"cip/trigger": "raw file sensor", "cip/raw_file": name},
                 )
             )

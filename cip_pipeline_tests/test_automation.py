@@ -41,8 +41,38 @@ def test_sensor_requests_exactly_the_changed_month_once_stable(tmp_path: Path) -
     fifth = _tick(lake, fourth.cursor)
     assert sorted(r.partition_key for r in fifth.run_requests) == ["2019-10-01", "2019-11-01"]
     keys = {r.run_key for r in fifth.run_requests}
-    assert len(keys) == 2 and all(k.count(":") == 2 for k in keys)
+    assert len(keys) == 2 and all(k.count(":") == 4 for k in keys)
     assert json.loads(fifth.cursor)["requested"].keys() == {"2019-Oct.csv", "2019-Nov.csv.gz"}
+
+    # Replaced by a file of the same size with the same mtime (a restore, `cp -p`): its inode
+    # and ctime changed, and the run key with them (Dagster drops a run key it has seen).
+    stat = oct_file.stat()
+    replacement = tmp_path / "restored.tmp"
+    replacement.write_text("header\nmore ROWS\n")
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, oct_file)
+    assert (oct_file.stat().st_size, oct_file.stat().st_mtime_ns) == (
+        stat.st_size,
+        stat.st_mtime_ns,
+    )
+    sixth = _tick(lake, fifth.cursor)
+    seventh = _tick(lake, sixth.cursor)
+    assert [r.partition_key for r in seventh.run_requests] == ["2019-10-01"]
+    assert seventh.run_requests[0].run_key not in keys
+
+
+def test_a_raw_file_outside_the_partitions_is_left_alone(tmp_path: Path) -> None:
+    """A file of a month before the first partition, or after the month in progress, would make
+    Dagster reject the tick's every request: it is not looked at."""
+    lake = LakeResource(raw_dir=str(tmp_path), lake_dir=str(tmp_path / "lake"))
+    for name in ("2019-Sep.csv", "2019-Oct.csv", "2099-Jan.csv"):
+        (tmp_path / name).write_text("header\n")
+    assert automation.raw_files(lake).keys() == {"2019-Oct.csv"}
+    second = _tick(lake, _tick(lake, None).cursor)
+    assert [r.partition_key for r in second.run_requests] == ["2019-10-01"]
+    os.utime(tmp_path / "2099-Jan.csv", (10**10, 10**10))  # the most recently written
+    context = dg.build_schedule_context(resources={"lake": lake})
+    assert automation.nightly_refresh(context).partition_key == "2019-10-01"
 
 
 def test_nightly_schedule_targets_the_newest_raw_month(
