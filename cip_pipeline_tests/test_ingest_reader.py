@@ -283,9 +283,7 @@ def test_a_file_written_to_while_it_is_read_whole_stores_nothing(
 
     monkeypatch.setattr(reader, "_write_lake_files", parse_then_grow)
     monkeypatch.setattr(reader, "scan_raw", count_after_the_write)
-    with pytest.raises(
-        reader.RawFileError, match=r"changed while it was read \(3 rows .* 2 parsed"
-    ):
+    with pytest.raises(reader.RawFileError, match="changed while it was read"):
         _ingest(raw, tmp_path)
     assert _lake_files(tmp_path) == {}  # no part, no temporary file
     monkeypatch.undo()
