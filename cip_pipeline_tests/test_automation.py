@@ -61,6 +61,22 @@ def test_sensor_requests_exactly_the_changed_month_once_stable(tmp_path: Path) -
     assert seventh.run_requests[0].run_key not in keys
 
 
+def test_a_cursor_from_before_the_inode_and_ctime_requests_nothing_again(tmp_path: Path) -> None:
+    lake = LakeResource(raw_dir=str(tmp_path), lake_dir=str(tmp_path / "lake"))
+    oct_file = tmp_path / "2019-Oct.csv"
+    oct_file.write_text("header\n")
+    stat = oct_file.stat()
+    old = [stat.st_size, stat.st_mtime_ns]  # what the cursor held before
+    cursor = json.dumps({"seen": {oct_file.name: old}, "requested": {oct_file.name: old}})
+    first = _tick(lake, cursor)
+    second = _tick(lake, first.cursor)
+    assert first.run_requests == [] and second.run_requests == []
+    oct_file.write_text("header\nrow\n")  # a real change is still one
+    third = _tick(lake, second.cursor)
+    assert third.run_requests == []  # seen once
+    assert [r.partition_key for r in _tick(lake, third.cursor).run_requests] == ["2019-10-01"]
+
+
 def test_a_raw_file_outside_the_partitions_is_left_alone(tmp_path: Path) -> None:
     """A file of a month before the first partition, or after the month in progress, would make
     Dagster reject the tick's every request: it is not looked at."""

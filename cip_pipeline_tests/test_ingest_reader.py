@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import threading
 from dataclasses import replace
@@ -99,7 +100,12 @@ def _parts(folder: Path) -> list[Path]:
 
 
 def _lake_files(tmp: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(tmp)): p.read_bytes() for p in tmp.glob("[eq]*/*")}
+    """The lake's files (not the month's lock file)."""
+    return {
+        str(p.relative_to(tmp)): p.read_bytes()
+        for p in tmp.glob("[eq]*/*")
+        if not p.name.startswith(".")
+    }
 
 
 @pytest.mark.parametrize(
@@ -289,6 +295,27 @@ def test_a_file_written_to_while_it_is_read_whole_stores_nothing(
     monkeypatch.undo()
     result, events, _ = _ingest(raw, tmp_path)
     assert (result.raw_rows, events.height) == (3, 3)
+
+
+def test_one_ingest_of_a_month_at_a_time(tmp_path: Path) -> None:
+    """Two runs of a month (the sensor's and the schedule's) do not interleave: each commit
+    removes the files of parts not in its own state."""
+    raw = _write(tmp_path / "m.csv", [GOOD])
+    (tmp_path / "events").mkdir()
+    done = threading.Event()
+
+    def ingest() -> None:
+        _ingest(raw, tmp_path)
+        done.set()
+
+    with (tmp_path / "events" / ".ingest.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run of the month holds it
+        worker = threading.Thread(target=ingest)
+        worker.start()
+        assert not done.wait(timeout=1.0)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    worker.join(timeout=60)
+    assert done.is_set() and len(_parts(tmp_path / "events")) == 1
 
 
 def test_bytes_that_are_not_text(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ cut-off row look like a row with an empty session) and the quarantine keeps the 
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
 import time
@@ -14,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -47,7 +49,9 @@ PRICE_TEXT = r"^-?[0-9]+(\.[0-9]{1,2})?$"
 
 # Why a row is quarantined, checked in this order (the first that applies is recorded).
 REASONS = (
-    "invalid_encoding",  # bytes that are not UTF-8 (the raw line has U+FFFD in their place)
+    # bytes that are not UTF-8 (the raw line has U+FFFD in their place; in such a file, a line
+    # holding a real U+FFFD is taken for one too)
+    "invalid_encoding",
     "wrong_column_count",  # a cut-off row, or a row with too many or too few fields
     "unparsable_timestamp",
     "timestamp_outside_month",
@@ -439,28 +443,53 @@ def ingest_month(
     for folder in (events_dir, quarantine_dir):
         folder.mkdir(parents=True, exist_ok=True)
     lake = _MonthLake(events_dir, quarantine_dir, month_start, month_end, scratch)
-    why = _why_read_whole(raw, previous, events_dir, quarantine_dir)
-    try:
-        if why is None and previous is not None:
-            try:
-                result = lake.append(raw, previous)
-            except _NotAppended as exc:
-                why = str(exc)
-            else:
-                result.seconds = time.perf_counter() - t0
-                return result
-        result = lake.read_whole(raw, why or "")
-    except pl.exceptions.ComputeError as exc:
-        # Polars could not cut the file into single-field lines (a 0x1F byte, say).
-        reason = str(exc).splitlines()[0]
-        raise RawFileError(f"{raw.name}: cannot be read as lines of text ({reason})") from exc
+    with _month_lock(events_dir):
+        stamp = _stamp(raw)
+        why = _why_read_whole(raw, previous, events_dir, quarantine_dir)
+        try:
+            if why is None and previous is not None:
+                try:
+                    result = lake.append(raw, previous)
+                except _NotAppended as exc:
+                    why = str(exc)
+                else:
+                    result.seconds = time.perf_counter() - t0
+                    return result
+            result = lake.read_whole(raw, why or "")
+        except pl.exceptions.ComputeError as exc:
+            if _stamp(raw) != stamp:
+                raise RawFileError(_changed_while_read(raw, stamp)) from exc
+            # Polars could not cut the file into single-field lines (a 0x1F byte, say).
+            reason = str(exc).splitlines()[0]
+            raise RawFileError(f"{raw.name}: cannot be read as lines of text ({reason})") from exc
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def _changed_while_read(raw: Path, before: tuple[int, ...]) -> str:
+    return (
+        f"{raw.name} changed while it was read (size, mtime, inode, ctime {before} -> "
+        f"{_stamp(raw)}): nothing was stored; materialize the month again once the file is "
+        "complete"
+    )
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    """What tells that a file changed or was replaced (a copy may keep size and mtime)."""
     stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns
+
+
+@contextmanager
+def _month_lock(events_dir: Path) -> Iterator[None]:
+    """One ingest of a month at a time (the sensor and the schedule can start two runs of it):
+    a run's commit removes the files of parts not in its state, another's included."""
+    with (events_dir / ".ingest.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class _NotAppended(Exception):
@@ -509,17 +538,13 @@ class _MonthLake:
             rows, size, digest = scanned.result()
         finally:
             counter.shutdown(wait=False, cancel_futures=True)
-        after = _stamp(raw)
-        if after != before:
+        if _stamp(raw) != before:
             # The two readers may have seen different files: the state would record bytes the
             # part does not hold, and a later append would skip or repeat rows. (A parser that
             # loses rows of a still file is the row-accounting check's to catch.)
             for tmp in self._tmp(part.name):
                 tmp.unlink(missing_ok=True)
-            raise RawFileError(
-                f"{raw.name} changed while it was read (size and mtime {before} -> {after}): "
-                "nothing was stored; materialize the month again once the file is complete"
-            )
+            raise RawFileError(_changed_while_read(raw, before))
         state = LakeState([replace(part, raw_rows=rows)], size, digest, READER_VERSION)
         self._commit(state)
         return IngestResult(state, "full", why)
