@@ -885,22 +885,21 @@ def test_dim_users_is_not_read_for_other_user_days_or_any_past_the_score_cutoff(
     days = [(datetime(2019, 11, 29), 10, 123), (datetime(2019, 11, 30), 12, 456)]
     inputs = [("user_days", *day) for day in days] + [("sessions", days[0][0], 7, 89)]
     with dg.DagsterInstance.ephemeral() as instance:
-        assert "not built from" in str(ml.dim_users_unusable(instance, plan, inputs))
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization(
-                core.DIM_USERS, metadata={core.USER_DAYS_READ: core.user_days_digest(days)}
+
+        def dim_users_built_from(read: list[tuple[datetime, int, int]]) -> None:
+            digest = core.user_days_digest(read)
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(core.DIM_USERS, metadata={core.USER_DAYS_READ: digest})
             )
-        )
+
+        assert "not built from" in str(ml.dim_users_unusable(instance, plan, inputs))
+        dim_users_built_from(days)
         assert ml.dim_users_unusable(instance, plan, inputs) is None
         other = [("user_days", days[0][0], 10, 124), inputs[1]]
         assert "not built from" in str(ml.dim_users_unusable(instance, plan, other))
         # the same user-days, one of them on the score cutoff: dim_users has no cutoff
         late = [*days[:1], (plan.score, 12, 456)]
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization(
-                core.DIM_USERS, metadata={core.USER_DAYS_READ: core.user_days_digest(late)}
-            )
-        )
+        dim_users_built_from(late)
         inputs_late = [("user_days", *day) for day in late]
         assert ml.dim_users_unusable(instance, plan, inputs_late) == (
             "user-days on or after the score cutoff"

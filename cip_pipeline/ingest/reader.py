@@ -455,7 +455,7 @@ def ingest_month(
                 else:
                     result.seconds = time.perf_counter() - t0
                     return result
-            result = lake.read_whole(raw, why or "")
+            result = lake.read_whole(raw, why or "", stamp)
         except pl.exceptions.ComputeError as exc:
             if _stamp(raw) != stamp:
                 raise RawFileError(_changed_while_read(raw, stamp)) from exc
@@ -525,12 +525,13 @@ class _MonthLake:
     month_end: datetime
     scratch: Callable[[], duckdb.DuckDBPyConnection]
 
-    def read_whole(self, raw: Path, why: str) -> IngestResult:
+    def read_whole(self, raw: Path, why: str, stamp: tuple[int, ...]) -> IngestResult:
+        """Read the whole file into one part; `stamp` is the file's (`_stamp`) when the ingest
+        began."""
         # The independent row count (and the hash that tells a later ingest whether the file
         # only grew) reads the file beside Polars, not after it: it runs ahead at disk speed
         # and Polars then reads from the page cache (October at 110 M, cold cache: 60.6 s read
         # then counted, 51.3 s together).
-        before = _stamp(raw)
         counter = ThreadPoolExecutor(max_workers=1)
         scanned = counter.submit(scan_raw, raw)
         try:
@@ -538,13 +539,13 @@ class _MonthLake:
             rows, size, digest = scanned.result()
         finally:
             counter.shutdown(wait=False, cancel_futures=True)
-        if _stamp(raw) != before:
+        if _stamp(raw) != stamp:
             # The two readers may have seen different files: the state would record bytes the
             # part does not hold, and a later append would skip or repeat rows. (A parser that
             # loses rows of a still file is the row-accounting check's to catch.)
             for tmp in self._tmp(part.name):
                 tmp.unlink(missing_ok=True)
-            raise RawFileError(_changed_while_read(raw, before))
+            raise RawFileError(_changed_while_read(raw, stamp))
         state = LakeState([replace(part, raw_rows=rows)], size, digest, READER_VERSION)
         self._commit(state)
         return IngestResult(state, "full", why)
@@ -576,19 +577,18 @@ class _MonthLake:
         try:
             # An appended part's copies are looked for with the earlier parts' rows, by a query
             # over them all (`_duplicates`): what the write would find goes unused.
-            copies = None if earlier else _CopyFinder()
-            try:
-                rows = classify(_lines(source, first_line), self.month_start, self.month_end)
-                _write_lake_files(rows, events_tmp, quarantine_tmp, copies)
-            except pl.exceptions.ComputeError as exc:
-                if "utf-8" not in str(exc):
-                    raise
-                # Read again, each line with bytes that are not UTF-8 quarantined: a clean
-                # file (every REES46 one) is not searched for them.
+            # A file with bytes that are not UTF-8 is read again, each such line quarantined: a
+            # clean file (every REES46 one) is not searched for them.
+            for lossy in (False, True):
                 copies = None if earlier else _CopyFinder()
-                lines = _lines(source, first_line, lossy=True)
-                rows = classify(lines, self.month_start, self.month_end, lossy=True)
-                _write_lake_files(rows, events_tmp, quarantine_tmp, copies)
+                lines = _lines(source, first_line, lossy)
+                rows = classify(lines, self.month_start, self.month_end, lossy)
+                try:
+                    _write_lake_files(rows, events_tmp, quarantine_tmp, copies)
+                    break
+                except pl.exceptions.ComputeError as exc:
+                    if lossy or "utf-8" not in str(exc):
+                        raise
             rows_valid = pq.ParquetFile(events_tmp).metadata.num_rows
             in_part = None if copies is None else copies.candidates()
             with self.scratch() as con:

@@ -147,8 +147,8 @@ LEFT JOIN (
 -- name: snapshot_input_days
 -- What the propensity snapshots read, day by day, as order-free hash sums: core.fact_user_days
 -- by its day (user_days_content in core.sql), core.fact_sessions by the day each session
--- starts. A snapshot's fingerprint
--- sums the days before its cutoff (and, when labelled, before the end of its label window).
+-- starts. A snapshot's fingerprint sums the days before its cutoff (and, when labelled,
+-- before the end of its label window).
 SELECT 'user_days' AS source, day, n, content
 FROM ({user_days_content})
 UNION ALL
