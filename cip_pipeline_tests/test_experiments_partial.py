@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
+import pydantic
+import pytest
 
+from cip_pipeline import stats
 from cip_pipeline.assets import experiments as ex
 from cip_pipeline.assets.common import SKIPPED
 from cip_pipeline.io_managers import SqlTable
@@ -37,3 +44,116 @@ def test_no_buyers_before_the_cutoff_is_a_named_skip(tmp_path: Path) -> None:
         assert isinstance(observation, dg.AssetObservation)
         assert observation.asset_key == key
         assert observation.metadata[SKIPPED].value == ex.NO_BUYERS
+
+
+def _outcomes(tmp_path: Path, frame: pl.DataFrame) -> tuple[WarehouseResource, SqlTable]:
+    """experiments.segment_outcomes holding `frame` (user_id, segment, pre_revenue, bought,
+    revenue, active), over a 14-day window."""
+    warehouse = WarehouseResource(path=str(tmp_path / "cip.duckdb"))
+    rows = frame.with_columns(
+        cutoff=pl.lit(datetime(2019, 11, 16)), window_end=pl.lit(datetime(2019, 11, 30))
+    )
+    with warehouse.connect() as con:
+        con.execute("CREATE SCHEMA experiments")
+        con.register("rows", rows)
+        con.execute("CREATE TABLE experiments.segment_outcomes AS SELECT * FROM rows")
+    return warehouse, SqlTable("experiments", "segment_outcomes")
+
+
+def _segment(
+    name: str, users: int, buyers: int, first_id: int, revenue: float = 0.0
+) -> pl.DataFrame:
+    ids = range(first_id, first_id + users)
+    return pl.DataFrame(
+        {
+            "user_id": list(ids),
+            "segment": [name] * users,
+            "pre_revenue": [10.0 + i % 7 for i in ids],
+            "bought": [i - first_id < buyers for i in ids],
+            "revenue": [revenue if i - first_id < buyers else 0.0 for i in ids],
+            "active": [True] * users,
+        }
+    )
+
+
+def _output(events: list[dg.Output | dg.AssetObservation]) -> dg.Output:
+    (output,) = [e for e in events if isinstance(e, dg.Output)]
+    return output
+
+
+def test_a_window_without_revenue_is_analysed_without_its_revenue_tests(tmp_path: Path) -> None:
+    """No at-risk user bought in the window: the conversion, Bayesian and SRM rows are there,
+    and the revenue tests (no variance, no t statistic) are named with the reason."""
+    warehouse, outcomes = _outcomes(tmp_path, _segment("At Risk", 60, 0, 1))
+    output = _output(list(ex.reactivation_simulation(ex.ExperimentConfig(), warehouse, outcomes)))
+    table = output.value
+    assert set(table["method"]) == {
+        "two-proportion z-test",
+        "beta-binomial P(B>A)",
+        "sample-ratio mismatch chi-square",
+    }
+    conversion = table.filter(pl.col("method") == "two-proportion z-test").row(0, named=True)
+    assert conversion["estimate"] == 0.0 and conversion["p_value"] == 1.0
+    assert set(output.metadata["not_tested"].value) == {
+        "Welch t-test",
+        "CUPED (pre-period revenue)",
+    }
+
+
+def test_simulated_new_buyers_spend_like_the_real_ones(tmp_path: Path) -> None:
+    """Every real buyer spent 100 and nobody else anything: with no revenue lift injected,
+    each arm's revenue per user is 100 times its conversion rate, new buyers included, so the
+    revenue difference is 100 times the conversion difference."""
+    frame = pl.concat(
+        [_segment("At Risk", 400, 80, 1, 100.0), _segment(ex.TARGET_SEGMENT, 200, 30, 1001, 100.0)]
+    )
+    warehouse, outcomes = _outcomes(tmp_path, frame)
+    config = ex.ExperimentConfig(simulated_conversion_lift=0.5, simulated_revenue_lift=0.0)
+    table = _output(list(ex.reactivation_simulation(config, warehouse, outcomes))).value
+    methods = {r["method"]: r for r in table.iter_rows(named=True)}
+    conversion = methods["two-proportion z-test"]["estimate"]
+    assert conversion > 0
+    assert methods["Welch t-test"]["estimate"] == pytest.approx(100 * conversion, rel=1e-9)
+
+
+def test_a_negative_injected_lift_is_refused() -> None:
+    """The simulation can only add conversions: a negative lift is a config error, not a
+    table that reports an effect it never injected."""
+    with pytest.raises(pydantic.ValidationError, match="simulated_conversion_lift"):
+        ex.ExperimentConfig(simulated_conversion_lift=-0.1)
+    with pytest.raises(pydantic.ValidationError, match="simulated_revenue_lift"):
+        ex.ExperimentConfig(simulated_revenue_lift=-1.0)
+
+
+def test_a_segment_smaller_than_the_test_has_no_duration(tmp_path: Path) -> None:
+    """A segment is a fixed set of people: 1,000 users at a 10% baseline cannot fill the
+    2 x 1,012 a +50% test needs (at 1000/14 a day that would read as 29 days and feasible).
+    A segment near 100% conversion has no detectable lift: its MDE rows are empty, not a
+    failed build."""
+    frame = pl.concat([_segment("Loyal", 1_000, 100, 1), _segment("Champions", 1_000, 999, 5001)])
+    warehouse, outcomes = _outcomes(tmp_path, frame)
+    config = ex.ExperimentConfig()
+    plans = _output(list(ex.segment_test_plans(config, warehouse, outcomes))).value
+    loyal = plans.filter(pl.col("segment") == "Loyal").row(0, named=True)
+    n50 = stats.sample_size_two_proportions(0.1, 0.5).n_control
+    assert 2 * n50 > 1_000 and loyal["n_per_arm_lift_50"] == n50
+    assert loyal["days_lift_50"] is None and loyal["feasible_lift_50"] is False
+    tables = _output(
+        list(ex.ab_power_tables(dg.build_asset_context(), config, warehouse, outcomes))
+    )
+    power = tables.value
+    loyal_sizes = power.filter(
+        pl.col("baseline_source") == "segment: Loyal", pl.col("n_per_arm").is_not_null()
+    )
+    assert loyal_sizes.height > 0
+    for row in loyal_sizes.iter_rows(named=True):
+        want = math.ceil(Fraction(2 * row["n_per_arm"] * 14, 1_000))
+        assert row["days_needed"] == (want if 2 * row["n_per_arm"] <= 1_000 else None)
+    champions_mde = power.filter(
+        pl.col("baseline_source") == "segment: Champions", pl.col("table") == "conversion_mde"
+    )
+    assert champions_mde.height == len(ex.MDE_SAMPLE_SIZES)
+    assert champions_mde["relative_lift"].null_count() >= 1
+    for row in champions_mde.filter(pl.col("relative_lift").is_not_null()).iter_rows(named=True):
+        achieved = stats.power_two_proportions(0.999, row["relative_lift"], row["sample_size"])
+        assert achieved == pytest.approx(0.8, abs=1e-6)

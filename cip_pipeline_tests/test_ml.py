@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 from datetime import datetime, timedelta
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -594,6 +595,7 @@ def test_experiment_tables_equal_independent_figures(warehouse: Path) -> None:
             pl.len().alias("users"),
             pl.col("bought").mean().alias("p"),
             (pl.col("active").sum() / window_days).alias("daily"),
+            pl.col("active").sum().alias("active"),
         )
         .iter_rows(named=True)
     }
@@ -607,7 +609,9 @@ def test_experiment_tables_equal_independent_figures(warehouse: Path) -> None:
         if seg["p"] > 0 and seg["p"] * 1.2 < 1:
             n = stats.sample_size_two_proportions(seg["p"], 0.2).n_control
             assert row["n_per_arm_lift_20"] == n
-            assert row["days_lift_20"] == math.ceil(2 * n / seg["daily"] - 1e-9)
+            # Whole days at active/window_days a day, exactly; none past the segment's size.
+            days = math.ceil(Fraction(2 * n * window_days, seg["active"]))
+            assert row["days_lift_20"] == (days if 2 * n <= seg["users"] else None)
     power = _query(
         warehouse,
         "SELECT DISTINCT baseline_source, baseline FROM experiments.ab_power_tables "

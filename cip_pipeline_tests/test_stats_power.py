@@ -287,6 +287,10 @@ def test_experiment_duration_days() -> None:
     assert experiment_duration_days(10_001, 1_000) == 11
     assert experiment_duration_days(10_000, 1_000, allocation_share=0.5) == 20
     assert experiment_duration_days(10, 1_000) == 1
+    # One user past ten days' arrivals needs an eleventh day, however large the days are.
+    assert experiment_duration_days(10_000_001, 1_000_000) == 11
+    # 1000 / (1000 * 0.1) is 10.000000000000002 in floating point; 10 days enrol all 1000.
+    assert experiment_duration_days(1_000, 1_000, allocation_share=0.1) == 10
     size = sample_size_two_proportions(0.05, 0.1)
     assert experiment_duration_days(size, 5_000, 0.2) == math.ceil(size.total / 1_000)
     assert isinstance(size, SampleSize)

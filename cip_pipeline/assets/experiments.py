@@ -2,12 +2,14 @@
 clearly labelled simulated reactivation test. The statistics are cip_pipeline.stats."""
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import dagster as dg
 import numpy as np
 import polars as pl
+from pydantic import Field
 
 from cip_pipeline import sql, stats
 from cip_pipeline.assets.analytics import RFM_SEGMENTS, rfm_rules
@@ -24,12 +26,16 @@ ALTERNATIVES = ("two-sided", "one-sided")
 MDE_SAMPLE_SIZES = (1_000, 5_000, 10_000, 50_000, 100_000, 500_000)
 MAX_PLAN_DAYS = 60  # a plan that needs longer is marked infeasible
 TARGET_SEGMENT = "Cant Lose Them"
+T = TypeVar("T")
 
 
 class ExperimentConfig(dg.Config):
-    window_days: int = 14  # the "next window" a segment's outcomes are measured over
-    simulated_conversion_lift: float = 0.20
-    simulated_revenue_lift: float = 0.15
+    window_days: int = Field(
+        default=14, ge=1, description="the 'next window' a segment's outcomes are measured over"
+    )
+    # The simulation adds conversions among treated non-buyers; it cannot take any away.
+    simulated_conversion_lift: float = Field(default=0.20, ge=0.0)
+    simulated_revenue_lift: float = Field(default=0.15, gt=-1.0)
     seed: int = 2019
 
 
@@ -124,13 +130,18 @@ def ab_power_tables(
         yield skipped(POWER_KEY, NO_BUYERS)
         return
     segments = _segment_figures(frame, config.window_days)
-    baselines = [("standard", p, None) for p in STANDARD_BASELINES] + [
-        (f"segment: {r['segment']}", r["baseline_conversion"], r["daily_eligible_users"])
+    baselines = [("standard", p, None, None) for p in STANDARD_BASELINES] + [
+        (
+            f"segment: {r['segment']}",
+            r["baseline_conversion"],
+            r["daily_eligible_users"],
+            r["users"],
+        )
         for r in segments.iter_rows(named=True)
         if 0 < r["baseline_conversion"] < 1
     ]
     rows = []
-    for source, p, daily in baselines:
+    for source, p, daily, people in baselines:
         for lift in LIFTS:
             if p * (1 + lift) >= 1:
                 continue
@@ -151,23 +162,26 @@ def ab_power_tables(
                                 "alternative": alt,
                                 "n_per_arm": n.n_control,
                                 "sample_size": None,
-                                "days_needed": _days(2 * n.n_control, daily),
+                                "days_needed": _days(2 * n.n_control, daily, people),
                             }
                         )
         for n_arm in MDE_SAMPLE_SIZES:
-            mde = stats.mde_two_proportions(p, n_arm, alpha=0.05, power=0.8)
+            try:
+                mde_lift = stats.mde_two_proportions(p, n_arm, alpha=0.05, power=0.8).relative_lift
+            except ValueError:  # a baseline near 1: no lift up to 100% is detectable
+                mde_lift = None
             rows.append(
                 {
                     "table": "conversion_mde",
                     "baseline_source": source,
                     "baseline": p,
-                    "relative_lift": mde.relative_lift,
+                    "relative_lift": mde_lift,
                     "alpha": 0.05,
                     "power": 0.8,
                     "alternative": "two-sided",
                     "n_per_arm": None,
                     "sample_size": n_arm,
-                    "days_needed": _days(2 * n_arm, daily),
+                    "days_needed": _days(2 * n_arm, daily, people),
                 }
             )
     for r in segments.iter_rows(named=True):
@@ -187,7 +201,7 @@ def ab_power_tables(
                     "alternative": "two-sided",
                     "n_per_arm": n.n_control,
                     "sample_size": None,
-                    "days_needed": _days(2 * n.n_control, r["daily_eligible_users"]),
+                    "days_needed": _days(2 * n.n_control, r["daily_eligible_users"], r["users"]),
                 }
             )
     table = pl.DataFrame(
@@ -205,8 +219,10 @@ def ab_power_tables(
     )
 
 
-def _days(total_users: int, daily: float | None) -> int | None:
-    if not daily:
+def _days(total_users: int, daily: float | None, people: int | None) -> int | None:
+    """Days for `total_users` to arrive at `daily` a day. None without traffic, or when the
+    segment, a fixed set of `people`, holds fewer than the test needs at any speed."""
+    if not daily or (people is not None and total_users > people):
         return None
     return stats.experiment_duration_days(total_users, daily)
 
@@ -243,7 +259,7 @@ def segment_test_plans(
         for lift in (0.2, 0.5):
             ok = p > 0 and p * (1 + lift) < 1
             n = stats.sample_size_two_proportions(p, lift).n_control if ok else None
-            days = _days(2 * n, daily) if n else None
+            days = _days(2 * n, daily, r["users"]) if n else None
             plan[f"n_per_arm_lift_{int(lift * 100)}"] = n
             plan[f"days_lift_{int(lift * 100)}"] = days
             plan[f"feasible_lift_{int(lift * 100)}"] = days is not None and days <= MAX_PLAN_DAYS
@@ -280,19 +296,34 @@ def reactivation_simulation(
     bought = users["bought"].to_numpy().astype(bool)
     revenue = users["revenue"].to_numpy().astype(float)
     pre = users["pre_revenue"].to_numpy().astype(float)
-    # Injected effect: extra conversions among treated non-buyers, and more revenue per user.
+    # Injected effect: extra conversions among treated non-buyers, each spending what a real
+    # buyer of the window spent (drawn at random), and more revenue per treated user.
     base_rate = float(bought.mean())
     convert = rng.random(users.height) < (
         base_rate * config.simulated_conversion_lift / max(1 - base_rate, 1e-9)
     )
-    bought_sim = bought | (treated & ~bought & convert)
-    revenue_sim = np.where(treated, revenue * (1 + config.simulated_revenue_lift), revenue)
+    converted = treated & ~bought & convert
+    bought_sim = bought | converted
+    revenue_sim = revenue.copy()
+    if converted.any():
+        revenue_sim[converted] = rng.choice(revenue[bought], size=int(converted.sum()))
+    revenue_sim = np.where(treated, revenue_sim * (1 + config.simulated_revenue_lift), revenue_sim)
     c, t = ~treated, treated
     z = stats.two_proportion_ztest(
         int(bought_sim[c].sum()), int(c.sum()), int(bought_sim[t].sum()), int(t.sum())
     )
-    welch = stats.welch_ttest(revenue_sim[c], revenue_sim[t])
-    cuped = stats.cuped_effect(revenue_sim[c], pre[c], revenue_sim[t], pre[t])
+    # Revenue that does not vary (nobody bought in the window, say) has no t statistic.
+    not_tested: dict[str, str] = {}
+    welch = _tested(not_tested, "Welch t-test", stats.welch_ttest, revenue_sim[c], revenue_sim[t])
+    cuped = _tested(
+        not_tested,
+        "CUPED (pre-period revenue)",
+        stats.cuped_effect,
+        revenue_sim[c],
+        pre[c],
+        revenue_sim[t],
+        pre[t],
+    )
     srm = stats.sample_ratio_mismatch([int(c.sum()), int(t.sum())])
     bayes = stats.beta_binomial_ab(
         int(bought_sim[c].sum()), int(c.sum()), int(bought_sim[t].sum()), int(t.sum())
@@ -319,26 +350,6 @@ def reactivation_simulation(
             "variance_reduction": None,
         },
         {
-            "metric": "revenue_per_user",
-            "method": "Welch t-test",
-            "estimate": welch.difference,
-            "ci_low": welch.ci_low,
-            "ci_high": welch.ci_high,
-            "p_value": welch.p_value,
-            "significant": welch.p_value < 0.05,
-            "variance_reduction": None,
-        },
-        {
-            "metric": "revenue_per_user",
-            "method": "CUPED (pre-period revenue)",
-            "estimate": cuped.effect,
-            "ci_low": cuped.ci[0],
-            "ci_high": cuped.ci[1],
-            "p_value": cuped.adjusted.p_value,
-            "significant": cuped.adjusted.p_value < 0.05,
-            "variance_reduction": cuped.variance_reduction,
-        },
-        {
             "metric": "assignment",
             "method": "sample-ratio mismatch chi-square",
             "estimate": float(t.sum()) / users.height,
@@ -349,6 +360,32 @@ def reactivation_simulation(
             "variance_reduction": None,
         },
     ]
+    if welch is not None:
+        rows.append(
+            {
+                "metric": "revenue_per_user",
+                "method": "Welch t-test",
+                "estimate": welch.difference,
+                "ci_low": welch.ci_low,
+                "ci_high": welch.ci_high,
+                "p_value": welch.p_value,
+                "significant": welch.p_value < 0.05,
+                "variance_reduction": None,
+            }
+        )
+    if cuped is not None:
+        rows.append(
+            {
+                "metric": "revenue_per_user",
+                "method": "CUPED (pre-period revenue)",
+                "estimate": cuped.effect,
+                "ci_low": cuped.ci[0],
+                "ci_high": cuped.ci[1],
+                "p_value": cuped.adjusted.p_value,
+                "significant": cuped.adjusted.p_value < 0.05,
+                "variance_reduction": cuped.variance_reduction,
+            }
+        )
     table = pl.DataFrame(rows).with_columns(
         pl.lit(True).alias("simulated"),
         pl.lit(users.height).alias("users"),
@@ -360,10 +397,23 @@ def reactivation_simulation(
         metadata={
             "SIMULATED": "effects are injected, not observed",
             "users": users.height,
-            "cuped_variance_reduction": cuped.variance_reduction,
+            "cuped_variance_reduction": cuped.variance_reduction if cuped else None,
             "srm_p_value": srm.p_value,
+            "not_tested": dg.MetadataValue.json(not_tested),
         },
     )
+
+
+def _tested(
+    not_tested: dict[str, str], method: str, test: Callable[..., T], *samples: np.ndarray
+) -> T | None:
+    """The test's result, or None with the reason under `method` when the samples cannot be
+    tested (a ValueError of cip_pipeline.stats names why)."""
+    try:
+        return test(*samples)
+    except ValueError as error:
+        not_tested[method] = str(error)
+        return None
 
 
 ASSETS = [segment_outcomes, ab_power_tables, segment_test_plans, reactivation_simulation]

@@ -489,4 +489,10 @@ def experiment_duration_days(
     share = check_positive("allocation_share", allocation_share)
     if share > 1.0:
         raise ValueError(f"allocation_share must be in (0, 1], got {allocation_share!r}")
-    return max(1, math.ceil(total / (daily * share) - _CEIL_SLACK))
+    per_day = daily * share
+    days = math.ceil(total / per_day)
+    # The quotient's rounding error can lift a whole number of days past it (1000 / (1000 * 0.1)
+    # is 10.000000000000002); one day fewer that still enrols everyone is the answer.
+    if days > 1 and (days - 1) * per_day >= total:
+        days -= 1
+    return max(1, days)
