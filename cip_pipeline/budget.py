@@ -34,11 +34,17 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# Set by `cip run` and `cip bench`, which execute their runs one after another in one process:
+# that process is the only run, so it gets every core (the budget's run queue is unchanged).
+SOLE_RUN_ENV = "CIP_SOLE_RUN"
+
+
 @dataclass(frozen=True)
 class Budget:
     total_bytes: int
     run_bytes: int
     cores: int
+    sole_run: bool = False
 
     @classmethod
     def from_env(cls) -> Budget:
@@ -46,20 +52,23 @@ class Budget:
             parse_size(os.environ.get("CIP_MEMORY_BUDGET", "4GiB")),
             parse_size(os.environ.get("CIP_RUN_MEMORY", "2GiB")),
             available_cores(),
+            os.environ.get(SOLE_RUN_ENV) == "1",
         )
 
     @property
     def concurrent_runs(self) -> int:
+        """How many runs the queue lets through at once (the instance's dagster.yaml)."""
         return max(1, self.total_bytes // self.run_bytes)
 
     @property
     def threads_per_run(self) -> int:
-        return max(1, self.cores // self.concurrent_runs)
+        return self.cores if self.sole_run else max(1, self.cores // self.concurrent_runs)
 
     @property
     def duckdb_memory_limit(self) -> str:
-        # DuckDB's share of a run: the rest is Python, Polars and Arrow buffers.
-        return f"{int(self.run_bytes * 0.68) >> 20}MB"
+        # DuckDB's share of a run: the rest is Python, Polars and Arrow buffers. MiB, not MB:
+        # DuckDB reads MB as 10^6 bytes.
+        return f"{int(self.run_bytes * 0.68) >> 20}MiB"
 
 
 def day_chunks(

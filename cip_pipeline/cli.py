@@ -13,15 +13,18 @@ from cip_pipeline.paths import data_dir
 
 def _months(text: str) -> list[str]:
     try:
-        return [parse_month(m) for m in text.split(",") if m.strip()]
+        months = [parse_month(m) for m in text.split(",") if m.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+    if not months:
+        raise argparse.ArgumentTypeError("no month given (e.g. 2019-10,2019-11)")
+    return sorted(set(months))
 
 
 def _count(text: str) -> int:
     try:
         value = int(float(text))
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: inf
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
@@ -144,13 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_run_at_a_time() -> None:
     """`cip run` and `cip bench` execute their runs one after another in this process, so the
-    process is the only run: it gets the whole memory budget's cores (the budget's split
-    among concurrent runs is for runs the daemon launches)."""
+    process is the only run: it gets every core (the budget's split among concurrent runs is
+    for runs the daemon launches, and stays so in the instance's dagster.yaml)."""
     import os
 
-    from cip_pipeline.budget import available_cores
+    from cip_pipeline.budget import SOLE_RUN_ENV, available_cores
 
-    os.environ["CIP_MEMORY_BUDGET"] = os.environ.get("CIP_RUN_MEMORY", "2GiB")
+    os.environ[SOLE_RUN_ENV] = "1"
     if "polars" not in sys.modules:  # Polars reads this once, when it is first imported
         os.environ["POLARS_MAX_THREADS"] = str(available_cores())
 

@@ -21,6 +21,7 @@ from cip_pipeline.automation import ALL_MONTHS_JOB, MONTHLY_JOB
 from cip_pipeline.budget import Budget
 from cip_pipeline.months import next_month, partition_key, previous_month
 from cip_pipeline.observability import reset_peak_rss, step_peaks
+from cip_pipeline.partitions import FIRST_MONTH, monthly
 from cip_pipeline.resources import LakeResource, WarehouseResource
 
 SAMPLE_EVENTS = 2_000_000
@@ -261,10 +262,18 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
         generate(SAMPLE_EVENTS, months=SAMPLE_MONTHS, out=Path(lake.raw_dir))
     available = set(lake.raw_months())
     wanted = sorted(months or available)
+    todo = []
     for month in wanted:
-        if month not in available:
+        if not monthly.has_partition_key(partition_key(month)):
+            print(
+                f"skipped {month}: not a partition (months from {FIRST_MONTH[:7]} to the "
+                "current one)",
+                file=out,
+            )
+        elif month not in available:
             print(f"skipped {month}: no raw file in {lake.raw_dir}", file=out)
-    todo = [m for m in wanted if m in available]
+        else:
+            todo.append(month)
     defs = definitions.build_definitions()
     t_all = time.perf_counter()
     failed = [s for s in run_months(defs, instance, todo, out) if not s.success]

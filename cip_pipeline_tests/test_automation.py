@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 import yaml
 
 from cip_pipeline import automation
-from cip_pipeline.budget import Budget, parse_size
+from cip_pipeline.budget import Budget, available_cores, parse_size
 from cip_pipeline.resources import LakeResource, WarehouseResource
 from cip_pipeline.runner import MANAGED, write_instance_config
 
@@ -123,9 +124,22 @@ def test_budget_sets_concurrency_threads_and_duckdb_limit(
 ) -> None:
     budget = Budget(parse_size(total), parse_size(per_run), cores)
     assert (budget.concurrent_runs, budget.threads_per_run) == (runs, threads)
-    limit = parse_size(budget.duckdb_memory_limit)
-    assert limit < budget.run_bytes  # DuckDB leaves room for Python, Polars and Arrow
+    # `cip run`'s single process keeps the queue's size but takes every core.
+    sole = Budget(parse_size(total), parse_size(per_run), cores, sole_run=True)
+    assert (sole.concurrent_runs, sole.threads_per_run) == (runs, cores)
+    # DuckDB reads the limit as 68% of the run's bytes (MB would be 10^6 bytes, 4.6% less).
+    want = int(budget.run_bytes * 0.68) >> 20 << 20
+    assert _duckdb_limit(budget.duckdb_memory_limit) == _duckdb_limit(f"{want} bytes")
     assert runs * budget.run_bytes <= max(budget.total_bytes, budget.run_bytes)
+
+
+def _duckdb_limit(setting: str) -> str:
+    with duckdb.connect() as con:
+        con.execute(f"SET memory_limit = '{setting}'")
+        (value,) = con.execute(
+            "SELECT value FROM duckdb_settings() WHERE name = 'memory_limit'"
+        ).fetchone()
+    return value
 
 
 def test_warehouse_connections_carry_the_budget(tmp_path: Path) -> None:
@@ -157,3 +171,52 @@ def test_instance_config_holds_pool_and_run_queue(tmp_path: Path) -> None:
     config.write_text("concurrency:\n  pools:\n    default_limit: 1\n")
     write_instance_config(tmp_path, budget)
     assert "max_concurrent_runs" not in config.read_text()
+
+
+def test_cip_run_keeps_the_budgets_run_queue_in_the_instance_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cip run` takes every core for its one process, but the dagster.yaml it writes still
+    lets the budget's runs through at once for the daemon (8 GiB in runs of 2 GiB: 4)."""
+    from cip_pipeline import cli
+
+    monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CIP_MEMORY_BUDGET", "8GiB")
+    monkeypatch.setenv("CIP_RUN_MEMORY", "2GiB")
+    monkeypatch.delenv("CIP_SOLE_RUN", raising=False)
+    monkeypatch.setattr(cli, "cmd_run", lambda args: 0)  # the parsing and setup only
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # cli.main sets variables
+    assert cli.main(["run"]) == 0
+    from cip_pipeline.runner import ensure_instance
+
+    ensure_instance().dispose()
+    parsed = yaml.safe_load((tmp_path / "dagster_home" / "dagster.yaml").read_text())
+    assert parsed["concurrency"]["runs"]["max_concurrent_runs"] == 4
+    assert Budget.from_env().threads_per_run == available_cores()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--months", ","], "no month given"),
+        (["run", "--months", "2019-13"], "2019-13"),
+        (["generate", "--events", "inf"], "not a number: 'inf'"),
+        (["generate", "--events", "0"], "must be at least 1"),
+    ],
+)
+def test_cli_refuses_bad_arguments(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cip_pipeline import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_months_are_sorted_once_each() -> None:
+    from cip_pipeline import cli
+
+    args = cli.build_parser().parse_args(["run", "--months", "2019-11, 2019-10,2019-11"])
+    assert args.months == ["2019-10", "2019-11"]

@@ -16,6 +16,7 @@ from cip_pipeline.io_managers.tables import (
     TableName,
     TimeSlice,
     replace_rows,
+    transaction,
 )
 
 NAME = TableName("t", "parts")
@@ -142,3 +143,60 @@ def test_a_partition_built_with_new_columns_changes_the_table_and_says_so() -> N
     rows = con.execute(f"SELECT day::VARCHAR, * EXCLUDE (day) FROM {NAME.qualified} ORDER BY day")
     assert rows.fetchall() == [("2019-10-01", 1, None), ("2019-11-01", 2, [11, 1])]
     assert SCHEMA_CHANGES not in replace_rows(con, NAME, [new.format(m=10)], october)
+
+
+def test_a_column_whose_type_changed_is_converted_in_every_row_and_said_so() -> None:
+    """November's query now returns `value` as DOUBLE and `code` as VARCHAR: the column
+    changes type for October's rows too (converted, not left as text or rounded), and the
+    metadata names the change. A value that does not convert fails the write, which leaves
+    the table as it was."""
+    con = duckdb.connect()
+    october = TimeSlice("day", datetime(2019, 10, 1), datetime(2019, 11, 1))
+    november = TimeSlice("day", datetime(2019, 11, 1), datetime(2019, 12, 1))
+    old = "SELECT DATE '2019-{m}-01' AS day, 1 AS value, 7 AS code"
+    new = "SELECT DATE '2019-{m}-01' AS day, 2.75::DOUBLE AS value, 'A7' AS code"
+    for part, m in ((october, 10), (november, 11)):
+        replace_rows(con, NAME, [old.format(m=m)], part)
+    metadata = replace_rows(con, NAME, [new.format(m=11)], november)
+    assert metadata[SCHEMA_CHANGES].value == [
+        "changed value INTEGER -> DOUBLE",
+        "changed code INTEGER -> VARCHAR",
+    ]
+    rows = con.execute(f"SELECT day::VARCHAR, value, code FROM {NAME.qualified} ORDER BY day")
+    assert rows.fetchall() == [("2019-10-01", 1.0, "7"), ("2019-11-01", 2.75, "A7")]
+    # Back to an INTEGER code: 'A7' does not convert, and nothing changes.
+    with pytest.raises(duckdb.ConversionException, match="A7"):
+        replace_rows(con, NAME, [old.format(m=10)], october)
+    types = con.execute(f"DESCRIBE {NAME.qualified}").fetchall()
+    assert [(c, t) for c, t, *_ in types] == [
+        ("day", "DATE"),
+        ("value", "DOUBLE"),
+        ("code", "VARCHAR"),
+    ]
+
+
+def test_a_summary_that_fails_leaves_the_table_as_it_was() -> None:
+    con = duckdb.connect()
+    replace_rows(con, NAME, ["SELECT 1 AS id"], None)
+
+    def summary(c: duckdb.DuckDBPyConnection) -> dict[str, dg.MetadataValue]:
+        c.execute("SELECT error('summary broke')").fetchall()
+        return {}
+
+    with pytest.raises(duckdb.Error, match="summary broke"):
+        replace_rows(con, NAME, ["SELECT 2 AS id"], None, summary=summary)
+    assert con.execute(f"SELECT id FROM {NAME.qualified}").fetchall() == [(1,)]
+
+
+def test_a_commit_that_fails_raises_its_own_error() -> None:
+    """Two connections write the same key: the second COMMIT fails on the conflict, and that
+    is the error raised (not the ROLLBACK's "no transaction is active")."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE keyed (id INTEGER PRIMARY KEY)")
+    other = con.cursor()
+    other.execute("BEGIN TRANSACTION")
+    other.execute("INSERT INTO keyed VALUES (1)")
+    with pytest.raises(duckdb.TransactionException, match="duplicate key"), transaction(con):
+        con.execute("INSERT INTO keyed VALUES (1)")
+        other.execute("COMMIT")
+    assert con.execute("SELECT count(*) FROM keyed").fetchone() == (1,)

@@ -262,9 +262,11 @@ def test_late_rows_are_appended_and_rebuild_only_their_spans(
 def test_cip_run_on_partial_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
     generate(4_000, seed=1, months=["2019-10"], out=tmp_path / "raw")
+    generate(100, seed=1, months=["2019-09"], out=tmp_path / "raw")  # before the partitions
     out = io.StringIO()
-    assert run_pipeline(["2019-10", "2019-11"], out=out) == 0
+    assert run_pipeline(["2019-09", "2019-10", "2019-11"], out=out) == 0
     text = out.getvalue()
+    assert "skipped 2019-09: not a partition" in text
     assert "skipped 2019-11: no raw file" in text
     assert "2019-10  [ok" in text and "core/events" in text
     # One short month: the model and the simulation say why they did not run, no failure.

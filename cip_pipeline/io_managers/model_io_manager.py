@@ -13,6 +13,7 @@ import dagster as dg
 import lightgbm as lgb
 
 from cip_pipeline import sql
+from cip_pipeline.io_managers.tables import transaction
 from cip_pipeline.resources import WarehouseResource
 
 
@@ -82,33 +83,27 @@ class ModelRegistryIOManager(dg.ConfigurableIOManager):
             )
             return
         name = context.asset_key.to_user_string()
-        with self.warehouse.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute(sql.statement("registry", "create"))
-                version = con.execute(
-                    sql.statement("registry", "next_version"), {"name": name}
-                ).fetchall()[0][0]
-                con.execute(
-                    sql.statement("registry", "insert"),
-                    {
-                        "name": name,
-                        "version": version,
-                        "created_at": datetime.now(UTC).replace(tzinfo=None),
-                        "booster": obj.booster.model_to_string(),
-                        "params": json.dumps(obj.params),
-                        "features": json.dumps(obj.features),
-                        "windows": json.dumps(obj.windows),
-                        "metrics": json.dumps(obj.metrics),
-                        "encodings": json.dumps(obj.encodings),
-                        "validated": obj.validated,
-                        "inputs": obj.inputs,
-                    },
-                )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with self.warehouse.connect() as con, transaction(con):
+            con.execute(sql.statement("registry", "create"))
+            version = con.execute(
+                sql.statement("registry", "next_version"), {"name": name}
+            ).fetchall()[0][0]
+            con.execute(
+                sql.statement("registry", "insert"),
+                {
+                    "name": name,
+                    "version": version,
+                    "created_at": datetime.now(UTC).replace(tzinfo=None),
+                    "booster": obj.booster.model_to_string(),
+                    "params": json.dumps(obj.params),
+                    "features": json.dumps(obj.features),
+                    "windows": json.dumps(obj.windows),
+                    "metrics": json.dumps(obj.metrics),
+                    "encodings": json.dumps(obj.encodings),
+                    "validated": obj.validated,
+                    "inputs": obj.inputs,
+                },
+            )
         context.add_output_metadata(
             {
                 "model_version": dg.MetadataValue.int(int(version)),

@@ -5,7 +5,12 @@ calls a connection method that DuckDB 2.0 removed."""
 import dagster as dg
 import polars as pl
 
-from cip_pipeline.io_managers.tables import TableName, replace_rows, time_slice
+from cip_pipeline.io_managers.tables import (
+    TableName,
+    replace_rows,
+    time_slice,
+    warn_of_schema_changes,
+)
 from cip_pipeline.resources import WarehouseResource
 
 
@@ -17,17 +22,14 @@ class DuckDBPolarsIOManager(dg.ConfigurableIOManager):
             raise dg.DagsterInvariantViolationError(
                 f"{context.asset_key.to_user_string()} must return a polars DataFrame"
             )
+        name = TableName.of(context.asset_key)
         with self.warehouse.connect() as con:
             con.register("_frame", obj.to_arrow())
             try:
-                metadata = replace_rows(
-                    con,
-                    TableName.of(context.asset_key),
-                    ["SELECT * FROM _frame"],
-                    time_slice(context),
-                )
+                metadata = replace_rows(con, name, ["SELECT * FROM _frame"], time_slice(context))
             finally:
                 con.unregister("_frame")
+        warn_of_schema_changes(context, name, metadata)
         context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:

@@ -5,16 +5,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dagster as dg
+import duckdb
 
 from cip_pipeline.assets.common import headline, recorded
 from cip_pipeline.io_managers.tables import (
     CHUNKS,
-    SCHEMA_CHANGES,
     Chunk,
     TableName,
     TimeSlice,
     replace_rows,
     time_slice,
+    warn_of_schema_changes,
 )
 from cip_pipeline.resources import WarehouseResource
 
@@ -85,17 +86,18 @@ class DuckDBSqlIOManager(dg.ConfigurableIOManager):
             partition = context.partition_key if context.has_partition_key else None
             last = recorded(context.step_context.instance, context.asset_key, partition)
             previous = last.get(CHUNKS) or []
-        with self.warehouse.connect() as con:
-            metadata = replace_rows(con, name, parts, part, previous)
-            if obj.headline is not None:
+        summary = None
+        if obj.headline is not None:
+            statement = obj.headline
+
+            def summary(con: duckdb.DuckDBPyConnection) -> dict[str, dg.MetadataValue]:
                 written = _reference(name, part).select()
                 con.execute(f"CREATE OR REPLACE TEMP VIEW written AS {written}")
-                metadata |= headline(con, obj.headline)
-        if SCHEMA_CHANGES in metadata:
-            context.log.warning(
-                f"{name.qualified}: {metadata[SCHEMA_CHANGES].value}; rows not rebuilt by this "
-                "run hold NULL in added columns until their partitions are materialized again"
-            )
+                return headline(con, statement)
+
+        with self.warehouse.connect() as con:
+            metadata = replace_rows(con, name, parts, part, previous, summary)
+        warn_of_schema_changes(context, name, metadata)
         context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> SqlTable:

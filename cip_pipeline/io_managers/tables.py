@@ -4,7 +4,8 @@ managers so that every stored type gets the same idempotency and crash safety.""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -139,10 +140,17 @@ def _columns(con: duckdb.DuckDBPyConnection, name: TableName) -> list[tuple[str,
     ).fetchall()
 
 
+# A column the query returns only NULL in (a Polars frame's all-null column) has this type; it
+# inserts into any stored type.
+_UNTYPED = '"NULL"'
+
+
 def _follow_columns(con: duckdb.DuckDBPyConnection, name: TableName, select: str) -> list[str]:
     """Give a table that is rewritten in part (a partition, or some chunks) the columns its
     query now returns: new columns are added, NULL in the rows kept until those are built
-    again; columns the query no longer returns are dropped. Returns what changed."""
+    again; a column whose type changed is converted, the rows kept too (a value that does not
+    convert fails the write); columns the query no longer returns are dropped, in every row.
+    Returns what changed."""
     wanted = con.execute(f"DESCRIBE SELECT * FROM ({select}) LIMIT 0").fetchall()
     stored = dict(_columns(con, name))
     changes = []
@@ -150,10 +158,42 @@ def _follow_columns(con: duckdb.DuckDBPyConnection, name: TableName, select: str
         if column not in stored:
             con.execute(f'ALTER TABLE {name.qualified} ADD COLUMN "{column}" {data_type}')
             changes.append(f"added {column} {data_type}")
+        elif data_type not in (stored[column], _UNTYPED):
+            con.execute(
+                f'ALTER TABLE {name.qualified} ALTER COLUMN "{column}" SET DATA TYPE {data_type}'
+            )
+            changes.append(f"changed {column} {stored[column]} -> {data_type}")
     for column in stored.keys() - {c for c, *_ in wanted}:
         con.execute(f'ALTER TABLE {name.qualified} DROP COLUMN "{column}"')
         changes.append(f"dropped {column}")
     return changes
+
+
+def warn_of_schema_changes(
+    context: dg.OutputContext, name: TableName, metadata: dict[str, dg.RawMetadataValue]
+) -> None:
+    """A partial rewrite that changed the columns changed them for the rows it kept too."""
+    changes = metadata.get(SCHEMA_CHANGES)
+    if changes is not None:
+        context.log.warning(
+            f"{name.qualified}: {', '.join(changes.value)}, in every row: the rows this run did "
+            "not rebuild hold NULL in added columns, and have lost dropped ones, until their "
+            "partitions are materialized again"
+        )
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, rolled back on any failure."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        # A COMMIT that fails has ended the transaction already: the error to raise is its own.
+        with suppress(duckdb.TransactionException):
+            con.execute("ROLLBACK")
+        raise
 
 
 def _record(chunk: Chunk, rows: int, seconds: float, kept: bool) -> dict[str, Any]:
@@ -172,13 +212,16 @@ def replace_rows(
     chunks: Sequence[Chunk | str],
     part: TimeSlice | None,
     previous: Sequence[dict[str, Any]] = (),
+    summary: Callable[[duckdb.DuckDBPyConnection], dict[str, dg.MetadataValue]] | None = None,
 ) -> dict[str, dg.RawMetadataValue]:
     """Make `name` (or its partition) hold exactly the rows of the `chunks` (one query, or the
     chunks of a build too big for the memory budget in one), atomically. A chunk whose stored
     rows are still what it would build (see `Chunk`; `previous` is the CHUNKS metadata of the
-    last materialization) keeps them instead of being built again.
+    last materialization) keeps them instead of being built again. `summary`, run on the new
+    rows before they are committed, adds its figures to the metadata.
 
-    A failure anywhere rolls back to the previous version of the table or partition.
+    A failure anywhere, the summary's included, rolls back to the previous version of the
+    table or partition.
     """
     parts = [c if isinstance(c, Chunk) else Chunk(c) for c in chunks]
     records: list[dict[str, Any]] = []
@@ -190,8 +233,7 @@ def replace_rows(
         records.append(_record(chunk, int(rows), time.perf_counter() - started, kept=False))
 
     t0 = time.perf_counter()
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{name.schema}"')
         kept = reusable(con, name, parts, part, previous)
         if part is None and not kept:
@@ -222,10 +264,9 @@ def replace_rows(
                     f"{name.qualified}: the query returned {stray} rows outside "
                     f"the partition ({scope})"
                 )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        t_summary = time.perf_counter()
+        figures = summary(con) if summary else {}
+        t_summary = time.perf_counter() - t_summary
     where = f" WHERE {part.predicate()}" if part else ""
     rows = con.execute(f"SELECT count(*) FROM {name.qualified}{where}").fetchone()[0]
     columns = _columns(con, name)
@@ -236,5 +277,6 @@ def replace_rows(
         "dagster/row_count": dg.MetadataValue.int(int(rows)),
         "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns]),
         "dagster/table_name": f"{name.schema}.{name.table}",
-        "write_seconds": dg.MetadataValue.float(round(time.perf_counter() - t0, 3)),
+        "write_seconds": dg.MetadataValue.float(round(time.perf_counter() - t0 - t_summary, 3)),
+        **figures,
     }
