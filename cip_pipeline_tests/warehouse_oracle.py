@@ -6,7 +6,7 @@ go to the alphabetically first value, quintile scores are tie-aware, ...)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -273,6 +273,13 @@ def funnel(sessions: pl.DataFrame) -> pl.DataFrame:
 def cohort_retention(events: pl.DataFrame) -> pl.DataFrame:
     weeks = events.with_columns(pl.col("event_time").dt.truncate("1w").dt.date().alias("week"))
     last_week = weeks["week"].max()
+    days = events["event_time"].dt.date()
+    first_day, last_day = days.min(), days.max()
+
+    def complete(week: date) -> bool:
+        """All seven days of the week within the data."""
+        return week >= first_day and week + timedelta(days=6) <= last_day
+
     grid, actives = [], []
     for kind, frame in (
         ("activity", weeks),
@@ -282,7 +289,8 @@ def cohort_retention(events: pl.DataFrame) -> pl.DataFrame:
         first = user_weeks.group_by("user_id").agg(pl.col("week").min().alias("cohort_week"))
         for cohort_week, cohort_users in first.group_by("cohort_week").len().iter_rows():
             for w in range((last_week - cohort_week).days // 7 + 1):
-                grid.append((kind, cohort_week, w, cohort_users))
+                week = cohort_week + timedelta(weeks=w)
+                grid.append((kind, cohort_week, w, cohort_users, complete(week)))
         actives.append(
             user_weeks.join(first, on="user_id")
             .with_columns(
@@ -299,6 +307,7 @@ def cohort_retention(events: pl.DataFrame) -> pl.DataFrame:
         "cohort_week": pl.Date,
         "weeks_since": pl.Int64,
         "cohort_users": pl.Int64,
+        "week_complete": pl.Boolean,
     }
     return (
         pl.DataFrame(grid, schema=schema, orient="row")

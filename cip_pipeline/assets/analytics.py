@@ -149,7 +149,8 @@ def funnel(warehouse: WarehouseResource, sessions: SqlTable) -> dg.Output[SqlQue
         SqlQuery(sql.statement("analytics", "funnel", sessions=sessions.select())),
         metadata={
             "sessions": metadata_value(row["sessions"]),
-            "session_conversion_rate": metadata_value(
+            # The funnel's last step, not fact_sessions' session_conversion_rate (any purchase).
+            "session_view_cart_purchase_rate": metadata_value(
                 row["with_purchase"] / row["sessions"] if row["sessions"] else None
             ),
             "overall_funnel": markdown_table(["step", "sessions", "step_conversion"], table),
@@ -209,8 +210,9 @@ def funnel_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckResult]
     io_manager_key="sql_io_manager",
     pool=WAREHOUSE_POOL,
     automation_condition=ON_ANY_MONTH_CHANGE,
-    description="Weekly cohorts by first-seen week x weeks since: cohort users, active users "
-    "and retention rate; the same for buyers by first-purchase week (repeat purchase).",
+    description="Weekly cohorts by first-seen week x weeks since: cohort users, active users, "
+    "retention rate and whether the week lies wholly in the data; the same for buyers by "
+    "first-purchase week (repeat purchase). Week-1 headlines count only wholly observed weeks.",
 )
 def cohort_retention(user_days: SqlTable) -> SqlQuery:
     return SqlQuery(
@@ -330,8 +332,12 @@ def rfm_segment_summary(warehouse: WarehouseResource, rfm: SqlTable) -> dg.Outpu
         SqlQuery(query),
         metadata={
             "segments": markdown_table(columns, rows),
+            # No buyer: every share is None, not 0 (they would not add to 1).
             "segment_shares": dg.MetadataValue.json(
-                {segment: round(share or 0.0, 6) for segment, _, share, _, _ in rows}
+                {
+                    segment: None if share is None else round(share, 6)
+                    for segment, _, share, _, _ in rows
+                }
             ),
         },
     )

@@ -235,13 +235,20 @@ FROM core.fact_sessions
 --   purchase  cohort = week of the user's first purchase; active_users = buyers of the cohort
 --             who purchased in that week (repeat purchase from week 1 on)
 -- One row per cohort and week since, from 0 to the last week of the data (zeros included);
--- retention_rate = active_users / cohort_users.
+-- retention_rate = active_users / cohort_users. week_complete: all seven days of that week
+-- lie within the data (its first to last day); the last week is usually seen in part.
 WITH user_weeks AS MATERIALIZED (
     SELECT user_id,
            date_trunc('week', day)::DATE AS week,
-           bool_or(purchases > 0) AS purchased
+           bool_or(purchases > 0) AS purchased,
+           min(day) AS first_day,
+           max(day) AS last_day
     FROM {user_days}
     GROUP BY user_id, week
+),
+bounds AS (
+    SELECT max(week) AS last_week, min(first_day) AS first_day, max(last_day) AS last_day
+    FROM user_weeks
 ),
 firsts AS (
     SELECT user_id,
@@ -268,32 +275,35 @@ cohorts AS (
     WHERE weeks_since = 0
 ),
 grid AS (
-    SELECT c.cohort_kind, c.cohort_week, c.cohort_users,
-           unnest(range(0, (l.last_week - c.cohort_week) // 7 + 1)) AS weeks_since
-    FROM cohorts AS c, (SELECT max(week) AS last_week FROM user_weeks) AS l
+    SELECT c.cohort_kind, c.cohort_week, c.cohort_users, b.first_day, b.last_day,
+           unnest(range(0, (b.last_week - c.cohort_week) // 7 + 1))::INTEGER AS weeks_since
+    FROM cohorts AS c, bounds AS b
 )
 SELECT g.cohort_kind,
        g.cohort_week,
-       g.weeks_since::INTEGER AS weeks_since,
+       g.weeks_since,
        g.cohort_users,
        coalesce(a.active_users, 0) AS active_users,
-       coalesce(a.active_users, 0) / g.cohort_users AS retention_rate
+       coalesce(a.active_users, 0) / g.cohort_users AS retention_rate,
+       g.cohort_week + 7 * g.weeks_since >= g.first_day
+           AND g.cohort_week + 7 * g.weeks_since + 6 <= g.last_day AS week_complete
 FROM grid AS g
 LEFT JOIN active AS a USING (cohort_kind, cohort_week, weeks_since)
 ORDER BY g.cohort_kind, g.cohort_week, g.weeks_since
 
 -- name: cohort_headline
 -- Over the table just written (the view `written`, see SqlQuery.headline): the share of the
--- cohorts' users active (bought again) one week after their first, over cohorts with a week 1.
+-- cohorts' users active (bought again) one week after their first, over cohorts whose week 1
+-- is wholly in the data (a week seen in part would bias it low); NULL when none is.
 SELECT min(cohort_week) AS first_week,
        max(cohort_week) AS last_week,
-       sum(active_users) FILTER (WHERE cohort_kind = 'activity' AND weeks_since = 1)
-           / sum(cohort_users) FILTER (WHERE cohort_kind = 'activity' AND weeks_since = 1)
+       sum(active_users) FILTER (WHERE cohort_kind = 'activity' AND observed_week_1)
+           / sum(cohort_users) FILTER (WHERE cohort_kind = 'activity' AND observed_week_1)
            AS week_1_retention,
-       sum(active_users) FILTER (WHERE cohort_kind = 'purchase' AND weeks_since = 1)
-           / sum(cohort_users) FILTER (WHERE cohort_kind = 'purchase' AND weeks_since = 1)
+       sum(active_users) FILTER (WHERE cohort_kind = 'purchase' AND observed_week_1)
+           / sum(cohort_users) FILTER (WHERE cohort_kind = 'purchase' AND observed_week_1)
            AS week_1_repeat_purchase_rate
-FROM written
+FROM (SELECT *, weeks_since = 1 AND week_complete AS observed_week_1 FROM written)
 
 -- name: rfm_rules
 -- The RFM segment rule table: a buyer gets the segment of the first rule (lowest priority)
@@ -386,11 +396,12 @@ FROM scored AS s
 JOIN segment_of AS g ON g.r = s.r_score AND g.f = s.f_score AND g.m = s.m_score
 
 -- name: rfm_headline
--- Over the table just written (the view `written`, see SqlQuery.headline).
+-- Over the table just written (the view `written`, see SqlQuery.headline); no buyer: revenue
+-- 0, shares NULL (not NaN).
 SELECT count(*) AS buyers,
-       sum(monetary)::DOUBLE AS revenue,
-       count(*) FILTER (WHERE segment = 'Champions') / count(*) AS champions_share,
-       count(*) FILTER (WHERE segment = 'Lost') / count(*) AS lost_share,
+       coalesce(sum(monetary), 0)::DOUBLE AS revenue,
+       count(*) FILTER (WHERE segment = 'Champions') / nullif(count(*), 0) AS champions_share,
+       count(*) FILTER (WHERE segment = 'Lost') / nullif(count(*), 0) AS lost_share,
        (SELECT max(event_time) FROM core.events) AS end_of_data
 FROM written
 
@@ -507,4 +518,5 @@ SELECT (SELECT count(*) - count(DISTINCT segment) FROM s) AS duplicated_segments
        (SELECT sum(users) FROM s) AS users,
        (SELECT count(*) FROM analytics.rfm_segments) AS buyers,
        (SELECT sum(revenue) FROM s) AS revenue,
-       (SELECT sum(monetary) FROM analytics.rfm_segments) AS buyer_revenue
+       -- 0 without buyers, as the summary's revenue column is
+       (SELECT coalesce(sum(monetary), 0) FROM analytics.rfm_segments) AS buyer_revenue
