@@ -234,6 +234,30 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
         assert (mine["events_w"] == 0).sum() > 0  # the case this role is here for
 
 
+def test_model_metadata_gives_each_snapshots_share_of_users_idle_in_the_window(
+    warehouse: Path,
+) -> None:
+    """Recounted from the stored features: no event in the 28-day window before the cutoff.
+    With two months no training snapshot has any, the score snapshot has about a third."""
+    with dg.DagsterInstance.from_config(str(warehouse.parent.parent / "dagster_home")) as home:
+        event = home.get_latest_materialization_event(ml.MODEL_KEY)
+    assert event is not None and event.asset_materialization is not None
+    reported = event.asset_materialization.metadata["idle_in_window_share"].value
+    features = _query(warehouse, "SELECT snapshot, role FROM ml.propensity_features")
+    events = _query(warehouse, "SELECT user_id, event_time FROM core.events")
+    expected = {}
+    for (snap, role), users in features.group_by("snapshot", "role"):
+        # every user with an event in the window is one of the snapshot's users
+        active = events.filter(
+            pl.col("event_time") < snap, pl.col("event_time") >= snap - pl.duration(days=28)
+        )["user_id"].n_unique()
+        n = users.height
+        expected[f"{snap:%Y-%m-%d} ({role})"] = round((n - active) / n, 4)
+    assert reported == expected
+    assert all(v == 0 for k, v in reported.items() if k.endswith("(train)"))
+    assert 0.2 < reported[max(reported)] < 0.4 and max(reported).endswith("(score)")
+
+
 def test_feature_phases_are_timed_per_snapshot(warehouse: Path) -> None:
     home = warehouse.parent.parent / "dagster_home"
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -631,7 +655,9 @@ def test_experiment_tables_equal_independent_figures(warehouse: Path) -> None:
 
 def test_recommendation_offline_evaluation_equals_an_independent_count(warehouse: Path) -> None:
     """The hit rate and recall at 10 the recommendations asset reports, recounted in Polars
-    from the events and the recommendations as of the same cutoff."""
+    from the events and the recommendations as of the same cutoff, on the next window's
+    purchases other than the user's anchor (both methods), with the purchases and users that
+    leaves out. Buying the anchor again used to count against the recommendations alone."""
     from cip_pipeline.assets.ml import AffinityConfig, recommendations_sql, rules_sql
 
     home = warehouse.parent.parent / "dagster_home"
@@ -661,12 +687,16 @@ def test_recommendation_offline_evaluation_equals_an_independent_count(warehouse
         .unique()
     )
     last = before.filter(pl.col("user_id").is_in(nxt["user_id"].implode()))
+    # several products at the user's last second: the highest id, as the SQL breaks ties
+    assert (last["event_time"].dt.microsecond() == 0).all()
     latest = last.group_by("user_id").agg(pl.col("event_time").max().alias("latest"))
     at_latest = last.join(latest, on="user_id").filter(pl.col("event_time") == pl.col("latest"))
-    anchors = at_latest.group_by("user_id").agg(
-        pl.col("product_id").first().alias("anchor"), pl.col("product_id").n_unique().alias("k")
-    )
-    ties = anchors.filter(pl.col("k") > 1).height  # several products at the last instant
+    anchors = at_latest.group_by("user_id").agg(pl.col("product_id").max().alias("anchor"))
+    bought = nxt.join(anchors, on="user_id")
+    # the anchor is never recommended for itself: neither method is scored on buying it again
+    targets = bought.filter(pl.col("product_id") != pl.col("anchor"))
+    again = bought.filter(pl.col("product_id") == pl.col("anchor"))
+    only_anchor = again.join(targets, on="user_id", how="anti")
     popular = (
         before.filter(pl.col("t") == "purchase")
         .group_by("product_id")
@@ -676,8 +706,7 @@ def test_recommendation_offline_evaluation_equals_an_independent_count(warehouse
         .select("product_id", pl.lit(True).alias("is_popular"))
     )
     per_user = (
-        nxt.join(anchors, on="user_id")
-        .join(
+        targets.join(
             recs.with_columns(pl.lit(True).alias("hit")),
             left_on=["anchor", "product_id"],
             right_on=["anchor", "recommended_product_id"],
@@ -693,17 +722,15 @@ def test_recommendation_offline_evaluation_equals_an_independent_count(warehouse
     )
     users = per_user.height
     assert reported["users"] == users > 100
-    tolerance = ties / users + 1e-12  # a tied anchor may differ from DuckDB's arg_max pick
-    assert abs(reported["hit_rate_at_10"] - (per_user["hits"] > 0).mean()) <= tolerance
-    assert reported["popular_hit_rate_at_10"] == pytest.approx(
-        (per_user["popular_hits"] > 0).mean(), rel=1e-12
-    )
-    assert reported["popular_recall_at_10"] == pytest.approx(
-        per_user["popular_hits"].sum() / per_user["bought"].sum(), rel=1e-12
-    )
-    if ties == 0:
-        assert reported["recall_at_10"] == pytest.approx(
-            per_user["hits"].sum() / per_user["bought"].sum(), rel=1e-12
+    assert reported["anchor_purchases_excluded"] == again.height > 0
+    assert reported["users_only_anchor_excluded"] == only_anchor.height > 0
+    assert users + only_anchor.height == bought["user_id"].n_unique()
+    for name, hits in (("", "hits"), ("popular_", "popular_hits")):
+        assert reported[f"{name}hit_rate_at_10"] == pytest.approx(
+            (per_user[hits] > 0).mean(), rel=1e-12
+        )
+        assert reported[f"{name}recall_at_10"] == pytest.approx(
+            per_user[hits].sum() / per_user["bought"].sum(), rel=1e-12
         )
 
 

@@ -1,12 +1,17 @@
-"""The fast weighted ranking metrics equal scikit-learn's, ties included."""
+"""The propensity module's small parts: the fast weighted ranking metrics equal
+scikit-learn's, ties included; the encoding and the logistic baseline on hand-made rows."""
 
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
+import polars as pl
 import pytest
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from cip_pipeline.ml import propensity as prop
 
@@ -101,7 +106,7 @@ def test_logistic_baseline_reaches_the_optimum_of_its_objective() -> None:
     z = x[:, :k] @ rng.normal(size=k) * 0.3 - 2.5
     y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
     model = prop.fit_logistic(x, y)
-    scaler, logistic = model[0], model[-1]  # type: ignore[index]
+    scaler, logistic = model[-2], model[-1]  # type: ignore[index]
     xs = scaler.transform(x[:, :k])
     weight = np.where(y == 1, n / (2 * y.sum()), n / (2 * (n - y.sum())))  # "balanced"
 
@@ -113,4 +118,115 @@ def test_logistic_baseline_reaches_the_optimum_of_its_objective() -> None:
     at_zero = gradient(np.zeros(k), 0.0)
     assert np.abs(at_fit).max() < 1e-4 * np.abs(at_zero).max()
     p = 1 / (1 + np.exp(-(xs @ logistic.coef_[0] + logistic.intercept_[0])))
-    assert np.allclose(prop.logistic_scores(model, x), p)
+    # the scores are probabilities: the weighted odds divided by the positives' weight
+    odds = p / (1 - p) / ((n - y.sum()) / y.sum())
+    assert np.allclose(prop.logistic_scores(model, x), odds / (1 + odds))
+
+
+def _frame(**columns: list[object]) -> pl.DataFrame:
+    """Feature rows: the given columns, every other numeric feature 0, no category or brand."""
+    n = len(next(iter(columns.values())))
+    rows = {name: [0.0] * n for name in prop.NUMERIC_FEATURES}
+    rows.update(primary_category=[None] * n, preferred_brand=[None] * n)
+    strings = {"primary_category": pl.String, "preferred_brand": pl.String}
+    return pl.DataFrame({**rows, **columns}, schema_overrides=strings)
+
+
+def test_encode_gives_no_brand_a_code_of_its_own() -> None:
+    """A kept brand is coded by its rank, a brand outside them by the shared code after them,
+    no brand by the code after that: with two kept brands, 0 or 1, then 2, then 3. No brand
+    used to get the shared code 2 (replace_strict sends null to its default)."""
+    frame = _frame(
+        preferred_brand=["acme", "zeta", None, "bolt"],
+        primary_category=["sport", "apparel", None, "auto"],
+    )
+    x, codes = prop.encode(frame, {"acme": 0, "bolt": 1})
+    assert codes == {"acme": 0, "bolt": 1}
+    assert x[:, -1].tolist() == [0.0, 2.0, 3.0, 1.0]
+    # categories by their place in the sorted names; none is missing (LightGBM's own bucket)
+    assert x[[0, 1, 3], -2].tolist() == [11.0, 1.0, 3.0] and np.isnan(x[2, -2])
+    # codes learnt from the rows: the most frequent brand first, then by name
+    frame = _frame(preferred_brand=["zeta", None, "acme", "zeta", None])
+    x, codes = prop.encode(frame)
+    assert codes == {"zeta": 0, "acme": 1}
+    assert x[:, -1].tolist() == [0.0, 3.0, 1.0, 0.0, 3.0]
+
+
+def test_logistic_baseline_fills_missing_features_with_what_they_mean() -> None:
+    """Never carted before the cutoff is one day longer ago than the longest seen in the
+    training rows (10.5 + 1), whatever the rows scored hold; no finished session averages 0
+    seconds. The scores are those of the same regression on the rows filled by hand. Both
+    used to be -1: never carted looked like the most recent cart."""
+    train = _frame(
+        days_since_cart=[2.5, None, 10.5, None, 0.25, 7.0],
+        avg_session_seconds=[None, 30.0, 600.0, None, 45.0, 0.0],
+        events_w=[3.0, 1.0, 9.0, 0.0, 12.0, 2.0],
+    )
+    y = np.array([1, 0, 1, 0, 1, 0])
+    scored = _frame(days_since_cart=[None, 20.0], avg_session_seconds=[None, 12.0])
+    cart = prop.NUMERIC_FEATURES.index("days_since_cart")
+    seconds = prop.NUMERIC_FEATURES.index("avg_session_seconds")
+    (x, _), (x_scored, _) = prop.encode(train), prop.encode(scored)
+    model = prop.fit_logistic(x, y)
+
+    k = len(prop.NUMERIC_FEATURES)
+    by_hand = x[:, :k].copy()
+    by_hand[:, cart] = [2.5, 11.5, 10.5, 11.5, 0.25, 7.0]
+    by_hand[:, seconds] = [0.0, 30.0, 600.0, 0.0, 45.0, 0.0]
+    scored_by_hand = x_scored[:, :k].copy()
+    scored_by_hand[:, cart], scored_by_hand[:, seconds] = [11.5, 20.0], [0.0, 12.0]
+    assert not np.isnan(by_hand).any() and not np.isnan(scored_by_hand).any()
+    reference = make_pipeline(
+        StandardScaler(),
+        LogisticRegression(max_iter=500, class_weight="balanced", solver="newton-cholesky"),
+    ).fit(by_hand, y)
+    weighted = reference.predict_proba(scored_by_hand)[:, 1]
+    odds = weighted / (1 - weighted) / 1.0  # three positives, three negatives: weight 1
+    assert np.allclose(prop.logistic_scores(model, x_scored), odds / (1 + odds))
+    filled = model[0].transform(x[:, :k])  # type: ignore[index]
+    assert filled[:, cart].tolist() == [2.5, 11.5, 10.5, 11.5, 0.25, 7.0]
+    assert filled[:, seconds].tolist() == [0.0, 30.0, 600.0, 0.0, 45.0, 0.0]
+    filled_scored = model[0].transform(x_scored[:, :k])  # type: ignore[index]
+    assert filled_scored[:, cart].tolist() == [11.5, 20.0]
+    assert filled_scored[:, seconds].tolist() == [0.0, 12.0]
+    # a missing value with no meaning is refused, not filled
+    x_scored[0, prop.NUMERIC_FEATURES.index("events_w")] = np.nan
+    with pytest.raises(ValueError, match="events_w"):
+        prop.logistic_scores(model, x_scored)
+
+
+def test_weighted_scores_become_probabilities_again() -> None:
+    """A positive weighing 2 negatives doubles the odds: 0.5 (odds 1) is 1/3 (odds 1/2), 0.8
+    (odds 4) is 2/3; 0 and 1 stay; the order is kept."""
+    got = prop.unweighted(np.array([0.0, 0.5, 0.8, 1.0]), 2.0)
+    assert np.allclose(got, [0.0, 1 / 3, 2 / 3, 1.0])
+    assert np.array_equal(prop.unweighted(np.array([0.3, 0.7]), 1.0), [0.3, 0.7])
+
+
+def test_class_weighted_models_give_calibrated_probabilities() -> None:
+    """Rows drawn from a known logistic model with a 5% base rate: both the class-weighted
+    LightGBM (scale_pos_weight 2) and the balanced logistic regression, once their weighting is
+    divided back, predict on average the base rate of fresh rows (within 10%), and their Brier
+    scores beat the constant base rate's p(1 - p). Weighted as fitted, the regression's mean
+    is near 0.5 and its Brier several times the constant's."""
+    rng = np.random.default_rng(5)
+    k = len(prop.NUMERIC_FEATURES)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.full((n, len(prop.FEATURES)), np.nan)
+        x[:, :k] = rng.normal(size=(n, k))
+        p = 1 / (1 + np.exp(-(x[:, 0] + 0.5 * x[:, 1] - 3.6)))
+        return x, (rng.random(n) < p).astype(np.int8)
+
+    (x, y), (x_new, y_new) = draw(40_000), draw(40_000)
+    rate = float(y_new.mean())
+    constant = rate * (1 - rate)
+    booster = prop.train_booster(x, y, threads=1)
+    logistic = prop.fit_logistic(x, y)
+    for scores in (
+        prop.booster_probabilities(booster, x_new, prop.LGB_PARAMS),
+        prop.logistic_scores(logistic, x_new),
+    ):
+        assert abs(scores.mean() - rate) < 0.1 * rate
+        assert np.mean((scores - y_new) ** 2) < constant
+    assert logistic.predict_proba(x_new[:, :k])[:, 1].mean() > 0.3

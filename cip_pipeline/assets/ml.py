@@ -253,6 +253,11 @@ def propensity_model(
             yield from _skipped_model(context, reason)
             return
         users = dict(zip(sizes["snapshot"].to_list(), sizes["users"].to_list(), strict=True))
+        # training and scored users differ: none is idle in an early training window
+        idle = {
+            f"{snap:%Y-%m-%d} ({role})": round(k / n, 4)
+            for snap, role, n, k in sizes.select("snapshot", "role", "users", "idle").rows()
+        }
         samples = {
             f"{s:%Y-%m-%d} ({roles[s]})": _sample_query(s, users[s])
             for s in [*train_snaps, val_snaps[0]]
@@ -265,7 +270,7 @@ def propensity_model(
             f"version {reused.version} reused: it was trained on the same samples with the "
             "same code"
         )
-        yield from _model_outputs(reused, time.perf_counter() - t0)
+        yield from _model_outputs(reused, idle, time.perf_counter() - t0)
         return
     with warehouse.connect(read_only=True) as con:
         train = pl.concat([con.sql(samples[f"{s:%Y-%m-%d} (train)"]).pl() for s in train_snaps])
@@ -287,7 +292,7 @@ def propensity_model(
     x_val, _ = prop.encode(val, brand_codes)
     y_val = val["label"].cast(pl.Int8).to_numpy()
     booster = prop.train_booster(x_train, y_train, threads)
-    scores = {"lightgbm": booster.predict(x_val)}
+    scores = {"lightgbm": prop.booster_probabilities(booster, x_val, prop.LGB_PARAMS)}
     logistic = prop.fit_logistic(x_train, y_train)
     scores["logistic_regression"] = prop.logistic_scores(logistic, x_val)
     scores.update(prop.rule_scores(val))
@@ -321,14 +326,15 @@ def propensity_model(
         validated=bool(beats),
         inputs=inputs,
     )
-    yield from _model_outputs(trained, time.perf_counter() - t0)
+    yield from _model_outputs(trained, idle, time.perf_counter() - t0)
 
 
 def _model_outputs(
-    model: TrainedModel, seconds: float
+    model: TrainedModel, idle: dict[str, float], seconds: float
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """The model with its metadata, and its check: on the validation snapshot, the LightGBM
-    fit's PR-AUC against the best baseline (as recorded in the model's metrics)."""
+    fit's PR-AUC against the best baseline (as recorded in the model's metrics). `idle`: per
+    snapshot of the features now, the share of users with no event in the window."""
     m = model.metrics["lightgbm"]
     baselines = {k: v for k, v in model.metrics.items() if k != "lightgbm"}
     best_name = max(baselines, key=lambda k: baselines[k]["pr_auc"])
@@ -358,6 +364,7 @@ def _model_outputs(
                 dict(zip(model.features, importance, strict=True))
             ),
             "windows": dg.MetadataValue.json(model.windows),
+            "idle_in_window_share": dg.MetadataValue.json(idle),
             "trained": not isinstance(model, RegisteredModel),
             "seconds": round(seconds, 3),
         },
@@ -409,7 +416,7 @@ def propensity_scores(
             assert isinstance(frame, pl.DataFrame)
             x, _ = prop.encode(frame, brand_codes)
             scored = frame.select("user_id", "snapshot").with_columns(
-                pl.Series("score", model.booster.predict(x))
+                pl.Series("score", prop.booster_probabilities(model.booster, x, model.params))
             )
             con.register("_scored", scored.to_arrow())
             con.execute("INSERT INTO ml.scoring_staging SELECT * FROM _scored")
@@ -468,7 +475,8 @@ def recommendations_sql(config: AffinityConfig, rules: str, cutoff: str = NO_CUT
     io_manager_key="sql_io_manager",
     pool=WAREHOUSE_POOL,
     description="Association rules over purchase baskets (sessions, and each user's purchases "
-    "within the horizon): support, confidence and lift.",
+    "in one fixed horizon-long bucket of time counted from the epoch): support, confidence "
+    "and lift.",
 )
 def product_affinity(config: AffinityConfig) -> SqlQuery:
     return SqlQuery(rules_sql(config))
@@ -483,7 +491,8 @@ def product_affinity(config: AffinityConfig) -> SqlQuery:
     pool=WAREHOUSE_POOL,
     description="Top 10 per product: from the rules, topped up from co-views, then for "
     "cold-start products from the same category and brand by popularity. "
-    "Evaluated out of time against global popularity.",
+    "Evaluated out of time against global popularity, on the next window's purchases other "
+    "than the product each user last touched.",
 )
 def recommendations(
     context: dg.AssetExecutionContext, config: AffinityConfig, warehouse: WarehouseResource
@@ -511,9 +520,11 @@ def _offline_evaluation(
     validation: datetime,
 ) -> tuple[dict[str, object], str]:
     """Hit rate and recall at 10 of the recommendations made at the validation cutoff, against
-    popularity, with the fingerprint of what they were computed from: the evaluation query
-    (code, settings, cutoff) and every event it reads. The last build's figures are reused
-    when that fingerprint is unchanged (the nightly refresh adds late rows after the window)."""
+    popularity, on the next window's purchases other than each user's anchor (with how many
+    purchases, and users who bought only their anchor, that leaves out), with the fingerprint of
+    what they were computed from: the evaluation query (code, settings, cutoff) and every event
+    it reads. The last build's figures are reused when that fingerprint is unchanged (the
+    nightly refresh adds late rows after the window)."""
     cutoff = f"{validation:%Y-%m-%d %H:%M:%S}"
     recs = recommendations_sql(config, f"({rules_sql(config, cutoff)})", cutoff)
     query = sql.statement(
@@ -534,15 +545,13 @@ def _offline_evaluation(
         if isinstance(reused, dict):
             context.log.info("offline evaluation reused: its events and code are unchanged")
             return reused, inputs
-    row = con.execute(query).fetchall()[0]
-    names = [
-        "users",
-        "hit_rate_at_10",
-        "recall_at_10",
-        "popular_hit_rate_at_10",
-        "popular_recall_at_10",
-    ]
-    evaluation: dict[str, object] = {k: float(v or 0) for k, v in zip(names, row, strict=True)}
+    result = con.execute(query)
+    names = [d[0] for d in result.description]
+    row = result.fetchall()[0]
+    counts = ("users", "anchor_purchases_excluded", "users_only_anchor_excluded")
+    evaluation: dict[str, object] = {
+        k: int(v or 0) if k in counts else float(v or 0) for k, v in zip(names, row, strict=True)
+    }
     evaluation["cutoff"] = cutoff
     return evaluation, inputs
 
