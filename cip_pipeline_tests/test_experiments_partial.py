@@ -157,3 +157,44 @@ def test_a_segment_smaller_than_the_test_has_no_duration(tmp_path: Path) -> None
     for row in champions_mde.filter(pl.col("relative_lift").is_not_null()).iter_rows(named=True):
         achieved = stats.power_two_proportions(0.999, row["relative_lift"], row["sample_size"])
         assert achieved == pytest.approx(0.8, abs=1e-6)
+
+
+def test_a_segments_rate_and_traffic_are_those_of_its_visitors(tmp_path: Path) -> None:
+    """1,000 members, 200 of them active in the 14-day window, 20 of those bought: a test that
+    enrols members as they visit meets 200/14 a day converting at 10%, not at 2%; the whole
+    segment still caps what it can enrol. Revenue per user is that of the visitors too."""
+    frame = _segment("Loyal", 1_000, 20, 1, revenue=50.0).with_columns(
+        active=pl.col("user_id") <= 200
+    )
+    warehouse, outcomes = _outcomes(tmp_path, frame)
+    config = ex.ExperimentConfig()
+    plans = _output(list(ex.segment_test_plans(config, warehouse, outcomes))).value
+    loyal = plans.row(0, named=True)
+    assert (loyal["users"], loyal["active_users"]) == (1_000, 200)
+    assert loyal["baseline_conversion"] == pytest.approx(0.1)
+    assert loyal["daily_eligible_users"] == pytest.approx(200 / 14)
+    assert loyal["revenue_per_user"] == pytest.approx(20 * 50.0 / 200)
+    n20 = stats.sample_size_two_proportions(0.1, 0.2).n_control
+    assert loyal["n_per_arm_lift_20"] == n20
+    assert loyal["days_lift_20"] is None  # 2 x n20 > 1,000 members
+    n50 = stats.sample_size_two_proportions(0.1, 0.5).n_control
+    assert loyal["n_per_arm_lift_50"] == n50 and 2 * n50 > 1_000
+
+
+def test_a_segment_without_visitors_has_no_rate(tmp_path: Path) -> None:
+    frame = pl.concat(
+        [
+            _segment("Hibernating", 50, 0, 1).with_columns(active=pl.lit(False)),
+            _segment("Loyal", 300, 30, 101),
+        ]
+    )
+    warehouse, outcomes = _outcomes(tmp_path, frame)
+    config = ex.ExperimentConfig()
+    plans = _output(list(ex.segment_test_plans(config, warehouse, outcomes))).value
+    idle = plans.filter(pl.col("segment") == "Hibernating").row(0, named=True)
+    assert idle["baseline_conversion"] is None and idle["n_per_arm_lift_20"] is None
+    power = _output(
+        list(ex.ab_power_tables(dg.build_asset_context(), config, warehouse, outcomes))
+    ).value
+    assert set(power["baseline_source"].unique()) >= {"segment: Loyal"}
+    assert "segment: Hibernating" not in set(power["baseline_source"])

@@ -617,7 +617,8 @@ def test_experiment_tables_equal_independent_figures(warehouse: Path) -> None:
         for r in outcomes.group_by("segment")
         .agg(
             pl.len().alias("users"),
-            pl.col("bought").mean().alias("p"),
+            # the members who visited in the window: every buyer is one of them
+            (pl.col("bought").sum() / pl.col("active").sum()).alias("p"),
             (pl.col("active").sum() / window_days).alias("daily"),
             pl.col("active").sum().alias("active"),
         )

@@ -86,14 +86,22 @@ def _load_outcomes(warehouse: WarehouseResource, outcomes: SqlTable) -> pl.DataF
 
 
 def _segment_figures(frame: pl.DataFrame, window_days: int) -> pl.DataFrame:
+    """Per segment, what a test that enrols its members as they visit would meet: the members
+    active in the window arrive at `daily_eligible_users` a day and convert (spend) as those
+    did; `users`, the whole segment, is the most it can ever enrol. No member active: no rate."""
+    active = pl.col("active")
+    visitors = active.sum()
     return (
         frame.group_by("segment")
         .agg(
             pl.len().alias("users"),
-            pl.col("bought").mean().alias("baseline_conversion"),
-            pl.col("revenue").mean().alias("revenue_per_user"),
-            pl.col("revenue").std().alias("revenue_sd"),
-            (pl.col("active").sum() / window_days).alias("daily_eligible_users"),
+            visitors.alias("active_users"),
+            pl.when(visitors > 0)
+            .then(pl.col("bought").filter(active).mean())
+            .alias("baseline_conversion"),
+            pl.col("revenue").filter(active).mean().alias("revenue_per_user"),
+            pl.col("revenue").filter(active).std().alias("revenue_sd"),
+            (visitors / window_days).alias("daily_eligible_users"),
         )
         .sort("segment")
     )
@@ -115,9 +123,10 @@ SIM_KEY = dg.AssetKey(["experiments", "reactivation_simulation"])
     pool=WAREHOUSE_POOL,
     output_required=False,
     description="Sample size per arm over baseline (standard grid and each RFM segment's real "
-    "next-window purchase rate) x relative lift x alpha x power x sidedness; the "
-    "MDE for given sample sizes; revenue per user from its observed variance; "
-    "test duration from each segment's daily eligible users.",
+    "purchase rate among its members who visited in the next window) x relative lift x alpha "
+    "x power x sidedness; the MDE for given sample sizes; revenue per visiting user from its "
+    "observed variance; test duration from each segment's daily visitors, none when the "
+    "segment has fewer members than the test needs.",
 )
 def ab_power_tables(
     context: dg.AssetExecutionContext,
@@ -138,7 +147,7 @@ def ab_power_tables(
             r["users"],
         )
         for r in segments.iter_rows(named=True)
-        if 0 < r["baseline_conversion"] < 1
+        if r["baseline_conversion"] is not None and 0 < r["baseline_conversion"] < 1
     ]
     rows = []
     for source, p, daily, people in baselines:
@@ -235,8 +244,9 @@ def _days(total_users: int, daily: float | None, people: int | None) -> int | No
     io_manager_key="polars_io_manager",
     pool=WAREHOUSE_POOL,
     output_required=False,
-    description="Per RFM segment (the at-risk high-value 'Cant Lose Them' first): its "
-    "next-window purchase rate, the sample needed per arm for +20% and +50%, and "
+    description="Per RFM segment (the at-risk high-value 'Cant Lose Them' first): the purchase "
+    "rate of its members who visited in the next window, the sample needed per arm for +20% "
+    "and +50%, and "
     "the days its daily eligible users need to reach it.",
 )
 def segment_test_plans(
@@ -252,12 +262,13 @@ def segment_test_plans(
         plan = {
             "segment": r["segment"],
             "users": r["users"],
+            "active_users": r["active_users"],
             "baseline_conversion": p,
             "revenue_per_user": r["revenue_per_user"],
             "daily_eligible_users": daily,
         }
         for lift in (0.2, 0.5):
-            ok = p > 0 and p * (1 + lift) < 1
+            ok = p is not None and p > 0 and p * (1 + lift) < 1
             n = stats.sample_size_two_proportions(p, lift).n_control if ok else None
             days = _days(2 * n, daily, r["users"]) if n else None
             plan[f"n_per_arm_lift_{int(lift * 100)}"] = n
