@@ -726,6 +726,9 @@ def test_recommendation_offline_evaluation_equals_an_independent_count(warehouse
     assert reported["anchor_purchases_excluded"] == again.height > 0
     assert reported["users_only_anchor_excluded"] == only_anchor.height > 0
     assert users + only_anchor.height == bought["user_id"].n_unique()
+    # buyers of the window with no event before the cutoff have no anchor
+    no_anchor = nxt["user_id"].n_unique() - anchors.height
+    assert reported["users_without_anchor_excluded"] == no_anchor > 0
     for name, hits in (("", "hits"), ("popular_", "popular_hits")):
         assert reported[f"{name}hit_rate_at_10"] == pytest.approx(
             (per_user[hits] > 0).mean(), rel=1e-12

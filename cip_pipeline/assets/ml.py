@@ -521,7 +521,8 @@ def _offline_evaluation(
 ) -> tuple[dict[str, object], str]:
     """Hit rate and recall at 10 of the recommendations made at the validation cutoff, against
     popularity, on the next window's purchases other than each user's anchor (with how many
-    purchases, and users who bought only their anchor, that leaves out), with the fingerprint of
+    purchases, users who bought only their anchor and buyers with no anchor that leaves out),
+    with the fingerprint of
     what they were computed from: the evaluation query (code, settings, cutoff) and every event
     it reads. The last build's figures are reused when that fingerprint is unchanged (the
     nightly refresh adds late rows after the window)."""
@@ -548,7 +549,12 @@ def _offline_evaluation(
     result = con.execute(query)
     names = [d[0] for d in result.description]
     row = result.fetchall()[0]
-    counts = ("users", "anchor_purchases_excluded", "users_only_anchor_excluded")
+    counts = (
+        "users",
+        "anchor_purchases_excluded",
+        "users_only_anchor_excluded",
+        "users_without_anchor_excluded",
+    )
     evaluation: dict[str, object] = {
         k: int(v or 0) if k in counts else float(v or 0) for k, v in zip(names, row, strict=True)
     }

@@ -385,7 +385,8 @@ WHERE start_time < TIMESTAMP '{until}'
 -- product they touched before the cutoff. Hit rate and recall at 10 of recs against the
 -- 10 products most bought before the cutoff, both on the same targets: the next window's
 -- purchases other than the anchor, which recs never hold for itself. Users who bought only
--- their anchor drop out; what that leaves out is counted.
+-- their anchor drop out, as do buyers with no event before the cutoff (no anchor: nothing to
+-- recommend from); both are counted.
 WITH next_purchases AS (
     SELECT DISTINCT user_id, product_id
     FROM core.events
@@ -426,5 +427,7 @@ SELECT count(*) FILTER (WHERE bought > 0) AS users,
        avg((popular_hits > 0)::INT) FILTER (WHERE bought > 0) AS popular_hit_rate_at_10,
        sum(popular_hits) / sum(bought) AS popular_recall_at_10,
        sum(anchor_bought) AS anchor_purchases_excluded,
-       count(*) FILTER (WHERE bought = 0) AS users_only_anchor_excluded
+       count(*) FILTER (WHERE bought = 0) AS users_only_anchor_excluded,
+       (SELECT count(DISTINCT user_id) FROM next_purchases) - count(*)
+           AS users_without_anchor_excluded
 FROM per_user
