@@ -3,11 +3,19 @@ raw CSV files of the same sample."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import polars as pl
 import pytest
 
+from cip_pipeline import sql
+from cip_pipeline.assets.common import fetch_row, reconcile
 from cip_pipeline_tests import warehouse_oracle as oracle
-from cip_pipeline_tests.warehouse_sample import WarehouseSample, assert_frames_match
+from cip_pipeline_tests.warehouse_sample import (
+    WarehouseSample,
+    assert_frames_match,
+    hand_made_events,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +48,80 @@ def test_dim_users_equal_the_oracle(
     purchases = events.filter(pl.col("event_type") == "purchase")
     assert meta["buyers"].value == purchases["user_id"].n_unique()
     assert meta["revenue"].value == pytest.approx(purchases["price"].sum(), rel=1e-9)
+
+
+def _dim_products(rows: list[tuple], threads: int = 1) -> list[tuple]:
+    """core/dim_products' SQL over hand-made events (time, product, category id, code,
+    brand), in the order given: product, category id, code, brand."""
+    con = hand_made_events()
+    con.execute(f"SET threads = {threads}")
+    con.executemany("INSERT INTO core.events VALUES (?, 'view', ?, ?, ?, ?, 1.00, 1, uuid())", rows)
+    query = sql.statement("core", "dim_products", events="core.events")
+    return con.execute(
+        f"SELECT product_id, category_id, category_code, brand FROM ({query}) ORDER BY 1"
+    ).fetchall()
+
+
+def test_a_products_category_id_and_code_come_from_one_event() -> None:
+    """Product 1's latest event has no code: its id and code are both the latest coded
+    event's (the id alone used to be the latest event's, beside another event's code).
+    Product 2 never has a code: the latest id. Product 3's simultaneous events with other ids
+    and brands give the same answer in any order and with any threads."""
+    t = datetime(2019, 10, 5, 12)
+    rows = [
+        (t, 1, 10, "electronics.phone", "acme"),
+        (t + timedelta(days=31), 1, 20, None, None),
+        (t, 2, 30, None, "bolt"),
+        (t + timedelta(days=1), 2, 31, None, None),
+        (t, 3, 41, "kids.toys", "zeta"),
+        (t, 3, 42, "sport.bike", "alpha"),
+        (t, 3, 43, "apparel.shoes", "mid"),
+    ]
+    got = _dim_products(rows)
+    assert got[:2] == [(1, 10, "electronics.phone", "acme"), (2, 31, None, "bolt")]
+    # ties: the highest id's low 20 bits (43), its code with it
+    assert got[2][:3] == (3, 43, "apparel.shoes")
+    for order in (rows[::-1], rows[4:] + rows[:4]):
+        for threads in (1, 4):
+            assert _dim_products(order, threads) == got
+
+
+def test_a_category_id_with_two_codes_is_warned_of() -> None:
+    con = hand_made_events()
+    con.execute(
+        "CREATE TABLE core.dim_products AS SELECT * FROM (VALUES "
+        "(1, 10::BIGINT, 'kids.toys'), (2, 10, 'appliances.kitchen'), (3, 20, 'sport.bike'), "
+        "(4, 20, 'sport.bike'), (5, 30, NULL), (6, 40, 'auto.parts'), (7, 40, NULL)) "
+        "AS t(product_id, category_id, category_code)"
+    )
+    row = con.execute(sql.statement("core", "check_category_codes")).fetchone()
+    assert row == (2, [10, 40])
+
+
+def test_empty_tables_reconcile_with_empty_events() -> None:
+    """A month (or warehouse) with no events: sums over no rows are 0, as the events' counts
+    are, so the reconciliations pass instead of comparing NULL with 0."""
+    con = hand_made_events()
+    con.execute(
+        "CREATE TABLE core.fact_user_days (user_id INTEGER, day DATE, events BIGINT, "
+        "views BIGINT, carts BIGINT, purchases BIGINT, remove_from_carts BIGINT, "
+        "revenue DECIMAL(18, 2), first_event TIMESTAMP, last_event TIMESTAMP, "
+        "last_cart TIMESTAMP, first_purchase TIMESTAMP, carts_not_bought BIGINT); "
+        "CREATE TABLE core.dim_products (views BIGINT, carts BIGINT, purchases BIGINT, "
+        "revenue DECIMAL(18, 2)); "
+        "CREATE TABLE core.dim_users (events BIGINT, purchases BIGINT, revenue DECIMAL(18, 2), "
+        "sessions BIGINT); CREATE TABLE core.fact_sessions (user_session UUID)"
+    )
+    window = {"start": datetime(2019, 11, 1), "end": datetime(2019, 12, 1)}
+    for name, params in (
+        ("check_user_days", window),
+        ("check_dim_products_reconcile", None),
+        ("check_dim_users_reconcile", None),
+    ):
+        row = fetch_row(con, sql.statement("core", name), params)
+        pairs = {
+            k: (row[k], row[k.removeprefix("day_").removeprefix("dim_")])
+            for k in row
+            if k.startswith(("day_", "dim_"))
+        }
+        assert pairs and reconcile(pairs)[0], (name, pairs)

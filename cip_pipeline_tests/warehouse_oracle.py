@@ -175,12 +175,18 @@ def _latest(column: str) -> pl.Expr:
 
 
 def dim_products(events: pl.DataFrame) -> pl.DataFrame:
+    # id and code both from the latest event with a code (else the latest event)
+    category_order = [
+        pl.col("category_code").is_not_null(),
+        "event_time",
+        pl.col("category_id") % 2**20,
+    ]
     products = events.group_by("product_id").agg(
         pl.col("price").sort_by("event_time", "price").last().alias("latest_price"),
         pl.col("price").min().alias("min_price"),
         pl.col("price").max().alias("max_price"),
-        _latest("category_id").alias("category_id"),
-        _latest("category_code").alias("category_code"),
+        pl.col("category_id").sort_by(category_order).last().alias("category_id"),
+        pl.col("category_code").sort_by(category_order).last().alias("category_code"),
         _latest("brand").alias("brand"),
         pl.col("event_time").min().alias("first_seen"),
         pl.col("event_time").max().alias("last_seen"),

@@ -412,13 +412,8 @@ def fact_sessions_checks(
             **metadata,
             "month_events_with_session": metadata_value(direct["month_events_with_session"]),
             "month_events_outside_sessions": metadata_value(outside),
+            # the session rates are the asset's headline, defined once
             "sessions": metadata_value(sessions),
-            "session_conversion_rate": metadata_value(
-                totals["converting_sessions"] / sessions if sessions else None
-            ),
-            "cart_abandonment_rate": metadata_value(
-                totals["abandoned_carts"] / sessions if sessions else None
-            ),
         },
     )
 
@@ -627,6 +622,13 @@ def dim_products(events: SqlTable) -> SqlQuery:
             "and first/last seen are ordered.",
             monthly_partitions=False,
         ),
+        check_spec(
+            "category_id_one_code",
+            DIM_PRODUCTS,
+            "Each category_id has one category_code (or none) across products: the top-level "
+            "categories of sessions, user-days and dim_users are found through it. Warns.",
+            monthly_partitions=False,
+        ),
     ],
     pool=WAREHOUSE_POOL,
 )
@@ -634,6 +636,16 @@ def dim_products_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckR
     with warehouse.connect(read_only=True) as con:
         row = fetch_row(con, sql.statement("core", "check_dim_products"))
         totals = fetch_row(con, sql.statement("core", "check_dim_products_reconcile"))
+        codes = fetch_row(con, sql.statement("core", "check_category_codes"))
+    yield dg.AssetCheckResult(
+        check_name="category_id_one_code",
+        passed=codes["category_ids_with_several_codes"] == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "category_ids_with_several_codes": codes["category_ids_with_several_codes"],
+            "examples": dg.MetadataValue.json([str(i) for i in codes["examples"]]),
+        },
+    )
     passed, metadata = zero_counts(row, ["duplicated_keys", "null_keys"])
     yield dg.AssetCheckResult(check_name="product_id_unique", passed=passed, metadata=metadata)
     passed, metadata = zero_counts(row, ["orphan_products"])
