@@ -1,14 +1,19 @@
 """What the dashboard should show, computed independently of it: straight from core.events,
-core.fact_sessions, the registry and the raw files, never through `sql/dashboard.sql`."""
+core.fact_sessions, the pipeline's model and experiment tables and the raw files (the
+pipeline's own rule for which is read), never through `sql/dashboard.sql` or the dashboard's
+code."""
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
+from cip_pipeline.resources import LakeResource
 from cip_pipeline_tests.warehouse_sample import read_warehouse
 
 
@@ -61,15 +66,19 @@ def latest_model(root: Path) -> dict[str, Any]:
     return {"version": row["version"], "metrics": json.loads(row["metrics"])}
 
 
-def segment_baselines(root: Path) -> dict[str, tuple[float, float]]:
-    """Each RFM segment's next-window purchase rate and daily active buyers (the window is
-    the experiments' default 14 days)."""
+def segment_baselines(root: Path) -> dict[str, tuple[float, float, int]]:
+    """Each RFM segment's purchase rate among its members active in the next window, its
+    daily active members (the window is the experiments' default 14 days) and its members."""
     frame = read_warehouse(
         root,
-        "SELECT segment, avg(bought::INT) AS rate, sum(active::INT) / 14 AS daily "
+        "SELECT segment, avg(bought::INT) FILTER (WHERE active) AS rate, "
+        "sum(active::INT) AS active, count(*) AS people "
         "FROM experiments.segment_outcomes GROUP BY segment",
     )
-    return {r["segment"]: (r["rate"], r["daily"]) for r in frame.iter_rows(named=True)}
+    return {
+        r["segment"]: (r["rate"], r["active"] / 14, r["people"])
+        for r in frame.iter_rows(named=True)
+    }
 
 
 def recommendations(root: Path, product: int) -> list[tuple[int, str]]:
@@ -81,5 +90,93 @@ def recommendations(root: Path, product: int) -> list[tuple[int, str]]:
     return [(r["recommended_product_id"], r["source"]) for r in frame.iter_rows(named=True)]
 
 
+def raw_files(root: Path) -> list[Path]:
+    """The raw file the pipeline reads for each month (its own rule, LakeResource.raw_file)."""
+    lake = LakeResource(raw_dir=str(root / "raw"), lake_dir=str(root / "lake"))
+    return [f for m in lake.raw_months() if (f := lake.raw_file(m)) is not None]
+
+
 def raw_mebibytes(root: Path) -> float:
-    return sum(f.stat().st_size for f in (root / "raw").iterdir() if f.is_file()) / 2**20
+    return sum(f.stat().st_size for f in raw_files(root)) / 2**20
+
+
+def hourly_events(root: Path, day: date) -> dict[str, list[int]]:
+    """Events per hour of `day` (UTC) for every event type seen in the day's month, 0 where
+    there is none."""
+    start = day.replace(day=1)
+    end = date(start.year + start.month // 12, start.month % 12 + 1, 1)
+    events = read_warehouse(
+        root,
+        f"SELECT event_time, event_type::VARCHAR AS event_type FROM core.events "
+        f"WHERE event_time >= DATE '{start}' AND event_time < DATE '{end}'",
+    )
+    on_day = events.filter(pl.col("event_time").dt.date() == day)
+    counts = on_day.group_by(pl.col("event_time").dt.hour().alias("hour"), "event_type").len()
+    found = {(r["hour"], r["event_type"]): r["len"] for r in counts.iter_rows(named=True)}
+    return {
+        kind: [found.get((h, kind), 0) for h in range(24)]
+        for kind in events["event_type"].unique().to_list()
+    }
+
+
+def cohort_cells(root: Path, kind: str) -> dict[tuple[date, int], tuple[float, bool]]:
+    """Per weekly cohort (weeks begin on Monday) and weeks since: the retention rate, and
+    whether all seven days of that week lie between the data's first and last day. Cohorts:
+    activity (first event; any event later) or purchase (first purchase; a purchase later)."""
+    events = read_warehouse(
+        root,
+        "SELECT DISTINCT user_id, event_time::DATE AS day, event_type = 'purchase' AS bought "
+        "FROM core.events",
+    )
+    first_day, last_day = events["day"].min(), events["day"].max()
+    if kind == "purchase":
+        events = events.filter("bought")
+    weeks = events.select("user_id", pl.col("day").dt.truncate("1w").alias("week")).unique()
+    weeks = weeks.with_columns(pl.col("week").min().over("user_id").alias("cohort"))
+    weeks = weeks.with_columns(
+        ((pl.col("week") - pl.col("cohort")).dt.total_days() // 7).alias("since")
+    )
+    sizes = weeks.filter(pl.col("since") == 0).group_by("cohort").len("users")
+    active = weeks.group_by("cohort", "since").len("active")
+    cells: dict[tuple[date, int], tuple[float, bool]] = {}
+    for r in sizes.iter_rows(named=True):
+        for k in range((weeks["week"].max() - r["cohort"]).days // 7 + 1):
+            start = r["cohort"] + timedelta(days=7 * k)
+            hit = active.filter((pl.col("cohort") == r["cohort"]) & (pl.col("since") == k))
+            rate = (hit["active"].sum() if hit.height else 0) / r["users"]
+            cells[(r["cohort"], k)] = (
+                rate,
+                start >= first_day and start + timedelta(days=6) <= last_day,
+            )
+    return cells
+
+
+def zero_spend_buyers(root: Path) -> set[int]:
+    """Buyers whose purchases add up to 0 (items priced 0)."""
+    frame = read_warehouse(
+        root,
+        "SELECT user_id FROM core.events WHERE event_type = 'purchase' "
+        "GROUP BY user_id HAVING sum(price) = 0",
+    )
+    return set(frame["user_id"].to_list())
+
+
+def rule_explanations(root: Path) -> dict[tuple[int, int], dict[str, Any]]:
+    """Per (antecedent, consequent) the rule row that ranks it: of the basket kinds, the one
+    with the highest confidence x lift (the recommender's score), ties by kind name."""
+    rules = read_warehouse(root, "SELECT * FROM ml.product_affinity")
+    best = (
+        rules.sort([pl.col("confidence") * pl.col("lift"), "basket_kind"], descending=[True, False])
+        .group_by("antecedent", "consequent", maintain_order=True)
+        .first()
+    )
+    return {(r["antecedent"], r["consequent"]): r for r in best.iter_rows(named=True)}
+
+
+def mixed_kind_products(root: Path) -> list[int]:
+    """Products with a consequent that both basket kinds have a rule for."""
+    rules = read_warehouse(
+        root, "SELECT basket_kind, antecedent, consequent FROM ml.product_affinity"
+    )
+    both = rules.group_by("antecedent", "consequent").agg(pl.col("basket_kind").n_unique() > 1)
+    return sorted(set(both.filter("basket_kind")["antecedent"].to_list()))

@@ -112,7 +112,7 @@ def test_every_page_in_chromium(dashboard_sample: Path, tmp_path: Path) -> None:
         "users": {"Buyers": f"{want['buyers']:,}"},
         "experiments": {"Sample size per arm": f"{size.n_control:,}"},
         "ml": {"ROC-AUC": f"{model['roc_auc']:.3f}", "PR-AUC": f"{model['pr_auc']:.3f}"},
-        "optimization": {"Raw CSV": f"{expected.raw_mebibytes(dashboard_sample):,.1f} MiB"},
+        "optimization": {"Raw CSV files": f"{expected.raw_mebibytes(dashboard_sample):,.1f} MiB"},
     }
     log_path = tmp_path / "dashboard.log"
     with (

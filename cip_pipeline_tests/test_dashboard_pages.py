@@ -5,7 +5,11 @@ holding the file (last good data with a notice, or a clear message; never a trac
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import logging
+import math
 import shutil
 import subprocess
 import sys
@@ -13,7 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -44,6 +50,28 @@ def metrics(at: AppTest) -> dict[str, str]:
 def assert_clean(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
+
+
+def figure(at: AppTest, key: str) -> dict[str, Any]:
+    """The Plotly figure of the chart drawn with `key`, as its JSON."""
+    for chart in at.get("plotly_chart"):
+        if chart.key == key:
+            return json.loads(chart.proto.spec)
+    raise AssertionError(f"no chart {key!r}")
+
+
+def values(array: Any) -> list[Any]:
+    """A figure's array: plain JSON, or Plotly's typed array (base64 `bdata`, `dtype`)."""
+    if isinstance(array, dict) and "bdata" in array:
+        raw = np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"]))
+        if "shape" in array:
+            raw = raw.reshape([int(n) for n in str(array["shape"]).split(",")])
+        return raw.tolist()
+    return list(array)
+
+
+def nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def test_every_page_renders(at: AppTest) -> None:
@@ -102,14 +130,97 @@ def test_explorer_users_and_optimization(at: AppTest, dashboard_sample: Path) ->
     at.switch_page("views/optimization.py").run()
     assert_clean(at)
     shown = metrics(at)
-    assert shown["Raw CSV"] == f"{expected.raw_mebibytes(dashboard_sample):,.1f} MiB"
+    assert shown["Raw CSV files"] == f"{expected.raw_mebibytes(dashboard_sample):,.1f} MiB"
+
+
+def test_hourly_chart_has_every_hour_and_type(at: AppTest, dashboard_sample: Path) -> None:
+    """A day without purchases keeps its purchase panel, at zero in every hour."""
+    day = date(2019, 11, 15)
+    want = expected.hourly_events(dashboard_sample, day)
+    assert sum(want["purchase"]) == 0  # the sample's day without a purchase
+    at.switch_page("views/explorer.py").run()
+    at.date_input(key="explorer_day").set_value(day).run()
+    assert_clean(at)
+    traces = figure(at, "hourly_events")["data"]
+    assert {t["name"]: [int(v) for v in values(t["y"])] for t in traces} == want
+    for t in traces:
+        assert [str(x)[:13] for x in values(t["x"])] == [f"{day}T{h:02d}" for h in range(24)]
+
+
+def test_cohort_heatmap_leaves_partial_weeks_blank(at: AppTest, dashboard_sample: Path) -> None:
+    at.switch_page("views/users.py").run()
+    for kind in ("activity", "purchase"):
+        at.radio(key="cohort_kind").set_value(kind).run()
+        assert_clean(at)
+        cells = expected.cohort_cells(dashboard_sample, kind)
+        heatmap = figure(at, "retention")["data"][0]
+        cohorts = [date.fromisoformat(label[:10]) for label in values(heatmap["y"])]
+        weeks = [int(w) for w in values(heatmap["x"])]
+        z = values(heatmap["z"])
+        partial = 0
+        for cohort, row in zip(cohorts, z, strict=True):
+            for k, shown in zip(weeks, row, strict=True):
+                cell = cells.get((cohort, k))
+                if cell is None or (k > 0 and not cell[1]):
+                    partial += cell is not None
+                    assert nan(shown), (kind, cohort, k, shown)
+                else:
+                    assert shown == pytest.approx(cell[0], abs=1e-12), (kind, cohort, k)
+        assert partial > 0  # the sample ends mid-week
+        top = max(rate for (_c, k), (rate, whole) in cells.items() if k > 0 and whole)
+        assert heatmap["zmax"] == pytest.approx(max(0.05, top), abs=1e-12)
+        assert any("Blank: weeks the data covers only in part" in c.value for c in at.caption)
+
+
+def test_rfm_landscape_keeps_buyers_who_spent_nothing(at: AppTest, dashboard_sample: Path) -> None:
+    at.switch_page("views/users.py").run()
+    assert_clean(at)
+    fig = figure(at, "rfm_landscape")
+    assert fig["layout"]["yaxis"]["type"] == "log"
+    points: dict[int, float] = {}
+    for trace in fig["data"]:
+        ids = [int(row[0]) for row in values(trace["customdata"])]
+        points.update(zip(ids, values(trace["y"]), strict=True))
+    buyers = expected.headline(dashboard_sample)["buyers"]
+    assert len(points) == min(4000, buyers)
+    free = expected.zero_spend_buyers(dashboard_sample)
+    assert free and free <= set(points)  # the sample holds every buyer here
+    # Every point is drawn: a log axis leaves out y <= 0.
+    assert all(y > 0 for y in points.values())
+    assert any(f"({len(free)} here, at 1)" in c.value for c in at.caption)
+
+
+def test_raw_sizes_are_the_files_the_pipeline_reads(
+    dashboard_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """October as .csv beside a .csv.gz copy (the .csv is read), November as .csv.gz only."""
+    root = tmp_path / "data"
+    shutil.copytree(dashboard_sample, root, ignore=shutil.ignore_patterns("spill"))
+    for name, keep in (("2019-Oct.csv", True), ("2019-Nov.csv", False)):
+        csv = root / "raw" / name
+        with csv.open("rb") as src, gzip.open(csv.with_name(name + ".gz"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        if not keep:
+            csv.unlink()
+    read = expected.raw_files(root)
+    assert [f.name for f in read] == ["2019-Oct.csv", "2019-Nov.csv.gz"]
+    monkeypatch.setenv("CIP_DATA_DIR", str(root))
+    data.clear_caches()
+    at = app_test(timeout=60).run()
+    at.switch_page("views/optimization.py").run()
+    assert_clean(at)
+    shown = {m.label: m for m in at.metric}
+    raw = sum(f.stat().st_size for f in read)
+    assert shown["Raw CSV files (1 of 2 gzip)"].value == f"{raw / 2**20:,.1f} MiB"
+    assert "vs raw files, partly gzip" in shown["Parquet (events)"].delta
+    data.clear_caches()
 
 
 def test_experiment_lab_uses_the_project_statistics(at: AppTest, dashboard_sample: Path) -> None:
     at.switch_page("views/experiments.py").run()
     assert_clean(at)
     want = expected.headline(dashboard_sample)
-    p, traffic = want["conversion"], round(want["sessions"] / want["days"])
+    p, traffic = want["conversion"], want["sessions"] / want["days"]
     size = stats.sample_size_two_proportions(p, 0.10, alpha=0.05, power=0.8)
     shown = metrics(at)
     assert shown["Sample size per arm"] == f"{size.n_control:,}"
@@ -124,21 +235,77 @@ def test_experiment_lab_uses_the_project_statistics(at: AppTest, dashboard_sampl
     size = stats.sample_size_two_proportions(p, 0.20, alpha=0.01, power=0.8)
     assert metrics(at)["Sample size per arm"] == f"{size.n_control:,}"
 
-    # A segment's own baseline and traffic, from its next-window outcomes.
+    # A segment's own baseline and traffic (fractional: a few buyers a day), from its
+    # next-window outcomes; a segment is a fixed set of people.
+    at.slider(key="lab_lift").set_value(50).run()
+    at.select_slider(key="lab_alpha").set_value(0.05).run()
+    segments = expected.segment_baselines(dashboard_sample)
     source = at.selectbox(key="lab_source")
-    label = source.options[1]
-    source.set_value(1).run()
-    assert_clean(at)
-    segment = label.removeprefix("RFM segment: ").rsplit(" (", 1)[0]
-    rate, daily = expected.segment_baselines(dashboard_sample)[segment]
-    size = stats.sample_size_two_proportions(rate, 0.20, alpha=0.01, power=0.8)
-    shown = metrics(at)
-    assert shown["Sample size per arm"] == f"{size.n_control:,}"
-    days = stats.experiment_duration_days(size.total, max(1, round(daily)))
-    assert shown["Duration"] == f"{days:,} days"
+    labels = {
+        label.removeprefix("RFM segment: ").rsplit(" (", 1)[0]: i
+        for i, label in enumerate(source.options)
+    }
+    checked = set()
+    for segment, (rate, daily, people) in segments.items():
+        if segment not in labels:
+            continue
+        at.selectbox(key="lab_source").set_value(labels[segment]).run()
+        assert_clean(at)
+        size = stats.sample_size_two_proportions(rate, 0.50, alpha=0.05, power=0.8)
+        shown = metrics(at)
+        assert shown["Sample size per arm"] == f"{size.n_control:,}"
+        if size.total > people:
+            assert shown["Duration"] == "segment too small"
+            checked.add("too small")
+            continue
+        days = stats.experiment_duration_days(size.total, daily)
+        assert shown["Duration"] == f"{days:,} days"
+        traffic = at.number_input(key=f"lab_traffic_{labels[segment]}").value
+        assert traffic == pytest.approx(daily, rel=1e-12)  # not rounded to whole buyers
+        # Over 90 days no more than the whole segment enrols.
+        at.slider(key="lab_days").set_value(90).run()
+        mde = stats.mde_two_proportions(rate, min(daily * 90, people) / 2)
+        shown = metrics(at)
+        assert number(shown["MDE in 90 days"]) == pytest.approx(100 * mde.relative_lift, abs=0.05)
+        at.slider(key="lab_days").set_value(14).run()
+        checked.add("days")
+    assert checked == {"days", "too small"}  # the sample has both kinds of segment
     # The pipeline's own plans and the simulation are on the page, labelled as simulated.
     assert any("Simulated" in w.value for w in at.warning)
     assert len(at.dataframe) == 2
+
+
+@pytest.mark.parametrize(
+    ("lift", "alpha", "alternative"), [(10, 0.05, "two-sided"), (30, 0.01, "one-sided")]
+)
+def test_lab_chart_shades_the_power(
+    at: AppTest, dashboard_sample: Path, lift: int, alpha: float, alternative: str
+) -> None:
+    """The area of the lift's curve past the "significant beyond" line is the power the
+    project's statistics give the pooled z-test at the planned size."""
+    at.switch_page("views/experiments.py").run()
+    at.slider(key="lab_lift").set_value(lift).run()
+    at.select_slider(key="lab_alpha").set_value(alpha).run()
+    at.radio(key="lab_alternative").set_value(alternative).run()
+    assert_clean(at)
+    p = expected.headline(dashboard_sample)["conversion"]
+    n = stats.sample_size_two_proportions(
+        p, lift / 100, alpha=alpha, power=0.8, alternative=alternative
+    ).n_control
+    power = stats.power_two_proportions(
+        p, lift / 100, n, alpha=alpha, alternative=alternative, method="pooled"
+    )
+    fig = figure(at, "lab_distributions")
+    lines = [s["x0"] for s in fig["layout"]["shapes"] if s["x0"] == s["x1"]]
+    curve = next(t for t in fig["data"] if t["name"].startswith("treatment"))
+    x, y = np.array(values(curve["x"])), np.array(values(curve["y"]))
+    past = max(lines)
+    shaded = (
+        np.concatenate([[past], x[x > past]]),
+        np.concatenate([[np.interp(past, x, y)], y[x > past]]),
+    )
+    area = float(np.trapezoid(shaded[1], shaded[0]))
+    assert area == pytest.approx(power, abs=1e-3)
 
 
 def test_ml_engine_model_card_and_recommendations(at: AppTest, dashboard_sample: Path) -> None:
@@ -165,6 +332,29 @@ def test_ml_engine_model_card_and_recommendations(at: AppTest, dashboard_sample:
         assert want[0][1] == source  # the picker lists products led by that source
         if source == "fallback":
             assert all(w.startswith("cold start") for w in recs["why"])
+
+
+def test_rule_explanation_comes_from_one_rule(at: AppTest, dashboard_sample: Path) -> None:
+    """Where both basket kinds have a rule for a pair, the figures shown are those of the one
+    rule that ranks it (highest confidence x lift), named by its basket kind."""
+    at.switch_page("views/ml.py").run()
+    rules = expected.rule_explanations(dashboard_sample)
+    products = expected.mixed_kind_products(dashboard_sample)
+    assert products
+    for product in products:
+        at.number_input(key="ml_product_id").set_value(product).run()
+        assert_clean(at)
+        recs = next(d.value for d in at.dataframe if "why" in d.value.columns)
+        shown = recs[recs["source"] == "rule"]
+        assert len(shown)
+        for rec, why in zip(shown["recommended_product_id"], shown["why"], strict=True):
+            rule = rules[(product, int(rec))]
+            kind = {"session": "session baskets", "user_horizon": "user-horizon baskets"}
+            assert why.startswith(
+                f"bought together in {rule['pair_baskets']:,} {kind[rule['basket_kind']]}"
+            ), why
+            assert f"confidence {100 * rule['confidence']:.1f}%" in why, why
+            assert f"lift {rule['lift']:.2f}" in why, why
 
 
 def test_no_warehouse_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

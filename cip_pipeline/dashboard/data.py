@@ -31,7 +31,7 @@ import streamlit as st
 from cip_pipeline import paths, sql
 from cip_pipeline.budget import available_cores
 from cip_pipeline.duckdb_locks import is_lock_conflict
-from cip_pipeline.months import month_of_raw_file
+from cip_pipeline.months import month_of_raw_file, raw_file_name
 
 log = logging.getLogger("cip_pipeline.dashboard")
 CACHE_TTL_SECONDS = 600  # bounds memory; freshness comes from the file version in the key
@@ -243,20 +243,26 @@ def _size(path: Path) -> int:
         return 0
 
 
+# The order LakeResource.raw_file tries: a month's .csv shadows its .csv.gz.
+RAW_SUFFIXES = (".csv", ".csv.gz")
+
+
 def storage_files() -> pl.DataFrame:
-    """Per month, the raw file's bytes and the lake's events and quarantine Parquet bytes
-    and rows."""
+    """Per month, the raw file the pipeline reads (its name, bytes on disk, whether gzip) and
+    the lake's events and quarantine Parquet bytes and rows."""
     import pyarrow.parquet as pq
 
     months: dict[str, dict[str, Any]] = {}
     raw = paths.raw_dir()
-    if raw.is_dir():
-        for f in sorted(raw.iterdir()):
-            month = month_of_raw_file(f.name)
-            if month:
-                entry = months.setdefault(month, {})
-                entry["raw_file"] = f.name
-                entry["raw_bytes"] = entry.get("raw_bytes", 0) + _size(f)
+    names = {f.name for f in raw.iterdir()} if raw.is_dir() else set()
+    for month in sorted({m for n in names if (m := month_of_raw_file(n))}):
+        stem = raw_file_name(month)
+        name = next(stem + s for s in RAW_SUFFIXES if stem + s in names)
+        months[month] = {
+            "raw_file": name,
+            "raw_bytes": _size(raw / name),
+            "raw_gzip": name.endswith(".gz"),
+        }
     lake = paths.lake_dir()
     for kind in ("events", "quarantine"):
         for f in sorted((lake / kind).glob("month=*/*.parquet")):
@@ -270,6 +276,7 @@ def storage_files() -> pl.DataFrame:
             entry[f"{kind}_rows"] = entry.get(f"{kind}_rows", 0) + rows
     columns = [
         "raw_file",
+        "raw_gzip",
         "raw_bytes",
         "events_bytes",
         "events_rows",
@@ -280,7 +287,8 @@ def storage_files() -> pl.DataFrame:
     schema = {
         "month": pl.String,
         "raw_file": pl.String,
-        **{c: pl.Int64 for c in columns[1:]},
+        "raw_gzip": pl.Boolean,
+        **{c: pl.Int64 for c in columns[2:]},
     }
     return pl.DataFrame(records, schema=schema)
 

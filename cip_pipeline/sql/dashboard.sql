@@ -69,14 +69,32 @@ WHERE day >= $start AND day < $end
 ORDER BY day
 
 -- name: hourly_events
--- Events per hour and type in [start, end): one day, read through the zone maps.
-SELECT date_trunc('hour', event_time) AS hour,
-       event_type::VARCHAR AS event_type,
-       count(*) AS events
-FROM core.events
-WHERE event_time >= $start AND event_time < $end
-GROUP BY ALL
-ORDER BY hour, event_type
+-- Events per hour and type in [start, end), one day read through the zone maps: every hour
+-- and every type the month has (its data profile), 0 where there is none, so a quiet hour or
+-- a day without purchases shows as zero instead of a gap.
+WITH counts AS (
+    SELECT date_trunc('hour', event_time) AS hour,
+           event_type::VARCHAR AS event_type,
+           count(*) AS events
+    FROM core.events
+    WHERE event_time >= $start AND event_time < $end
+    GROUP BY ALL
+),
+hours AS (
+    SELECT unnest(range($start::TIMESTAMP, $end::TIMESTAMP, INTERVAL 1 HOUR)) AS hour
+),
+types AS (
+    SELECT key AS event_type
+    FROM analytics.data_profile
+    WHERE month = $month AND section = 'event_type' AND metric = 'events' AND value > 0
+    UNION
+    SELECT event_type FROM counts
+)
+SELECT h.hour, t.event_type, coalesce(c.events, 0) AS events
+FROM hours AS h
+CROSS JOIN types AS t
+LEFT JOIN counts AS c USING (hour, event_type)
+ORDER BY h.hour, t.event_type
 
 -- name: hour_of_day
 -- Events per hour of the day and type over a month, every row read.
@@ -186,7 +204,7 @@ ORDER BY (user_id::UBIGINT * 2654435761) % 4294967296, user_id
 LIMIT 4000
 
 -- name: cohort_retention
-SELECT cohort_week, weeks_since, cohort_users, active_users, retention_rate
+SELECT cohort_week, weeks_since, cohort_users, active_users, retention_rate, week_complete
 FROM analytics.cohort_retention
 WHERE cohort_kind = $kind
 ORDER BY cohort_week, weeks_since
@@ -266,16 +284,17 @@ FROM core.dim_products
 WHERE product_id = $product
 
 -- name: recommendations_for
--- A product's top 10 with what explains each: the association rule (strongest of the two
--- basket kinds), co-view sessions (the score), or the category and brand match of a fallback.
+-- A product's top 10 with what explains each: the association rule (of the two basket kinds,
+-- the one the recommender scored it by: the highest confidence x lift, ties by kind name; all
+-- its figures from that one row), co-view sessions (the score), or the category and brand
+-- match of a fallback.
 WITH rules AS (
-    SELECT consequent,
-           max(pair_baskets) AS pair_baskets,
-           max(confidence) AS confidence,
-           max(lift) AS lift
+    SELECT consequent, basket_kind, pair_baskets, confidence, lift
     FROM ml.product_affinity
     WHERE antecedent = $product
-    GROUP BY consequent
+    QUALIFY row_number() OVER (
+        PARTITION BY consequent ORDER BY confidence * lift DESC, basket_kind
+    ) = 1
 ),
 anchor AS (
     SELECT category_id, brand FROM core.dim_products WHERE product_id = $product
@@ -287,6 +306,7 @@ SELECT r.rank,
        d.latest_price::DOUBLE AS price,
        r.source,
        r.score,
+       rules.basket_kind,
        rules.pair_baskets,
        rules.confidence,
        rules.lift,

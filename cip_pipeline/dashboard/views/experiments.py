@@ -29,6 +29,7 @@ class Baseline:
     rate: float
     daily: float  # new eligible units per day
     unit: str
+    people: int | None = None  # a segment: the fixed set of people a test can ever enrol
 
 
 def baselines() -> list[Baseline]:
@@ -51,7 +52,9 @@ def baselines() -> list[Baseline]:
     for r in plans.iter_rows(named=True):
         p, daily = r["baseline_conversion"], r["daily_eligible_users"]
         if p and 0 < p < 1 and daily:
-            found.append(Baseline(f"RFM segment: {r['segment']}", p, daily, "eligible buyers"))
+            found.append(
+                Baseline(f"RFM segment: {r['segment']}", p, daily, "eligible buyers", r["users"])
+            )
     return found
 
 
@@ -61,7 +64,7 @@ class Inputs:
     lift: float
     alpha: float
     power: float
-    traffic: int
+    traffic: float
     alternative: str
     planned_days: int
 
@@ -95,12 +98,14 @@ def inputs(options: list[Baseline]) -> tuple[Baseline, Inputs]:
         alpha = st.select_slider("Significance level α", ALPHAS, value=0.05, key="lab_alpha")
         power = st.select_slider("Power (1 − β)", POWERS, value=0.8, key="lab_power")
     with right:
-        default_traffic = max(1, round(base.daily))
-        traffic = st.slider(
+        # Fractional: a segment may see 0.4 new buyers a day, and rounding it changes the
+        # duration severalfold. The step is a tenth of the figure's leading digit's place.
+        traffic = st.number_input(
             f"Traffic: new {base.unit} per day",
-            min_value=1,
-            max_value=max(100, default_traffic * 10),
-            value=default_traffic,
+            min_value=min(0.01, float(base.daily)),
+            value=float(base.daily),
+            step=max(0.01, 10.0 ** (math.floor(math.log10(base.daily)) - 1)),
+            format="%.2f",
             key=f"lab_traffic_{source}",
         )
         alternative = st.radio("Test", ALTERNATIVES, horizontal=True, key="lab_alternative")
@@ -114,6 +119,10 @@ def inputs(options: list[Baseline]) -> tuple[Baseline, Inputs]:
     return base, Inputs(rate / 100, lift / 100, alpha, power, traffic, alternative, planned)
 
 
+def _per_day(traffic: float) -> str:
+    return f"{traffic:,.2f}".rstrip("0").rstrip(".")
+
+
 def plan(base: Baseline, x: Inputs) -> None:
     if x.baseline * (1 + x.lift) >= 1:
         st.warning("Baseline x (1 + lift) must stay below 100%: lower one of them.")
@@ -121,8 +130,13 @@ def plan(base: Baseline, x: Inputs) -> None:
     size = stats.sample_size_two_proportions(
         x.baseline, x.lift, alpha=x.alpha, power=x.power, alternative=x.alternative
     )
-    days = stats.experiment_duration_days(size, x.traffic)
-    per_arm_planned = x.traffic * x.planned_days / 2
+    # A segment is a fixed set of people: no wait enrols more of them than it holds (the
+    # pipeline's segment_test_plans has no duration then either).
+    too_small = base.people is not None and size.total > base.people
+    enrolled = x.traffic * x.planned_days
+    if base.people is not None:
+        enrolled = min(enrolled, base.people)
+    per_arm_planned = enrolled / 2
     cols = st.columns(4)
     cols[0].metric(
         "Sample size per arm",
@@ -131,12 +145,23 @@ def plan(base: Baseline, x: Inputs) -> None:
         border=True,
     )
     cols[1].metric("Total sample", ui.integer(size.total), border=True)
-    cols[2].metric(
-        "Duration",
-        f"{ui.integer(days)} days",
-        help=f"both arms at {ui.integer(x.traffic)} new {base.unit} per day, all enrolled",
-        border=True,
-    )
+    if too_small:
+        cols[2].metric(
+            "Duration",
+            "segment too small",
+            help=f"both arms need {ui.integer(size.total)} {base.unit}; the segment has "
+            f"{ui.integer(base.people)}, however long the test runs",
+            border=True,
+        )
+    else:
+        days = stats.experiment_duration_days(size, x.traffic)
+        cols[2].metric(
+            "Duration",
+            f"{ui.integer(days)} days",
+            help=f"both arms at {_per_day(x.traffic)} new {base.unit} per day, all enrolled",
+            border=True,
+        )
+    capped = " (all the segment)" if enrolled == base.people else ""
     try:
         mde = stats.mde_two_proportions(
             x.baseline, per_arm_planned, alpha=x.alpha, power=x.power, alternative=x.alternative
@@ -145,7 +170,7 @@ def plan(base: Baseline, x: Inputs) -> None:
             f"MDE in {x.planned_days} days",
             ui.percent(mde.relative_lift, 1),
             help=f"relative lift; absolute {ui.percent(mde.absolute_effect, 3)} with "
-            f"{ui.integer(per_arm_planned)} per arm",
+            f"{ui.integer(per_arm_planned)} per arm{capped}",
             border=True,
         )
     except ValueError:
@@ -154,35 +179,59 @@ def plan(base: Baseline, x: Inputs) -> None:
 
 
 def distributions(x: Inputs, size: stats.SampleSize) -> None:
-    """The sampling distributions of the two arms' observed conversion at that sample size."""
+    """The sampling distribution of the observed difference (treatment - control) at that
+    size with no effect and with the lift; shaded, the share of tests under the lift that a
+    pooled two-proportion z-test calls significant: its power."""
     n = size.n_control
     p_c, p_t = x.baseline, x.baseline * (1 + x.lift)
-    se_c, se_t = math.sqrt(p_c * (1 - p_c) / n), math.sqrt(p_t * (1 - p_t) / n)
-    grid = np.linspace(
-        min(p_c - 4 * se_c, p_t - 4 * se_t), max(p_c + 4 * se_c, p_t + 4 * se_t), 300
-    )
+    delta = p_t - p_c
+    pooled = (p_c + p_t) / 2  # equal arms
+    se_0 = math.sqrt(2 * pooled * (1 - pooled) / n)  # the test's SE: pooled, under H0
+    se_1 = math.sqrt((p_c * (1 - p_c) + p_t * (1 - p_t)) / n)
     sides = 2 if x.alternative == "two-sided" else 1
-    threshold = p_c + norm.ppf(1 - x.alpha / sides) * math.sqrt(se_c**2 + se_t**2)
-    fig = go.Figure()
-    for name, p, se in (("control", p_c, se_c), ("treatment", p_t, se_t)):
-        fig.add_trace(
-            go.Scatter(
-                x=grid, y=norm.pdf(grid, p, se), name=f"{name} ({ui.percent(p)})", fill="tozeroy"
-            )
-        )
-    fig.add_vline(
-        x=threshold,
-        line_dash="dash",
-        annotation_text="significant beyond",
-        annotation_position="top right",
+    critical = float(norm.ppf(1 - x.alpha / sides)) * se_0
+    power = stats.power_two_proportions(
+        x.baseline, x.lift, n, alpha=x.alpha, alternative=x.alternative, method="pooled"
     )
+    low = min(-critical, -4 * se_0) if sides == 2 else -4 * se_0
+    grid = np.union1d(np.linspace(low, delta + 4 * se_1, 600), [critical])
+    if sides == 2:
+        grid = np.union1d(grid, [-critical])
+    alt = norm.pdf(grid, delta, se_1)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=grid, y=norm.pdf(grid, 0, se_0), name="no effect (H0)"))
+    fig.add_trace(
+        go.Scatter(x=grid, y=alt, name=f"treatment +{ui.percent(x.lift, 0)} ({ui.percent(p_t)})")
+    )
+    beyond = grid >= critical
+    fig.add_trace(
+        go.Scatter(
+            x=grid[beyond],
+            y=alt[beyond],
+            fill="tozeroy",
+            mode="none",
+            name=f"significant: power {ui.percent(power, 1)}",
+        )
+    )
+    for edge in [critical, -critical][:sides]:
+        fig.add_vline(
+            x=edge,
+            line_dash="dash",
+            annotation_text="significant beyond",
+            annotation_position="top right" if edge > 0 else "top left",
+        )
     fig.update_layout(
-        title=f"Observed conversion per arm with {ui.integer(n)} users each",
+        title=f"Observed treatment - control with {ui.integer(n)} users per arm",
         xaxis_tickformat=".2%",
         yaxis_title="density",
         legend={"orientation": "h", "y": -0.2},
     )
     ui.chart(fig, key="lab_distributions")
+    st.caption(
+        "The sample size is solved on Cohen's h; the chart shows the pooled two-proportion "
+        "z-test at that size: the dashed line is its critical value (pooled SE under no "
+        "effect), and the shaded share of the lift's curve is the test's power."
+    )
 
 
 def segment_plans() -> None:
@@ -193,7 +242,8 @@ def segment_plans() -> None:
         st.caption(
             f"Each RFM segment (as of {ui.when(window['cutoff'])}) and what its buyers did in "
             f"the window to {ui.when(window['window_end'])}: the sample per arm and days to "
-            "detect +20% and +50% on that purchase rate (alpha 0.05, power 0.8)."
+            "detect +20% and +50% on that purchase rate (alpha 0.05, power 0.8); no days "
+            "when the segment holds fewer people than both arms need."
         )
     st.dataframe(
         plans,

@@ -48,7 +48,7 @@ def daily_trend(start: date, end: date) -> pl.DataFrame:
     return days
 
 
-def hourly_trend(start: date, end: date, rows: float, days: pl.DataFrame) -> None:
+def hourly_trend(month: datetime, start: date, end: date, rows: float, days: pl.DataFrame) -> None:
     st.subheader("Hourly trend")
     left, right = st.columns(2)
     with left:
@@ -83,7 +83,9 @@ def hourly_trend(start: date, end: date, rows: float, days: pl.DataFrame) -> Non
             help="the month's busiest day by default",
         )
         first = datetime(day.year, day.month, day.day)
-        per_hour = data.query("hourly_events", start=first, end=first + timedelta(days=1))
+        per_hour = data.query(
+            "hourly_events", start=first, end=first + timedelta(days=1), month=month
+        )
         fig = ui.small_multiples(per_hour, x="hour", y="events", facet="event_type", height=420)
         fig.update_layout(title=f"events per hour on {day:%Y-%m-%d} (UTC)")
         ui.chart(fig, key="hourly_events")
@@ -170,7 +172,7 @@ def render() -> None:
         missing_values(month)
     with ui.section("Trends"):
         days = daily_trend(start, end)
-        hourly_trend(start, end, rows, days)
+        hourly_trend(month, start, end, rows, days)
     with ui.section("Prices"):
         prices(month)
     with ui.section("Quarantine"):

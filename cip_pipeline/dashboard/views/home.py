@@ -121,11 +121,16 @@ def _dot(catalog: pl.DataFrame, files: pl.DataFrame) -> str:
     def label(lines: list[str]) -> str:
         return "\\l".join(line.replace('"', "'") for line in lines) + "\\l"
 
-    raw_bytes = files["raw_bytes"].sum() or 0
+    raw_bytes = files["raw_bytes"].sum() or 0  # the file read per month, gzip ones compressed
+    gzip = int(files["raw_gzip"].sum() or 0)
     parquet_bytes = files["events_bytes"].sum() or 0
     nodes = {
         "raw": label(
-            ["raw/ (CSV)", f"{files['raw_file'].count()} month files", ui.mebibytes(raw_bytes)]
+            [
+                f"raw/ (CSV{f', {gzip} gzip' if gzip else ''})",
+                f"{files['raw_file'].count()} month files",
+                ui.mebibytes(raw_bytes),
+            ]
         ),
         "lake": label(
             [

@@ -17,6 +17,12 @@ SOURCES = {
     "co-view": "co-views (viewed in the same sessions)",
     "fallback": "cold-start fallback (popular in the category)",
 }
+# ml.product_affinity's basket kinds: one session's purchases, or one user's purchases within a
+# fixed span of days (AffinityConfig.horizon_days).
+BASKET_KINDS = {
+    "session": "session baskets",
+    "user_horizon": "user-horizon baskets (one user's purchases in a span of days)",
+}
 
 
 def pick_version() -> data.ModelCard | None:
@@ -181,8 +187,9 @@ def scores(card: data.ModelCard) -> None:
 
 def _why(r: dict[str, Any]) -> str:
     if r["source"] == "rule":
+        kind = BASKET_KINDS.get(r["basket_kind"], r["basket_kind"])
         return (
-            f"bought together in {ui.integer(r['pair_baskets'])} baskets: confidence "
+            f"bought together in {ui.integer(r['pair_baskets'])} {kind}: confidence "
             f"{ui.percent(r['confidence'], 1)}, lift {ui.decimal(r['lift'], 2)}"
         )
     if r["source"] == "co-view":

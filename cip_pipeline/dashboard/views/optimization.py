@@ -15,6 +15,18 @@ from cip_pipeline.dashboard import data, ui
 MIB = 2**20
 
 
+def raw_label(files: pl.DataFrame) -> tuple[str, str]:
+    """What the raw figures measure: the metric's label, and what "vs" compares with. A gzip
+    file's bytes are compressed CSV (the pipeline records no uncompressed size)."""
+    read = files.filter(pl.col("raw_file").is_not_null())
+    gzip = int(read["raw_gzip"].sum())
+    if gzip == 0:
+        return "Raw CSV files", "raw CSV"
+    if gzip == read.height:
+        return "Raw CSV files (gzip)", "gzip CSV"
+    return f"Raw CSV files ({gzip} of {read.height} gzip)", "raw files, partly gzip"
+
+
 def sizes() -> pl.DataFrame:
     st.subheader("CSV vs Parquet vs warehouse")
     files = data.storage_files()
@@ -22,12 +34,19 @@ def sizes() -> pl.DataFrame:
     raw, parquet = files["raw_bytes"].sum() or 0, files["events_bytes"].sum() or 0
     quarantine = files["quarantine_bytes"].sum() or 0
     rows = files["events_rows"].sum() or 0
+    label, versus = raw_label(files)
     cols = st.columns(4)
-    cols[0].metric("Raw CSV", ui.mebibytes(raw), border=True)
+    cols[0].metric(
+        label,
+        ui.mebibytes(raw),
+        border=True,
+        help="per month the one raw file the pipeline reads (a .csv shadows a .csv.gz), "
+        "bytes on disk: " + ", ".join(files["raw_file"].drop_nulls()),
+    )
     cols[1].metric(
         "Parquet (events)",
         ui.mebibytes(parquet),
-        delta=f"-{ui.percent(1 - parquet / raw, 1)} vs CSV" if raw and parquet else None,
+        delta=f"-{ui.percent(1 - parquet / raw, 1)} vs {versus}" if raw and parquet else None,
         delta_color="inverse",
         border=True,
         help=f"plus {ui.mebibytes(quarantine)} of quarantine Parquet",
@@ -41,18 +60,29 @@ def sizes() -> pl.DataFrame:
     cols[3].metric(
         "Parquet bytes per event",
         ui.decimal(parquet / rows, 1) if rows else ui.MISSING,
-        delta=f"CSV: {ui.decimal(raw / rows, 1)}" if rows and raw else None,
+        delta=f"{versus}: {ui.decimal(raw / rows, 1)}" if rows and raw else None,
         delta_color="off",
         delta_arrow="off",
         border=True,
     )
     if files.height:
-        per_month = files.select(
-            "month",
-            pl.col("raw_bytes").alias("raw CSV"),
-            pl.col("events_bytes").alias("events Parquet"),
-            pl.col("quarantine_bytes").alias("quarantine Parquet"),
-        ).unpivot(index="month", variable_name="store", value_name="bytes")
+        raw_store = pl.when(pl.col("raw_gzip")).then(pl.lit("raw CSV (gzip)"))
+        per_month = (
+            files.select(
+                "month",
+                "raw_gzip",
+                pl.col("raw_bytes").alias("raw"),
+                pl.col("events_bytes").alias("events Parquet"),
+                pl.col("quarantine_bytes").alias("quarantine Parquet"),
+            )
+            .unpivot(index=["month", "raw_gzip"], variable_name="store", value_name="bytes")
+            .with_columns(
+                pl.when(pl.col("store") == "raw")
+                .then(raw_store.otherwise(pl.lit("raw CSV")))
+                .otherwise(pl.col("store"))
+                .alias("store")
+            )
+        )
         per_month = per_month.with_columns((pl.col("bytes") / MIB).alias("MiB"))
         fig = px.bar(per_month, x="month", y="MiB", color="store", barmode="group")
         fig.add_hline(

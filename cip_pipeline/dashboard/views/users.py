@@ -42,27 +42,38 @@ def landscape(summary: pl.DataFrame) -> None:
     st.subheader("RFM landscape")
     sample = data.query("rfm_landscape")
     order = summary["segment"].to_list()
+    # On a log axis a spend of 0 (items priced 0) would drop out silently: plot spend + 1.
+    sample = sample.with_columns((pl.col("monetary").clip(lower_bound=0) + 1).alias("spend_1"))
     fig = px.scatter(
         sample,
         x="recency_days",
-        y="monetary",
+        y="spend_1",
         size="frequency",
         color="segment",
         category_orders={"segment": order},
         color_discrete_sequence=px.colors.qualitative.Bold,
-        hover_data=["user_id", "rfm_code", "frequency"],
+        hover_data={
+            "user_id": True,
+            "rfm_code": True,
+            "frequency": True,
+            "monetary": ":,.2f",
+            "spend_1": False,
+        },
         log_y=True,
         size_max=18,
         opacity=0.7,
     )
     fig.update_layout(
         xaxis_title="recency: days since the last purchase",
-        yaxis_title="monetary: total spend (log scale)",
+        yaxis_title="monetary: total spend + 1 (log scale)",
     )
     ui.chart(fig, key="rfm_landscape")
+    free = int((sample["monetary"] <= 0).sum())
     st.caption(
         f"A fixed random sample of {ui.integer(sample.height)} of "
-        f"{ui.integer(summary['users'].sum())} buyers; point size: purchase days."
+        f"{ui.integer(summary['users'].sum())} buyers; point size: purchase days. Spend is "
+        "plotted plus 1 so that buyers who spent 0 stay on the log axis"
+        + (f" ({ui.integer(free)} here, at 1)." if free else ".")
     )
 
 
@@ -117,15 +128,23 @@ def retention() -> None:
     if cohorts.height == 0:
         st.info("No cohort of this kind yet.")
         return
-    grid = cohorts.pivot("weeks_since", index="cohort_week", values="retention_rate").sort(
-        "cohort_week"
+    # A week the data covers in part (usually the last) would read as low retention: blank.
+    # Week 0 stays: it is 100% by definition however much of the week is seen.
+    shown = pl.when(pl.col("week_complete") | (pl.col("weeks_since") == 0)).then(
+        pl.col("retention_rate")
+    )
+    grid = (
+        cohorts.with_columns(shown.alias("shown"))
+        .pivot("weeks_since", index="cohort_week", values="shown")
+        .sort("cohort_week")
     )
     weeks = [c for c in grid.columns if c != "cohort_week"]
     sizes = cohorts.filter(pl.col("weeks_since") == 0).sort("cohort_week")["cohort_users"]
     labels = [
         f"{w:%Y-%m-%d} ({ui.integer(n)})" for w, n in zip(grid["cohort_week"], sizes, strict=True)
     ]
-    z = grid.select(weeks).to_numpy()
+    z = grid.select(pl.col(weeks).cast(pl.Float64)).to_numpy()
+    later = cohorts.filter((pl.col("weeks_since") > 0) & pl.col("week_complete"))
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -133,18 +152,22 @@ def retention() -> None:
             y=labels,
             colorscale="Blues",
             zmin=0,
-            zmax=max(
-                0.05, float(cohorts.filter(pl.col("weeks_since") > 0)["retention_rate"].max() or 0)
-            ),
+            zmax=max(0.05, float(later["retention_rate"].max() or 0)),
             text=[[ui.percent(v, 1) if v == v else "" for v in r] for r in z],
             texttemplate="%{text}",
             hovertemplate="cohort %{y}<br>week %{x}: %{z:.2%}<extra></extra>",
+            hoverongaps=False,
         )
     )
     fig.update_layout(xaxis_title="weeks since the cohort's week", yaxis_title="cohort (users)")
     fig.update_yaxes(autorange="reversed")
     ui.chart(fig, key="retention")
-    st.caption("Week 0 is 100% by definition; the colour scale spans the later weeks.")
+    partial = cohorts.filter((pl.col("weeks_since") > 0) & ~pl.col("week_complete")).height
+    st.caption(
+        "Week 0 is 100% by definition; the colour scale spans the later weeks. Blank: weeks "
+        "the data covers only in part (the last week, usually), where retention would read low"
+        + (f" ({ui.integer(partial)} cells)." if partial else ".")
+    )
 
 
 def render() -> None:
