@@ -375,6 +375,8 @@ FROM m
 --                  one: the latest event's id); simultaneous events: the highest id's low
 --                  20 bits, so that runs agree
 --   brand          of the product's latest event with one (simultaneous: by a hash of it)
+-- The tie-breaks cost 1.1 s of 3.2 at 110 M events (2.1 s with arg_max on the time alone, which
+-- picks among simultaneous events whichever a thread met first).
 --   category_l1..3 levels of category_code; l3 holds the rest of a deeper code
 --                  (electronics.audio.music_tools.piano -> electronics, audio,
 --                  music_tools.piano)
@@ -388,8 +390,12 @@ WITH products AS (
            min(price) AS min_price,
            max(price) AS max_price,
            -- (has a code, time, id's low bits) packed likewise: one key picks id and code
-           arg_max(category_id, category_key) AS category_id,
-           arg_max(category_code, category_key) AS category_code,
+           arg_max(category_id, ((category_code IS NOT NULL)::BIGINT << 52)
+                                + (epoch(event_time)::BIGINT << 20) + (category_id & 1048575))
+               AS category_id,
+           arg_max(category_code, ((category_code IS NOT NULL)::BIGINT << 52)
+                                  + (epoch(event_time)::BIGINT << 20) + (category_id & 1048575))
+               AS category_code,
            arg_max(brand, (epoch(event_time)::BIGINT << 20) + (hash(brand) & 1048575)::BIGINT)
                FILTER (WHERE brand IS NOT NULL) AS brand,
            min(event_time) AS first_seen,
@@ -399,12 +405,7 @@ WITH products AS (
            count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
            count(*) FILTER (WHERE event_type = 'remove_from_cart') AS remove_from_carts,
            coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0) AS revenue
-    FROM (
-        SELECT *,
-               ((category_code IS NOT NULL)::BIGINT << 52) + (epoch(event_time)::BIGINT << 20)
-                   + (category_id & 1048575) AS category_key
-        FROM {events}
-    )
+    FROM {events}
     GROUP BY product_id
 )
 SELECT product_id,
