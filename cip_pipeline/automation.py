@@ -11,7 +11,7 @@ import dagster as dg
 
 from cip_pipeline.months import month_of_raw_file, parse_month, partition_key
 from cip_pipeline.observability import STEP_HOOKS
-from cip_pipeline.partitions import monthly
+from cip_pipeline.partitions import is_partition_month
 from cip_pipeline.resources import LakeResource
 
 MONTHLY_JOB = "monthly_refresh"
@@ -69,8 +69,7 @@ def raw_files(lake: LakeResource) -> dict[str, Path]:
 
 def _partition_of(name: str) -> str | None:
     month = month_of_raw_file(name)
-    key = partition_key(month) if month else None
-    return key if key and monthly.has_partition_key(key) else None
+    return partition_key(month) if month and is_partition_month(month) else None
 
 
 def current_month(lake: LakeResource) -> str | None:

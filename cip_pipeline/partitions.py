@@ -16,6 +16,12 @@ monthly = dg.MonthlyPartitionsDefinition(start_date=FIRST_MONTH, end_offset=1)
 WAREHOUSE_POOL = "duckdb_warehouse"
 
 
+def is_partition_month(month: str) -> bool:
+    """`2019-10` is a partition; a month before the first or after the one in progress is
+    not (Dagster rejects a run of it)."""
+    return monthly.has_partition_key(partition_key(month))
+
+
 def month_of_partition(key: str) -> str:
     """`2019-10-01` -> `2019-10`."""
     return key[:7]

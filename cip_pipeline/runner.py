@@ -21,7 +21,7 @@ from cip_pipeline.automation import ALL_MONTHS_JOB, MONTHLY_JOB
 from cip_pipeline.budget import Budget
 from cip_pipeline.months import next_month, partition_key, previous_month
 from cip_pipeline.observability import reset_peak_rss, step_peaks
-from cip_pipeline.partitions import FIRST_MONTH, monthly
+from cip_pipeline.partitions import FIRST_MONTH, is_partition_month
 from cip_pipeline.resources import LakeResource, WarehouseResource
 
 SAMPLE_EVENTS = 2_000_000
@@ -264,7 +264,7 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
     wanted = sorted(months or available)
     todo = []
     for month in wanted:
-        if not monthly.has_partition_key(partition_key(month)):
+        if not is_partition_month(month):
             print(
                 f"skipped {month}: not a partition (months from {FIRST_MONTH[:7]} to the "
                 "current one)",
@@ -274,6 +274,9 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
             print(f"skipped {month}: no raw file in {lake.raw_dir}", file=out)
         else:
             todo.append(month)
+    if not todo:
+        print(f"nothing to run: no raw file of a partition month in {lake.raw_dir}", file=out)
+        return 1
     defs = definitions.build_definitions()
     t_all = time.perf_counter()
     failed = [s for s in run_months(defs, instance, todo, out) if not s.success]

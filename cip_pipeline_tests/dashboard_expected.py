@@ -91,9 +91,11 @@ def recommendations(root: Path, product: int) -> list[tuple[int, str]]:
 
 
 def raw_files(root: Path) -> list[Path]:
-    """The raw file the pipeline reads for each month (its own rule, LakeResource.raw_file)."""
+    """The raw file the pipeline reads for each month (its own rule, LakeResource.raw_file),
+    of the months from 2019-10, the first partition, to the present one."""
     lake = LakeResource(raw_dir=str(root / "raw"), lake_dir=str(root / "lake"))
-    return [f for m in lake.raw_months() if (f := lake.raw_file(m)) is not None]
+    months = [m for m in lake.raw_months() if "2019-10" <= m <= f"{date.today():%Y-%m}"]
+    return [f for m in months if (f := lake.raw_file(m)) is not None]
 
 
 def raw_mebibytes(root: Path) -> float:

@@ -148,8 +148,9 @@ def test_a_partition_built_with_new_columns_changes_the_table_and_says_so() -> N
 def test_a_column_whose_type_changed_is_converted_in_every_row_and_said_so() -> None:
     """November's query now returns `value` as DOUBLE and `code` as VARCHAR: the column
     changes type for October's rows too (converted, not left as text or rounded), and the
-    metadata names the change. A value that does not convert fails the write, which leaves
-    the table as it was."""
+    metadata names the change. A stored value that would not survive a conversion (text that
+    is no number, a fraction into an integer) fails the write, which leaves the table as it
+    was."""
     con = duckdb.connect()
     october = TimeSlice("day", datetime(2019, 10, 1), datetime(2019, 11, 1))
     november = TimeSlice("day", datetime(2019, 11, 1), datetime(2019, 12, 1))
@@ -164,9 +165,15 @@ def test_a_column_whose_type_changed_is_converted_in_every_row_and_said_so() -> 
     ]
     rows = con.execute(f"SELECT day::VARCHAR, value, code FROM {NAME.qualified} ORDER BY day")
     assert rows.fetchall() == [("2019-10-01", 1.0, "7"), ("2019-11-01", 2.75, "A7")]
-    # Back to an INTEGER code: 'A7' does not convert, and nothing changes.
-    with pytest.raises(duckdb.ConversionException, match="A7"):
+    # Back to INTEGER: 'A7' does not convert, nor 2.75 without rounding; nothing changes.
+    with pytest.raises(dg.Failure, match="column value is now INTEGER, not DOUBLE, and 1 "):
         replace_rows(con, NAME, [old.format(m=10)], october)
+    narrower = "SELECT DATE '2019-10-01' AS day, 1.0::DOUBLE AS value, '7' AS code"
+    replace_rows(con, NAME, [narrower], october)
+    with pytest.raises(dg.Failure, match="column code is now INTEGER, not VARCHAR, and 1 "):
+        replace_rows(
+            con, NAME, ["SELECT DATE '2019-10-01' AS day, 1.0::DOUBLE AS value, 7 AS code"], october
+        )
     types = con.execute(f"DESCRIBE {NAME.qualified}").fetchall()
     assert [(c, t) for c, t, *_ in types] == [
         ("day", "DATE"),

@@ -193,7 +193,8 @@ def test_rfm_landscape_keeps_buyers_who_spent_nothing(at: AppTest, dashboard_sam
 def test_raw_sizes_are_the_files_the_pipeline_reads(
     dashboard_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """October as .csv beside a .csv.gz copy (the .csv is read), November as .csv.gz only."""
+    """October as .csv beside a .csv.gz copy (the .csv is read), November as .csv.gz only,
+    and a September file, before the partitions, that the pipeline leaves alone."""
     root = tmp_path / "data"
     shutil.copytree(dashboard_sample, root, ignore=shutil.ignore_patterns("spill"))
     for name, keep in (("2019-Oct.csv", True), ("2019-Nov.csv", False)):
@@ -202,6 +203,7 @@ def test_raw_sizes_are_the_files_the_pipeline_reads(
             shutil.copyfileobj(src, dst)
         if not keep:
             csv.unlink()
+    shutil.copy(root / "raw" / "2019-Oct.csv", root / "raw" / "2019-Sep.csv")
     read = expected.raw_files(root)
     assert [f.name for f in read] == ["2019-Oct.csv", "2019-Nov.csv.gz"]
     monkeypatch.setenv("CIP_DATA_DIR", str(root))
@@ -306,6 +308,11 @@ def test_lab_chart_shades_the_power(
     )
     area = float(np.trapezoid(shaded[1], shaded[0]))
     assert area == pytest.approx(power, abs=1e-3)
+    # and the filled trace is that area: the curve past the line, nothing else
+    fill = next(t for t in fig["data"] if t.get("fill") == "tozeroy")
+    fx, fy = np.array(values(fill["x"])), np.array(values(fill["y"]))
+    assert fx.min() == pytest.approx(past) and np.allclose(fy, np.interp(fx, x, y))
+    assert float(np.trapezoid(fy, fx)) == pytest.approx(power, abs=1e-3)
 
 
 def test_ml_engine_model_card_and_recommendations(at: AppTest, dashboard_sample: Path) -> None:

@@ -82,22 +82,33 @@ def _output(events: list[dg.Output | dg.AssetObservation]) -> dg.Output:
 
 
 def test_a_window_without_revenue_is_analysed_without_its_revenue_tests(tmp_path: Path) -> None:
-    """No at-risk user bought in the window: the conversion, Bayesian and SRM rows are there,
-    and the revenue tests (no variance, no t statistic) are named with the reason."""
-    warehouse, outcomes = _outcomes(tmp_path, _segment("At Risk", 60, 0, 1))
+    """No at-risk visitor bought in the window: the conversion, Bayesian and SRM rows hold
+    their figures, and the revenue tests (no variance, no t statistic) are rows with none and
+    the reason. Members who did not visit are not in the test at all."""
+    frame = pl.concat(
+        [
+            _segment("At Risk", 60, 0, 1),
+            _segment("At Risk", 500, 0, 101).with_columns(active=pl.lit(False)),
+        ]
+    )
+    warehouse, outcomes = _outcomes(tmp_path, frame)
     output = _output(list(ex.reactivation_simulation(ex.ExperimentConfig(), warehouse, outcomes)))
     table = output.value
-    assert set(table["method"]) == {
+    assert table["users"].unique().to_list() == [60]
+    methods = {r["method"]: r for r in table.iter_rows(named=True)}
+    assert set(methods) == {
         "two-proportion z-test",
         "beta-binomial P(B>A)",
         "sample-ratio mismatch chi-square",
+        ex.WELCH,
+        ex.CUPED,
     }
-    conversion = table.filter(pl.col("method") == "two-proportion z-test").row(0, named=True)
+    conversion = methods["two-proportion z-test"]
     assert conversion["estimate"] == 0.0 and conversion["p_value"] == 1.0
-    assert set(output.metadata["not_tested"].value) == {
-        "Welch t-test",
-        "CUPED (pre-period revenue)",
-    }
+    for method in (ex.WELCH, ex.CUPED):
+        assert methods[method]["estimate"] is None and methods[method]["p_value"] is None
+        assert "revenue does not vary" in methods[method]["note"]
+    assert set(output.metadata["not_tested"].value) == {ex.WELCH, ex.CUPED}
 
 
 def test_simulated_new_buyers_spend_like_the_real_ones(tmp_path: Path) -> None:
@@ -179,6 +190,19 @@ def test_a_segments_rate_and_traffic_are_those_of_its_visitors(tmp_path: Path) -
     assert loyal["days_lift_20"] is None  # 2 x n20 > 1,000 members
     n50 = stats.sample_size_two_proportions(0.1, 0.5).n_control
     assert loyal["n_per_arm_lift_50"] == n50 and 2 * n50 > 1_000
+
+
+def test_a_large_segments_days_come_from_its_visitors(tmp_path: Path) -> None:
+    """20,000 members, 4,000 visited in the 14 days, 400 bought: +20% on 10% needs 2 x n
+    members, arriving at 4,000/14 a day: ceil(2n x 14 / 4,000) days, counted exactly."""
+    frame = _segment("Champions", 20_000, 400, 1).with_columns(active=pl.col("user_id") <= 4_000)
+    warehouse, outcomes = _outcomes(tmp_path, frame)
+    plans = _output(list(ex.segment_test_plans(ex.ExperimentConfig(), warehouse, outcomes)))
+    row = plans.value.row(0, named=True)
+    n20 = stats.sample_size_two_proportions(0.1, 0.2).n_control
+    assert 2 * n20 <= 20_000
+    assert row["days_lift_20"] == math.ceil(Fraction(2 * n20 * 14, 4_000))
+    assert row["feasible_lift_20"] is (row["days_lift_20"] <= ex.MAX_PLAN_DAYS)
 
 
 def test_a_segment_without_visitors_has_no_rate(tmp_path: Path) -> None:

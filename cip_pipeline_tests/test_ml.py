@@ -648,7 +648,8 @@ def test_experiment_tables_equal_independent_figures(warehouse: Path) -> None:
 
     sim = _query(warehouse, "SELECT * FROM experiments.reactivation_simulation")
     srm = sim.filter(pl.col("metric") == "assignment").row(0, named=True)
-    at_risk = sum(segments[s]["users"] for s in ("Cant Lose Them", "At Risk") if s in segments)
+    # the at-risk members who visited in the window are the simulated test's users
+    at_risk = sum(segments[s]["active"] for s in ("Cant Lose Them", "At Risk") if s in segments)
     treated = round(srm["estimate"] * at_risk)
     expected = scipy.stats.chisquare([at_risk - treated, treated]).pvalue
     assert srm["p_value"] == pytest.approx(expected, rel=1e-9)

@@ -150,6 +150,11 @@ def test_encode_gives_no_brand_a_code_of_its_own() -> None:
     x, codes = prop.encode(frame)
     assert codes == {"zeta": 0, "acme": 1}
     assert x[:, -1].tolist() == [0.0, 3.0, 1.0, 0.0, 3.0]
+    # a model registered before "no brand" had its code of its own is scored as trained
+    old_model = prop.no_brand_code(codes, {"preferred_brand": codes})
+    assert old_model == 2 and prop.no_brand_code(codes, {"no_brand": 3}) == 3
+    x, _ = prop.encode(frame, codes, old_model)
+    assert x[:, -1].tolist() == [0.0, 2.0, 1.0, 0.0, 2.0]
 
 
 def test_logistic_baseline_fills_missing_features_with_what_they_mean() -> None:

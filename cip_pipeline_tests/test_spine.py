@@ -285,3 +285,17 @@ def test_cip_run_names_the_failed_asset(tmp_path: Path, monkeypatch: pytest.Monk
     text = out.getvalue()
     assert "FAILED events_parquet" in text and "unexpected header" in text
     assert "Runs ->" in text
+
+
+def test_cip_run_with_no_partition_month_fails_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a month before the partitions in raw/: nothing can run, which is a failure (and
+    not a reason to write the built-in sample beside the user's file)."""
+    monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
+    generate(100, seed=1, months=["2019-09"], out=tmp_path / "raw")
+    for months in (None, ["2019-09"]):
+        out = io.StringIO()
+        assert run_pipeline(months, out=out) == 1
+        assert "nothing to run: no raw file of a partition month" in out.getvalue()
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["2019-Sep.csv"]

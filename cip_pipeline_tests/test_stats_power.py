@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import pytest
 from scipy import stats
@@ -291,6 +292,12 @@ def test_experiment_duration_days() -> None:
     assert experiment_duration_days(10_000_001, 1_000_000) == 11
     # 1000 / (1000 * 0.1) is 10.000000000000002 in floating point; 10 days enrol all 1000.
     assert experiment_duration_days(1_000, 1_000, allocation_share=0.1) == 10
+    # A segment's daily visitors are a count over a window: the days, exactly, are
+    # ceil(total * window / visitors), whatever the floating point of visitors / window.
+    for total in range(1, 400):
+        for visitors in range(1, 121):
+            exact = math.ceil(Fraction(total * 14, visitors))
+            assert experiment_duration_days(total, visitors / 14) == max(1, exact)
     size = sample_size_two_proportions(0.05, 0.1)
     assert experiment_duration_days(size, 5_000, 0.2) == math.ceil(size.total / 1_000)
     assert isinstance(size, SampleSize)

@@ -2,9 +2,8 @@
 clearly labelled simulated reactivation test. The statistics are cip_pipeline.stats."""
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 import dagster as dg
 import numpy as np
@@ -26,7 +25,8 @@ ALTERNATIVES = ("two-sided", "one-sided")
 MDE_SAMPLE_SIZES = (1_000, 5_000, 10_000, 50_000, 100_000, 500_000)
 MAX_PLAN_DAYS = 60  # a plan that needs longer is marked infeasible
 TARGET_SEGMENT = "Cant Lose Them"
-T = TypeVar("T")
+WELCH = "Welch t-test"
+CUPED = "CUPED (pre-period revenue)"
 
 
 class ExperimentConfig(dg.Config):
@@ -296,11 +296,14 @@ def segment_test_plans(
 def reactivation_simulation(
     config: ExperimentConfig, warehouse: WarehouseResource, outcomes: SqlTable
 ) -> Iterator[dg.Output | dg.AssetObservation]:
+    # The members who visited in the window, as the plans enrol them.
     users = _load_outcomes(warehouse, outcomes).filter(
-        pl.col("segment").is_in([TARGET_SEGMENT, "At Risk"])
+        pl.col("segment").is_in([TARGET_SEGMENT, "At Risk"]), pl.col("active")
     )
     if users.height < 20:
-        yield skipped(SIM_KEY, "fewer than 20 at-risk users (Cant Lose Them, At Risk)")
+        yield skipped(
+            SIM_KEY, "fewer than 20 at-risk buyers (Cant Lose Them, At Risk) visited in the window"
+        )
         return
     rng = np.random.default_rng(config.seed)
     treated = rng.random(users.height) < 0.5
@@ -323,18 +326,19 @@ def reactivation_simulation(
     z = stats.two_proportion_ztest(
         int(bought_sim[c].sum()), int(c.sum()), int(bought_sim[t].sum()), int(t.sum())
     )
-    # Revenue that does not vary (nobody bought in the window, say) has no t statistic.
+    # Revenue that varies in neither arm (nobody bought in the window, say) has no t
+    # statistic, nor a covariate that does not vary a CUPED adjustment: named, not run.
     not_tested: dict[str, str] = {}
-    welch = _tested(not_tested, "Welch t-test", stats.welch_ttest, revenue_sim[c], revenue_sim[t])
-    cuped = _tested(
-        not_tested,
-        "CUPED (pre-period revenue)",
-        stats.cuped_effect,
-        revenue_sim[c],
-        pre[c],
-        revenue_sim[t],
-        pre[t],
-    )
+    welch = cuped = None
+    if np.ptp(revenue_sim[c]) == 0 and np.ptp(revenue_sim[t]) == 0:
+        reason = "revenue does not vary in either arm (no visitor bought, or all spent alike)"
+        not_tested = {WELCH: reason, CUPED: reason}
+    else:
+        welch = stats.welch_ttest(revenue_sim[c], revenue_sim[t])
+        if np.ptp(pre) == 0:
+            not_tested[CUPED] = "the pre-period revenue, its covariate, does not vary"
+        else:
+            cuped = stats.cuped_effect(revenue_sim[c], pre[c], revenue_sim[t], pre[t])
     srm = stats.sample_ratio_mismatch([int(c.sum()), int(t.sum())])
     bayes = stats.beta_binomial_ab(
         int(bought_sim[c].sum()), int(c.sum()), int(bought_sim[t].sum()), int(t.sum())
@@ -349,6 +353,7 @@ def reactivation_simulation(
             "p_value": z.p_value,
             "significant": z.p_value < 0.05,
             "variance_reduction": None,
+            "note": None,
         },
         {
             "metric": "conversion",
@@ -359,6 +364,7 @@ def reactivation_simulation(
             "p_value": None,
             "significant": bayes.prob_treatment_better > 0.95,
             "variance_reduction": None,
+            "note": None,
         },
         {
             "metric": "assignment",
@@ -369,35 +375,36 @@ def reactivation_simulation(
             "p_value": srm.p_value,
             "significant": srm.mismatch,
             "variance_reduction": None,
+            "note": None,
         },
     ]
-    if welch is not None:
-        rows.append(
-            {
-                "metric": "revenue_per_user",
-                "method": "Welch t-test",
-                "estimate": welch.difference,
-                "ci_low": welch.ci_low,
-                "ci_high": welch.ci_high,
-                "p_value": welch.p_value,
-                "significant": welch.p_value < 0.05,
-                "variance_reduction": None,
-            }
-        )
-    if cuped is not None:
-        rows.append(
-            {
-                "metric": "revenue_per_user",
-                "method": "CUPED (pre-period revenue)",
-                "estimate": cuped.effect,
-                "ci_low": cuped.ci[0],
-                "ci_high": cuped.ci[1],
-                "p_value": cuped.adjusted.p_value,
-                "significant": cuped.adjusted.p_value < 0.05,
-                "variance_reduction": cuped.variance_reduction,
-            }
-        )
-    table = pl.DataFrame(rows).with_columns(
+    rows.append(
+        {
+            "metric": "revenue_per_user",
+            "method": WELCH,
+            "estimate": welch.difference if welch else None,
+            "ci_low": welch.ci_low if welch else None,
+            "ci_high": welch.ci_high if welch else None,
+            "p_value": welch.p_value if welch else None,
+            "significant": welch.p_value < 0.05 if welch else None,
+            "variance_reduction": None,
+            "note": not_tested.get(WELCH),
+        }
+    )
+    rows.append(
+        {
+            "metric": "revenue_per_user",
+            "method": CUPED,
+            "estimate": cuped.effect if cuped else None,
+            "ci_low": cuped.ci[0] if cuped else None,
+            "ci_high": cuped.ci[1] if cuped else None,
+            "p_value": cuped.adjusted.p_value if cuped else None,
+            "significant": cuped.adjusted.p_value < 0.05 if cuped else None,
+            "variance_reduction": cuped.variance_reduction if cuped else None,
+            "note": not_tested.get(CUPED),
+        }
+    )
+    table = pl.DataFrame(rows, schema_overrides={"note": pl.String}).with_columns(
         pl.lit(True).alias("simulated"),
         pl.lit(users.height).alias("users"),
         pl.lit(config.simulated_conversion_lift).alias("injected_conversion_lift"),
@@ -413,18 +420,6 @@ def reactivation_simulation(
             "not_tested": dg.MetadataValue.json(not_tested),
         },
     )
-
-
-def _tested(
-    not_tested: dict[str, str], method: str, test: Callable[..., T], *samples: np.ndarray
-) -> T | None:
-    """The test's result, or None with the reason under `method` when the samples cannot be
-    tested (a ValueError of cip_pipeline.stats names why)."""
-    try:
-        return test(*samples)
-    except ValueError as error:
-        not_tested[method] = str(error)
-        return None
 
 
 ASSETS = [segment_outcomes, ab_power_tables, segment_test_plans, reactivation_simulation]

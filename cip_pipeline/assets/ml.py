@@ -321,6 +321,7 @@ def propensity_model(
         metrics=metrics,
         encodings={
             "preferred_brand": brand_codes,
+            "no_brand": len(brand_codes) + 1,
             "primary_category": list(prop.CATEGORY_NAMES),
         },
         validated=bool(beats),
@@ -403,6 +404,7 @@ def propensity_scores(
             "materialize ml/propensity_model again before scoring"
         )
     brand_codes = {k: int(v) for k, v in model.encodings["preferred_brand"].items()}
+    no_brand = prop.no_brand_code(brand_codes, model.encodings)
     users = 0
     with warehouse.connect() as con, con.cursor() as reader:
         con.execute(sql.statement("ml", "create_scoring_staging"))
@@ -414,7 +416,7 @@ def propensity_scores(
         for batch in batches:
             frame = pl.from_arrow(batch)
             assert isinstance(frame, pl.DataFrame)
-            x, _ = prop.encode(frame, brand_codes)
+            x, _ = prop.encode(frame, brand_codes, no_brand)
             scored = frame.select("user_id", "snapshot").with_columns(
                 pl.Series("score", prop.booster_probabilities(model.booster, x, model.params))
             )

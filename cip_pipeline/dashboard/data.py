@@ -252,10 +252,15 @@ def storage_files() -> pl.DataFrame:
     the lake's events and quarantine Parquet bytes and rows."""
     import pyarrow.parquet as pq
 
+    from cip_pipeline.partitions import is_partition_month  # Dagster: loaded when needed
+
     months: dict[str, dict[str, Any]] = {}
     raw = paths.raw_dir()
     names = {f.name for f in raw.iterdir()} if raw.is_dir() else set()
-    for month in sorted({m for n in names if (m := month_of_raw_file(n))}):
+    # the months the pipeline reads: a file outside the partitions is left alone
+    for month in sorted(
+        {m for n in names if (m := month_of_raw_file(n)) and is_partition_month(m)}
+    ):
         stem = raw_file_name(month)
         name = next(stem + s for s in RAW_SUFFIXES if stem + s in names)
         months[month] = {

@@ -148,8 +148,9 @@ _UNTYPED = '"NULL"'
 def _follow_columns(con: duckdb.DuckDBPyConnection, name: TableName, select: str) -> list[str]:
     """Give a table that is rewritten in part (a partition, or some chunks) the columns its
     query now returns: new columns are added, NULL in the rows kept until those are built
-    again; a column whose type changed is converted, the rows kept too (a value that does not
-    convert fails the write); columns the query no longer returns are dropped, in every row.
+    again; a column whose type changed is converted, the rows kept too (unless a stored value
+    would not survive it: the write fails); columns the query no longer returns are dropped, in
+    every row.
     Returns what changed."""
     wanted = con.execute(f"DESCRIBE SELECT * FROM ({select}) LIMIT 0").fetchall()
     stored = dict(_columns(con, name))
@@ -159,14 +160,31 @@ def _follow_columns(con: duckdb.DuckDBPyConnection, name: TableName, select: str
             con.execute(f'ALTER TABLE {name.qualified} ADD COLUMN "{column}" {data_type}')
             changes.append(f"added {column} {data_type}")
         elif data_type not in (stored[column], _UNTYPED):
-            con.execute(
-                f'ALTER TABLE {name.qualified} ALTER COLUMN "{column}" SET DATA TYPE {data_type}'
-            )
+            _convert(con, name, column, stored[column], data_type)
             changes.append(f"changed {column} {stored[column]} -> {data_type}")
     for column in stored.keys() - {c for c, *_ in wanted}:
         con.execute(f'ALTER TABLE {name.qualified} DROP COLUMN "{column}"')
         changes.append(f"dropped {column}")
     return changes
+
+
+def _convert(
+    con: duckdb.DuckDBPyConnection, name: TableName, column: str, old: str, new: str
+) -> None:
+    """Change a column's type in every row, provided every stored value survives the change
+    (cast to the new type and back, it is what it was): a narrower type (DOUBLE to BIGINT,
+    fewer decimals) would silently round the rows this run does not rebuild."""
+    lossy = con.execute(
+        f'SELECT count(*) FROM {name.qualified} WHERE "{column}" IS NOT NULL AND '
+        f'TRY_CAST(TRY_CAST("{column}" AS {new}) AS {old}) IS DISTINCT FROM "{column}"'
+    ).fetchone()[0]
+    if lossy:
+        raise dg.Failure(
+            f"{name.qualified}: column {column} is now {new}, not {old}, and {lossy} stored "
+            f"rows would change converted to it; rebuild every partition of the table (drop "
+            "it, then materialize them all) to change its type"
+        )
+    con.execute(f'ALTER TABLE {name.qualified} ALTER COLUMN "{column}" SET DATA TYPE {new}')
 
 
 def warn_of_schema_changes(
@@ -177,8 +195,8 @@ def warn_of_schema_changes(
     if changes is not None:
         context.log.warning(
             f"{name.qualified}: {', '.join(changes.value)}, in every row: the rows this run did "
-            "not rebuild hold NULL in added columns, and have lost dropped ones, until their "
-            "partitions are materialized again"
+            "not rebuild hold NULL in added columns, have lost dropped ones and hold converted "
+            "values in changed ones, until their partitions are materialized again"
         )
 
 

@@ -135,10 +135,21 @@ def plan_snapshots(
     return SnapshotPlan(train, validation, end, horizon_days, window_days)
 
 
+def no_brand_code(brand_codes: dict[str, int], encodings: dict[str, Any]) -> int:
+    """The code of "no brand" a model was trained with: its own code after the shared one of
+    the other brands, recorded in the model's encodings; models registered before it was
+    recorded shared the other brands' code."""
+    return int(encodings.get("no_brand", len(brand_codes)))
+
+
 def encode(
-    frame: pl.DataFrame, brand_codes: dict[str, int] | None = None
+    frame: pl.DataFrame,
+    brand_codes: dict[str, int] | None = None,
+    no_brand: int | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
-    """The feature matrix; categories become integer codes (LightGBM categoricals)."""
+    """The feature matrix; categories become integer codes (LightGBM categoricals): a kept
+    brand its rank, the other brands one shared code after them, no brand `no_brand` (by
+    default the code after that)."""
     if brand_codes is None:
         top = (
             frame.filter(pl.col("preferred_brand").is_not_null())
@@ -149,6 +160,8 @@ def encode(
             .to_list()
         )
         brand_codes = {b: i for i, b in enumerate(top)}
+    if no_brand is None:
+        no_brand = len(brand_codes) + 1
     categories = {c: i for i, c in enumerate(sorted(CATEGORY_NAMES))}
     matrix = frame.select(
         *[pl.col(c).cast(pl.Float64) for c in NUMERIC_FEATURES],
@@ -158,7 +171,7 @@ def encode(
         # replace_strict sends null to its default too: no brand is tested first, so that it
         # keeps a code of its own apart from the brands outside the top ones
         pl.when(pl.col("preferred_brand").is_null())
-        .then(float(len(brand_codes) + 1))
+        .then(float(no_brand))
         .otherwise(
             pl.col("preferred_brand").replace_strict(
                 brand_codes, default=len(brand_codes), return_dtype=pl.Float64

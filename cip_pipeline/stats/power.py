@@ -491,8 +491,9 @@ def experiment_duration_days(
         raise ValueError(f"allocation_share must be in (0, 1], got {allocation_share!r}")
     per_day = daily * share
     days = math.ceil(total / per_day)
-    # The quotient's rounding error can lift a whole number of days past it (1000 / (1000 * 0.1)
-    # is 10.000000000000002); one day fewer that still enrols everyone is the answer.
-    if days > 1 and (days - 1) * per_day >= total:
+    # Rounding can lift a whole number of days past it (1000 / (1000 * 0.1) is
+    # 10.000000000000002, 61 / (61 / 14) is 14.000000000000002): one day fewer is the answer
+    # when it enrols everyone but a rounding error's share (1e-12) of a user.
+    if days > 1 and (days - 1) * per_day >= total * (1 - 1e-12):
         days -= 1
     return max(1, days)

@@ -271,7 +271,8 @@ def simulation() -> None:
         return
     first = sim.row(0, named=True)
     st.warning(
-        f"**Simulated**: {ui.integer(first['users'])} real at-risk buyers randomly assigned, "
+        f"**Simulated**: {ui.integer(first['users'])} real at-risk buyers who visited in the "
+        "window randomly assigned, "
         f"with an injected effect of +{ui.percent(first['injected_conversion_lift'], 0)} "
         f"conversion and +{ui.percent(first['injected_revenue_lift'], 0)} revenue per user on "
         "the treatment's real outcomes. It shows the analysis, not a measured effect.",
@@ -297,6 +298,7 @@ def simulation() -> None:
                 "p_value",
                 "significant",
                 "variance_reduction",
+                "note",
             ),
             hide_index=True,
             column_config={
@@ -307,6 +309,7 @@ def simulation() -> None:
                 "variance_reduction": st.column_config.NumberColumn(
                     "CUPED variance reduction", format="percent"
                 ),
+                "note": st.column_config.TextColumn("not tested because"),
             },
         )
 
