@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cip_pipeline.months import raw_file_name
+
 
 def data_dir() -> Path:
     return Path(os.environ.get("CIP_DATA_DIR", "data")).resolve()
@@ -29,3 +31,12 @@ def dagster_home() -> Path:
 def lake_parts(folder: Path) -> list[Path]:
     """A month's files in the lake (events or quarantine), in the order they were written."""
     return sorted(folder.glob("part-*.parquet"))
+
+
+def raw_file(folder: Path, month: str) -> Path | None:
+    """The month's raw file in `folder`; `.csv` wins over `.csv.gz` when both exist."""
+    for suffix in (".csv", ".csv.gz"):
+        candidate = folder / (raw_file_name(month) + suffix)
+        if candidate.exists():
+            return candidate
+    return None

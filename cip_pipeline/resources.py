@@ -11,7 +11,7 @@ from pydantic import Field
 from cip_pipeline import paths, sql
 from cip_pipeline.budget import Budget
 from cip_pipeline.duckdb_locks import connect_waiting
-from cip_pipeline.months import month_of_raw_file, raw_file_name
+from cip_pipeline.months import month_of_raw_file
 from cip_pipeline.paths import lake_parts
 
 
@@ -102,11 +102,7 @@ class LakeResource(dg.ConfigurableResource):
 
     def raw_file(self, month: str) -> Path | None:
         """The month's raw file; `.csv` wins over `.csv.gz` when both exist."""
-        for suffix in (".csv", ".csv.gz"):
-            candidate = Path(self.raw_dir) / (raw_file_name(month) + suffix)
-            if candidate.exists():
-                return candidate
-        return None
+        return paths.raw_file(Path(self.raw_dir), month)
 
     def raw_months(self) -> list[str]:
         root = Path(self.raw_dir)

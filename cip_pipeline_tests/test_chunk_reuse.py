@@ -20,6 +20,9 @@ from cip_pipeline.io_managers.tables import (
 )
 
 NAME = TableName("t", "parts")
+# two month partitions of a table keyed by `day`
+OCTOBER = TimeSlice("day", datetime(2019, 10, 1), datetime(2019, 11, 1))
+NOVEMBER = TimeSlice("day", datetime(2019, 11, 1), datetime(2019, 12, 1))
 
 
 def _chunk(k: int, value: int, fingerprint: str | None = "same") -> Chunk:
@@ -96,8 +99,6 @@ def test_a_failed_build_leaves_kept_and_replaced_rows_as_they_were() -> None:
 
 def test_kept_rows_of_a_partition_leave_other_partitions_alone() -> None:
     con = duckdb.connect()
-    october = TimeSlice("day", datetime(2019, 10, 1), datetime(2019, 11, 1))
-    november = TimeSlice("day", datetime(2019, 11, 1), datetime(2019, 12, 1))
 
     def days(month: int, value: int, tag: str) -> list[Chunk]:
         return [
@@ -115,15 +116,15 @@ def test_kept_rows_of_a_partition_leave_other_partitions_alone() -> None:
         assert isinstance(records, dg.JsonMetadataValue)
         return list(records.value)  # type: ignore[arg-type]
 
-    octobers = build(october, days(10, 1, "a"), [])
-    novembers = build(november, days(11, 1, "a"), [])
+    octobers = build(OCTOBER, days(10, 1, "a"), [])
+    novembers = build(NOVEMBER, days(11, 1, "a"), [])
     # November again, its second day changed; October's rows share no fingerprint with it
-    again = build(november, [days(11, 2, "a")[0], days(11, 2, "b")[1]], novembers)
+    again = build(NOVEMBER, [days(11, 2, "a")[0], days(11, 2, "b")[1]], novembers)
     assert [r["kept"] for r in again] == [True, False]
     rows = con.execute(f"SELECT day::VARCHAR, value FROM {NAME.qualified} ORDER BY day").fetchall()
     assert rows == [("2019-10-01", 1), ("2019-10-02", 1), ("2019-11-01", 1), ("2019-11-02", 2)]
     # October with November's records: nothing matches, all of October is built
-    rebuilt = build(october, days(10, 3, "c"), again)
+    rebuilt = build(OCTOBER, days(10, 3, "c"), again)
     assert [r["kept"] for r in rebuilt] == [False, False] and len(octobers) == 2
 
 
@@ -132,17 +133,15 @@ def test_a_partition_built_with_new_columns_changes_the_table_and_says_so() -> N
     materialized): the table follows the query, the other month holds NULL in the new column,
     and the metadata lists the change."""
     con = duckdb.connect()
-    october = TimeSlice("day", datetime(2019, 10, 1), datetime(2019, 11, 1))
-    november = TimeSlice("day", datetime(2019, 11, 1), datetime(2019, 12, 1))
     old = "SELECT DATE '2019-{m}-01' AS day, 1 AS value, 'x' AS gone"
     new = "SELECT DATE '2019-{m}-01' AS day, 2 AS value, [{m}, 1] AS products"
-    for part, m in ((october, 10), (november, 11)):
+    for part, m in ((OCTOBER, 10), (NOVEMBER, 11)):
         assert SCHEMA_CHANGES not in replace_rows(con, NAME, [old.format(m=m)], part)
-    metadata = replace_rows(con, NAME, [new.format(m=11)], november)
+    metadata = replace_rows(con, NAME, [new.format(m=11)], NOVEMBER)
     assert metadata[SCHEMA_CHANGES].value == ["added products INTEGER[]", "dropped gone"]
     rows = con.execute(f"SELECT day::VARCHAR, * EXCLUDE (day) FROM {NAME.qualified} ORDER BY day")
     assert rows.fetchall() == [("2019-10-01", 1, None), ("2019-11-01", 2, [11, 1])]
-    assert SCHEMA_CHANGES not in replace_rows(con, NAME, [new.format(m=10)], october)
+    assert SCHEMA_CHANGES not in replace_rows(con, NAME, [new.format(m=10)], OCTOBER)
 
 
 def test_a_column_whose_type_changed_is_converted_in_every_row_and_said_so() -> None:
@@ -152,13 +151,11 @@ def test_a_column_whose_type_changed_is_converted_in_every_row_and_said_so() -> 
     is no number, a fraction into an integer) fails the write, which leaves the table as it
     was."""
     con = duckdb.connect()
-    october = TimeSlice("day", datetime(2019, 10, 1), datetime(2019, 11, 1))
-    november = TimeSlice("day", datetime(2019, 11, 1), datetime(2019, 12, 1))
     old = "SELECT DATE '2019-{m}-01' AS day, 1 AS value, 7 AS code"
     new = "SELECT DATE '2019-{m}-01' AS day, 2.75::DOUBLE AS value, 'A7' AS code"
-    for part, m in ((october, 10), (november, 11)):
+    for part, m in ((OCTOBER, 10), (NOVEMBER, 11)):
         replace_rows(con, NAME, [old.format(m=m)], part)
-    metadata = replace_rows(con, NAME, [new.format(m=11)], november)
+    metadata = replace_rows(con, NAME, [new.format(m=11)], NOVEMBER)
     assert metadata[SCHEMA_CHANGES].value == [
         "changed value INTEGER -> DOUBLE",
         "changed code INTEGER -> VARCHAR",
@@ -167,12 +164,12 @@ def test_a_column_whose_type_changed_is_converted_in_every_row_and_said_so() -> 
     assert rows.fetchall() == [("2019-10-01", 1.0, "7"), ("2019-11-01", 2.75, "A7")]
     # Back to INTEGER: 'A7' does not convert, nor 2.75 without rounding; nothing changes.
     with pytest.raises(dg.Failure, match="column value is now INTEGER, not DOUBLE, and 1 "):
-        replace_rows(con, NAME, [old.format(m=10)], october)
+        replace_rows(con, NAME, [old.format(m=10)], OCTOBER)
     narrower = "SELECT DATE '2019-10-01' AS day, 1.0::DOUBLE AS value, '7' AS code"
-    replace_rows(con, NAME, [narrower], october)
+    replace_rows(con, NAME, [narrower], OCTOBER)
     with pytest.raises(dg.Failure, match="column code is now INTEGER, not VARCHAR, and 1 "):
         replace_rows(
-            con, NAME, ["SELECT DATE '2019-10-01' AS day, 1.0::DOUBLE AS value, 7 AS code"], october
+            con, NAME, ["SELECT DATE '2019-10-01' AS day, 1.0::DOUBLE AS value, 7 AS code"], OCTOBER
         )
     types = con.execute(f"DESCRIBE {NAME.qualified}").fetchall()
     assert [(c, t) for c, t, *_ in types] == [

@@ -344,66 +344,49 @@ def reactivation_simulation(
         int(bought_sim[c].sum()), int(c.sum()), int(bought_sim[t].sum()), int(t.sum())
     )
     rows = [
-        {
-            "metric": "conversion",
-            "method": "two-proportion z-test",
-            "estimate": z.difference,
-            "ci_low": z.ci_low,
-            "ci_high": z.ci_high,
-            "p_value": z.p_value,
-            "significant": z.p_value < 0.05,
-            "variance_reduction": None,
-            "note": None,
-        },
-        {
-            "metric": "conversion",
-            "method": "beta-binomial P(B>A)",
-            "estimate": bayes.prob_treatment_better,
-            "ci_low": None,
-            "ci_high": None,
-            "p_value": None,
-            "significant": bayes.prob_treatment_better > 0.95,
-            "variance_reduction": None,
-            "note": None,
-        },
-        {
-            "metric": "assignment",
-            "method": "sample-ratio mismatch chi-square",
-            "estimate": float(t.sum()) / users.height,
-            "ci_low": None,
-            "ci_high": None,
-            "p_value": srm.p_value,
-            "significant": srm.mismatch,
-            "variance_reduction": None,
-            "note": None,
-        },
+        _result(
+            "conversion",
+            "two-proportion z-test",
+            z.difference,
+            (z.ci_low, z.ci_high),
+            z.p_value,
+            z.p_value < 0.05,
+        ),
+        _result(
+            "conversion",
+            "beta-binomial P(B>A)",
+            bayes.prob_treatment_better,
+            significant=bayes.prob_treatment_better > 0.95,
+        ),
+        _result(
+            "assignment",
+            "sample-ratio mismatch chi-square",
+            float(t.sum()) / users.height,
+            p_value=srm.p_value,
+            significant=srm.mismatch,
+        ),
+        _result("revenue_per_user", WELCH, note=not_tested.get(WELCH))
+        if welch is None
+        else _result(
+            "revenue_per_user",
+            WELCH,
+            welch.difference,
+            (welch.ci_low, welch.ci_high),
+            welch.p_value,
+            welch.p_value < 0.05,
+        ),
+        _result("revenue_per_user", CUPED, note=not_tested.get(CUPED))
+        if cuped is None
+        else _result(
+            "revenue_per_user",
+            CUPED,
+            cuped.effect,
+            cuped.ci,
+            cuped.adjusted.p_value,
+            cuped.adjusted.p_value < 0.05,
+            cuped.variance_reduction,
+        ),
     ]
-    rows.append(
-        {
-            "metric": "revenue_per_user",
-            "method": WELCH,
-            "estimate": welch.difference if welch else None,
-            "ci_low": welch.ci_low if welch else None,
-            "ci_high": welch.ci_high if welch else None,
-            "p_value": welch.p_value if welch else None,
-            "significant": welch.p_value < 0.05 if welch else None,
-            "variance_reduction": None,
-            "note": not_tested.get(WELCH),
-        }
-    )
-    rows.append(
-        {
-            "metric": "revenue_per_user",
-            "method": CUPED,
-            "estimate": cuped.effect if cuped else None,
-            "ci_low": cuped.ci[0] if cuped else None,
-            "ci_high": cuped.ci[1] if cuped else None,
-            "p_value": cuped.adjusted.p_value if cuped else None,
-            "significant": cuped.adjusted.p_value < 0.05 if cuped else None,
-            "variance_reduction": cuped.variance_reduction if cuped else None,
-            "note": not_tested.get(CUPED),
-        }
-    )
     table = pl.DataFrame(rows, schema_overrides={"note": pl.String}).with_columns(
         pl.lit(True).alias("simulated"),
         pl.lit(users.height).alias("users"),
@@ -420,6 +403,30 @@ def reactivation_simulation(
             "not_tested": dg.MetadataValue.json(not_tested),
         },
     )
+
+
+def _result(
+    metric: str,
+    method: str,
+    estimate: float | None = None,
+    ci: tuple[float, float] | tuple[None, None] = (None, None),
+    p_value: float | None = None,
+    significant: bool | None = None,
+    variance_reduction: float | None = None,
+    note: str | None = None,
+) -> dict[str, object]:
+    """One row of the simulation's table; `note` says why a test was not run."""
+    return {
+        "metric": metric,
+        "method": method,
+        "estimate": estimate,
+        "ci_low": ci[0],
+        "ci_high": ci[1],
+        "p_value": p_value,
+        "significant": significant,
+        "variance_reduction": variance_reduction,
+        "note": note,
+    }
 
 
 ASSETS = [segment_outcomes, ab_power_tables, segment_test_plans, reactivation_simulation]

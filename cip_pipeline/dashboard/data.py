@@ -31,7 +31,7 @@ import streamlit as st
 from cip_pipeline import paths, sql
 from cip_pipeline.budget import available_cores
 from cip_pipeline.duckdb_locks import is_lock_conflict
-from cip_pipeline.months import month_of_raw_file, raw_file_name
+from cip_pipeline.months import month_of_raw_file
 
 log = logging.getLogger("cip_pipeline.dashboard")
 CACHE_TTL_SECONDS = 600  # bounds memory; freshness comes from the file version in the key
@@ -243,10 +243,6 @@ def _size(path: Path) -> int:
         return 0
 
 
-# The order LakeResource.raw_file tries: a month's .csv shadows its .csv.gz.
-RAW_SUFFIXES = (".csv", ".csv.gz")
-
-
 def storage_files() -> pl.DataFrame:
     """Per month, the raw file the pipeline reads (its name, bytes on disk, whether gzip) and
     the lake's events and quarantine Parquet bytes and rows."""
@@ -257,17 +253,18 @@ def storage_files() -> pl.DataFrame:
     months: dict[str, dict[str, Any]] = {}
     raw = paths.raw_dir()
     names = {f.name for f in raw.iterdir()} if raw.is_dir() else set()
-    # the months the pipeline reads: a file outside the partitions is left alone
+    # the months the pipeline reads, each from the file it reads (a file outside the
+    # partitions is left alone)
     for month in sorted(
         {m for n in names if (m := month_of_raw_file(n)) and is_partition_month(m)}
     ):
-        stem = raw_file_name(month)
-        name = next(stem + s for s in RAW_SUFFIXES if stem + s in names)
-        months[month] = {
-            "raw_file": name,
-            "raw_bytes": _size(raw / name),
-            "raw_gzip": name.endswith(".gz"),
-        }
+        read = paths.raw_file(raw, month)
+        if read is not None:  # removed since the listing
+            months[month] = {
+                "raw_file": read.name,
+                "raw_bytes": _size(read),
+                "raw_gzip": read.name.endswith(".gz"),
+            }
     lake = paths.lake_dir()
     for kind in ("events", "quarantine"):
         for f in sorted((lake / kind).glob("month=*/*.parquet")):
