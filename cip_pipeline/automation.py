@@ -11,7 +11,7 @@ import dagster as dg
 
 from cip_pipeline.months import month_of_raw_file, parse_month, partition_key
 from cip_pipeline.observability import STEP_HOOKS
-from cip_pipeline.partitions import is_partition_month
+from cip_pipeline.partitions import is_partition_month, month_of_partition, monthly
 from cip_pipeline.resources import LakeResource
 
 MONTHLY_JOB = "monthly_refresh"
@@ -73,7 +73,9 @@ def _partition_of(name: str) -> str | None:
 
 
 def current_month(lake: LakeResource) -> str | None:
-    """`CIP_CURRENT_MONTH` when set, else the month of the most recently written raw file."""
+    """`CIP_CURRENT_MONTH` when set, else the month of the most recently written raw file.
+
+    Raises ValueError when `CIP_CURRENT_MONTH` is not a month."""
     configured = os.environ.get("CIP_CURRENT_MONTH")
     if configured:
         return parse_month(configured)
@@ -94,12 +96,30 @@ def current_month(lake: LakeResource) -> str | None:
 def nightly_refresh(
     context: dg.ScheduleEvaluationContext, lake: LakeResource
 ) -> dg.RunRequest | dg.SkipReason:
-    month = current_month(lake)
+    # A bad CIP_CURRENT_MONTH skips the night with the reason shown on the tick, instead of an
+    # error every night (Dagster rejects a run of a month that is not a partition).
+    try:
+        month = current_month(lake)
+    except ValueError as error:
+        return dg.SkipReason(f"CIP_CURRENT_MONTH: {error}")
     if month is None:
         return dg.SkipReason(f"no raw file in {lake.raw_dir}")
+    if not is_partition_month(month):
+        first, last = monthly.get_first_partition_key(), monthly.get_last_partition_key()
+        return dg.SkipReason(
+            f"CIP_CURRENT_MONTH: {month} is not a partition (months run from "
+            f"{month_of_partition(first)} to {month_of_partition(last)}, the month in progress)"
+        )
     return dg.RunRequest(
         partition_key=partition_key(month), tags={"cip/trigger": "nightly schedule"}
     )
+
+
+# A month's entry in the sensor's cursor: the name of the file the ingest reads for it (see
+# `month_files`) and that file's `_file_state`.
+Entry = list[str | int]
+# Version 1 (no "version") kept entries per file name, each [size, mtime] or its `_file_state`.
+CURSOR_VERSION = 2
 
 
 def _file_state(path: Path) -> list[int]:
@@ -109,51 +129,108 @@ def _file_state(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
 
 
-def _same(recorded: list[int] | None, state: list[int]) -> bool:
-    """`recorded` is `state`; a cursor written before it held the inode and ctime recorded
-    size and mtime alone, which the upgrade must not take for a change of every file."""
-    return recorded is not None and recorded == state[: len(recorded)]
+def month_files(lake: LakeResource) -> dict[str, Entry]:
+    """Per partition month with a raw file, the file its ingest reads (a `.csv` shadows its
+    `.csv.gz`) with its state: a shadowed file's changes change nothing."""
+    entries: dict[str, Entry] = {}
+    for month in sorted({m for name in raw_files(lake) if (m := month_of_raw_file(name))}):
+        path = lake.raw_file(month)
+        try:
+            if path is not None:
+                entries[month] = [path.name, *_file_state(path)]
+        except FileNotFoundError:  # deleted since listed: the next tick sees what replaced it
+            continue
+    return entries
+
+
+def _read_cursor(
+    text: str | None, now: dict[str, Entry]
+) -> tuple[dict[str, Entry], dict[str, Entry]]:
+    """The seen and requested entries per month, from a cursor of either version."""
+    cursor = json.loads(text) if text else {}
+    if cursor.get("version") == CURSOR_VERSION:
+        return cursor["seen"], cursor["requested"]
+
+    def upgrade(by_name: dict[str, list[int]]) -> dict[str, Entry]:
+        # A file's size and mtime as recorded before the inode and ctime were: the file as it is
+        # now, not a change of every file; from now on its whole state is compared.
+        upgraded: dict[str, Entry] = {}
+        for month, entry in now.items():
+            recorded = by_name.get(str(entry[0]))
+            if recorded is not None:
+                same = recorded == entry[1 : 1 + len(recorded)]
+                upgraded[month] = entry if same else [entry[0], *recorded]
+        return upgraded
+
+    return upgrade(cursor.get("seen", {})), upgrade(cursor.get("requested", {}))
 
 
 @dg.sensor(
     job_name=MONTHLY_JOB,
     minimum_interval_seconds=30,
     default_status=SENSOR_STATUS,
-    description="A new or changed raw file requests a run for exactly its month, once "
-    "its size, mtime, inode and ctime have held still for one tick (no half-copied file).",
+    description="A month's raw file (its .csv, else its .csv.gz) new, changed or switched "
+    "requests a run for exactly that month, once its name, size, mtime, inode and ctime have "
+    "held still for one tick (no half-copied file).",
 )
 def raw_file_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    seen: dict[str, list[int]] = cursor.get("seen", {})
-    requested: dict[str, list[int]] = cursor.get("requested", {})
-    now = {name: _file_state(path) for name, path in raw_files(lake).items()}
+    now = month_files(lake)
+    seen, requested = _read_cursor(context.cursor, now)
     runs = []
-    for name, state in now.items():
-        if _same(seen.get(name), state) and not _same(requested.get(name), state):
-            month = month_of_raw_file(name)
-            runs.append(
-                dg.RunRequest(
-                    partition_key=partition_key(month),
-                    run_key=f"{name}:" + ":".join(map(str, state)),
-                    tags={"cip/trigger": "raw file sensor", "cip/raw_file": name},
-                )
+    for month, entry in now.items():
+        if seen.get(month) != entry or requested.get(month) == entry:
+            continue
+        run_key = ":".join(map(str, entry))
+        before = requested.get(month)
+        if before is not None and before[0] != entry[0]:
+            # Back to a file run before the one that shadowed it: Dagster drops a seen run key.
+            run_key += " after " + ":".join(map(str, before))
+        runs.append(
+            dg.RunRequest(
+                partition_key=partition_key(month),
+                run_key=run_key,
+                tags={"cip/trigger": "raw file sensor", "cip/raw_file": str(entry[0])},
             )
-            requested[name] = state
-    requested = {k: v for k, v in requested.items() if k in now}
+        )
+        requested[month] = entry
+    requested = {m: e for m, e in requested.items() if m in now}
     return dg.SensorResult(
-        run_requests=runs, cursor=json.dumps({"seen": now, "requested": requested})
+        run_requests=runs,
+        cursor=json.dumps({"version": CURSOR_VERSION, "seen": now, "requested": requested}),
     )
 
 
-# Materialize an asset over all months when it is missing or any upstream month was updated
-# since it last ran. (Plain `eager()` never fires here: the monthly partitions run to the month
-# after today, so some upstream partition is always missing.)
+# An upstream month that its own automation (ON_NEIGHBOUR_CHANGE) rebuilds: it is built and a
+# month it reads changed this tick without it, or its rebuild was requested last tick and has not
+# landed (until its run is queued it does not show as in progress). A target requested in the
+# same run as the month (its checks) does not wait for it.
+_MONTH_TO_REBUILD = (
+    (
+        (
+            ~dg.AutomationCondition.missing()
+            & dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated())
+        ).with_label("built, and a month it reads changed")
+        | dg.AutomationCondition.newly_requested()
+    )
+    & ~dg.AutomationCondition.newly_updated()
+    & ~dg.AutomationCondition.will_be_requested()
+).with_label("upstream month to be rebuilt")
+
+# Materialize an asset over all months when any upstream month was updated since it last ran,
+# or when it goes missing (wiped) after the sensor first evaluated it: one missing at that first
+# evaluation (or when this condition changes) waits for an upstream month to change. It also
+# waits while a month it reads is to be rebuilt (the neighbour of a month that landed), to read
+# the rebuilt month and run once, after it. (`eager()` would never fire: the monthly partitions
+# run to the month in progress, so an upstream partition is missing while a month has no data.)
 ON_ANY_MONTH_CHANGE = (
     (dg.AutomationCondition.missing().newly_true() | dg.AutomationCondition.any_deps_updated())
     .since_last_handled()
     .with_label("missing, or any upstream month updated")
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
+    & ~dg.AutomationCondition.any_deps_match(_MONTH_TO_REBUILD)
+    .allow(dg.AssetSelection.from_string('partitions:"time"'))
+    .with_label("an upstream month to be rebuilt")
 ).with_label("refresh when any month changes")
 
 

@@ -1,9 +1,9 @@
 """The memory budget and the concurrency it allows.
 
 One budget (`CIP_MEMORY_BUDGET`, default 4 GiB) is split into runs of `CIP_RUN_MEMORY`
-(default 2 GiB) each: that fixes how many runs the queue lets through at once, and each run
-gets the cores divided among them, so DuckDB, Polars and LightGBM never oversubscribe the
-machine however many months are queued.
+(default 2 GiB) each: that fixes how many runs the queue lets through at once (never more
+than there are cores), and each run gets the cores divided among them, so DuckDB, Polars and
+LightGBM never oversubscribe the machine however many months are queued.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 GIB = 1 << 30
+# Below this a run cannot hold DuckDB's buffers and a Python process; also what a number
+# given without a unit (bytes) nearly always falls under.
+MIN_RUN_BYTES = 256 << 20
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -46,6 +49,17 @@ class Budget:
     cores: int
     sole_run: bool = False
 
+    def __post_init__(self) -> None:
+        for name, value in (
+            ("CIP_MEMORY_BUDGET", self.total_bytes),
+            ("CIP_RUN_MEMORY", self.run_bytes),
+        ):
+            if value < MIN_RUN_BYTES:
+                raise ValueError(
+                    f"{name} is {value:,} bytes: at least {MIN_RUN_BYTES >> 20} MiB is needed "
+                    "(give a unit: 4GiB, 1500MB)"
+                )
+
     @classmethod
     def from_env(cls) -> Budget:
         return cls(
@@ -57,8 +71,9 @@ class Budget:
 
     @property
     def concurrent_runs(self) -> int:
-        """How many runs the queue lets through at once (the instance's dagster.yaml)."""
-        return max(1, self.total_bytes // self.run_bytes)
+        """How many runs the queue lets through at once (the instance's dagster.yaml): as many
+        as the budget holds, and no more than the cores, so that each has a core of its own."""
+        return max(1, min(self.total_bytes // self.run_bytes, self.cores))
 
     @property
     def threads_per_run(self) -> int:
@@ -66,9 +81,9 @@ class Budget:
 
     @property
     def duckdb_memory_limit(self) -> str:
-        # DuckDB's share of a run: the rest is Python, Polars and Arrow buffers. MiB, not MB:
-        # DuckDB reads MB as 10^6 bytes.
-        return f"{int(self.run_bytes * 0.68) >> 20}MiB"
+        # DuckDB's share of a run (a run never gets more than the whole budget): the rest is
+        # Python, Polars and Arrow buffers. MiB, not MB: DuckDB reads MB as 10^6 bytes.
+        return f"{int(min(self.run_bytes, self.total_bytes) * 0.68) >> 20}MiB"
 
 
 def day_chunks(

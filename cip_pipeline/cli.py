@@ -31,6 +31,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from exc
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {value} (1 to 65535)")
+    return value
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from cip_pipeline.generator import generate
 
@@ -65,8 +75,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     ensure_instance()  # sets DAGSTER_HOME to the project's and writes its dagster.yaml
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
-    command = ["dagster", "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
-    os.execvp(command[0], command)
+    # This interpreter's Dagster, not whichever `dagster` comes first on PATH (if any).
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace)]
+    os.execv(command[0], [*command, "-h", args.host, "-p", str(args.port)])
     return 0
 
 
@@ -124,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = sub.add_parser("ui", help="the Dagster UI on the project's Dagster home")
     ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--port", type=_port, default=3000)
     ui.set_defaults(func=cmd_ui)
 
     dash = sub.add_parser(
@@ -134,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)"
     )
-    dash.add_argument("--port", type=int, default=8501)
+    dash.add_argument("--port", type=_port, default=8501)
     dash.add_argument(
         "--measure",
         action="store_true",

@@ -1,6 +1,8 @@
 """Peak memory of each step, measured in the process that runs it.
 
-A hook after every step reads the kernel's high-water mark of resident memory (VmHWM) and
+A hook after every step of the project's jobs (`cip run`, `cip bench`, the schedule's and the
+raw-file sensor's runs; not the runs declarative automation launches, which Dagster builds
+from the assets alone) reads the kernel's high-water mark of resident memory (VmHWM) and
 then resets it (`/proc/self/clear_refs`), so the next step's peak is its own. With the
 in-process executor (`cip run`, `cip bench`) the figures are per step; the step also logs it.
 """

@@ -78,7 +78,8 @@ class RunSummary:
     steps: list[StepLine] = field(default_factory=list)  # materializations
     check_steps: list[StepLine] = field(default_factory=list)  # the steps of an asset's checks
     checks_passed: int = 0
-    check_problems: list[str] = field(default_factory=list)
+    check_problems: list[str] = field(default_factory=list)  # every check not passed
+    check_errors: list[str] = field(default_factory=list)  # of them, those of ERROR severity
     failures: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -119,10 +120,11 @@ def _summarize(
         if evaluation.passed:
             summary.checks_passed += 1
         else:
+            name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
             severity = evaluation.severity.value.lower()
-            summary.check_problems.append(
-                f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} ({severity})"
-            )
+            summary.check_problems.append(f"{name} ({severity})")
+            if evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                summary.check_errors.append(name)
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
             observation = event.asset_observation_data.asset_observation
@@ -141,7 +143,9 @@ def _summarize(
 
 
 def print_summary(summary: RunSummary, out: TextIO = sys.stdout) -> None:
-    status = "ok" if summary.success else "FAILED"
+    # Most checks do not block (the data stays for a look), so a run succeeds past a failed
+    # one: an ERROR check's failure is reported as the run's.
+    status = "FAILED" if not summary.success else "CHECKS FAILED" if summary.check_errors else "ok"
     print(
         f"{summary.label}  [{status}, {summary.seconds:.1f} s, run {summary.run_id[:8]}]", file=out
     )
@@ -279,10 +283,12 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
         return 1
     defs = definitions.build_definitions()
     t_all = time.perf_counter()
-    failed = [s for s in run_months(defs, instance, todo, out) if not s.success]
+    summaries = run_months(defs, instance, todo, out)
+    failed = [s for s in summaries if not s.success]
     if definitions.UNPARTITIONED_ASSETS and todo and not failed:
         summary = execute(defs, ALL_MONTHS_JOB, instance, "all months")
         print_summary(summary, out)
+        summaries.append(summary)
         if not summary.success:
             failed.append(summary)
     print(
@@ -294,4 +300,12 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
             f"`cip ui`, then Runs -> {summary.run_id}",
             file=out,
         )
-    return 1 if failed else 0
+    checked = [s for s in summaries if s.check_errors]
+    for summary in checked:
+        print(
+            f"run {summary.run_id} ({summary.label}): checks of ERROR severity failed: "
+            f"{', '.join(summary.check_errors)}; their figures: `cip ui`, then Runs -> "
+            f"{summary.run_id}",
+            file=out,
+        )
+    return 1 if failed or checked else 0

@@ -7,14 +7,12 @@ import os
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
-import yaml
 
-from cip_pipeline import automation
-from cip_pipeline.budget import Budget, available_cores, parse_size
-from cip_pipeline.resources import LakeResource, WarehouseResource
-from cip_pipeline.runner import MANAGED, write_instance_config
+from cip_pipeline import automation, definitions
+from cip_pipeline.months import next_month
+from cip_pipeline.partitions import month_of_partition, monthly
+from cip_pipeline.resources import LakeResource
 
 
 def _tick(lake: LakeResource, cursor: str | None) -> dg.SensorResult:
@@ -43,7 +41,7 @@ def test_sensor_requests_exactly_the_changed_month_once_stable(tmp_path: Path) -
     assert sorted(r.partition_key for r in fifth.run_requests) == ["2019-10-01", "2019-11-01"]
     keys = {r.run_key for r in fifth.run_requests}
     assert len(keys) == 2 and all(k.count(":") == 4 for k in keys)
-    assert json.loads(fifth.cursor)["requested"].keys() == {"2019-Oct.csv", "2019-Nov.csv.gz"}
+    assert json.loads(fifth.cursor)["requested"].keys() == {"2019-10", "2019-11"}
 
     # Replaced by a file of the same size with the same mtime (a restore, `cp -p`): its inode
     # and ctime changed, and the run key with them (Dagster drops a run key it has seen).
@@ -78,6 +76,80 @@ def test_a_cursor_from_before_the_inode_and_ctime_requests_nothing_again(tmp_pat
     assert [r.partition_key for r in _tick(lake, third.cursor).run_requests] == ["2019-10-01"]
 
 
+def test_an_old_cursor_entry_is_upgraded_and_a_same_size_same_mtime_restore_still_runs(
+    tmp_path: Path,
+) -> None:
+    """A size-and-mtime entry of the old cursor that matches the file takes its whole state:
+    replacing the file with one of the same size and mtime is a change again."""
+    lake = LakeResource(raw_dir=str(tmp_path), lake_dir=str(tmp_path / "lake"))
+    oct_file = tmp_path / "2019-Oct.csv"
+    oct_file.write_text("header\nrow 1\n")
+    stat = oct_file.stat()
+    old = [stat.st_size, stat.st_mtime_ns]
+    cursor = json.dumps({"seen": {oct_file.name: old}, "requested": {oct_file.name: old}})
+    first = _tick(lake, cursor)
+    second = _tick(lake, first.cursor)
+    assert first.run_requests == [] and second.run_requests == []  # the upgrade is no change
+    restored = tmp_path / "restore.tmp"
+    restored.write_text("header\nrow X\n")
+    os.utime(restored, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(restored, oct_file)
+    third = _tick(lake, second.cursor)
+    fourth = _tick(lake, third.cursor)
+    assert third.run_requests == []  # seen once
+    assert [r.partition_key for r in fourth.run_requests] == ["2019-10-01"]
+
+
+def _stable(lake: LakeResource, cursor: str | None) -> dg.SensorResult:
+    """Two ticks: what is requested once the files have held still for one."""
+    first = _tick(lake, cursor)
+    assert first.run_requests == []
+    return _tick(lake, first.cursor)
+
+
+def _files(result: dg.SensorResult) -> list[tuple[str | None, str]]:
+    return [(r.partition_key, r.tags["cip/raw_file"]) for r in result.run_requests]
+
+
+def test_a_month_is_its_csv_else_its_csv_gz(tmp_path: Path) -> None:
+    """The ingest reads a month's .csv, else its .csv.gz (`LakeResource.raw_file`): one run
+    with both there, none for a change to the shadowed .csv.gz, one when deleting the .csv
+    makes the .csv.gz the month's file."""
+    lake = LakeResource(raw_dir=str(tmp_path), lake_dir=str(tmp_path / "lake"))
+    csv, gz = tmp_path / "2019-Oct.csv", tmp_path / "2019-Oct.csv.gz"
+    csv.write_text("header\n")
+    gz.write_bytes(b"gz")
+    both = _stable(lake, None)
+    assert _files(both) == [("2019-10-01", "2019-Oct.csv")]
+    gz.write_bytes(b"gz, more rows")  # shadowed: not what the ingest reads
+    shadowed = _stable(lake, both.cursor)
+    assert shadowed.run_requests == []
+    csv.unlink()
+    switched = _stable(lake, shadowed.cursor)
+    assert _files(switched) == [("2019-10-01", "2019-Oct.csv.gz")]
+    assert _stable(lake, switched.cursor).run_requests == []
+
+
+def test_back_to_a_csv_gz_run_before_is_a_new_run_key(tmp_path: Path) -> None:
+    """A .csv.gz run, shadowed by its .csv (`gunzip -k`), then the month's file again once the
+    .csv is deleted: its run key is not the first one (Dagster drops a run key it has seen)."""
+    lake = LakeResource(raw_dir=str(tmp_path), lake_dir=str(tmp_path / "lake"))
+    csv, gz = tmp_path / "2019-Oct.csv", tmp_path / "2019-Oct.csv.gz"
+    gz.write_bytes(b"gz")
+    first = _stable(lake, None)
+    csv.write_text("header\n")
+    second = _stable(lake, first.cursor)
+    csv.unlink()
+    third = _stable(lake, second.cursor)
+    assert [_files(r) for r in (first, second, third)] == [
+        [("2019-10-01", "2019-Oct.csv.gz")],
+        [("2019-10-01", "2019-Oct.csv")],
+        [("2019-10-01", "2019-Oct.csv.gz")],
+    ]
+    keys = [r.run_requests[0].run_key for r in (first, second, third)]
+    assert len(set(keys)) == 3
+
+
 def test_a_raw_file_outside_the_partitions_is_left_alone(tmp_path: Path) -> None:
     """A file of a month before the first partition, or after the month in progress, would make
     Dagster reject the tick's every request: it is not looked at."""
@@ -110,113 +182,40 @@ def test_nightly_schedule_targets_the_newest_raw_month(
     assert automation.nightly_refresh.execution_timezone == "UTC"
 
 
-@pytest.mark.parametrize(
-    ("total", "per_run", "cores", "runs", "threads"),
-    [
-        ("4GiB", "2GiB", 2, 2, 1),
-        ("2GiB", "2GiB", 2, 1, 2),
-        ("16GiB", "2GiB", 8, 8, 1),
-        ("1500MB", "2GiB", 4, 1, 4),
-    ],
-)
-def test_budget_sets_concurrency_threads_and_duckdb_limit(
-    total: str, per_run: str, cores: int, runs: int, threads: int
-) -> None:
-    budget = Budget(parse_size(total), parse_size(per_run), cores)
-    assert (budget.concurrent_runs, budget.threads_per_run) == (runs, threads)
-    # `cip run`'s single process keeps the queue's size but takes every core.
-    sole = Budget(parse_size(total), parse_size(per_run), cores, sole_run=True)
-    assert (sole.concurrent_runs, sole.threads_per_run) == (runs, cores)
-    # DuckDB reads the limit as 68% of the run's bytes (MB would be 10^6 bytes, 4.6% less).
-    want = int(budget.run_bytes * 0.68) >> 20 << 20
-    assert _duckdb_limit(budget.duckdb_memory_limit) == _duckdb_limit(f"{want} bytes")
-    assert runs * budget.run_bytes <= max(budget.total_bytes, budget.run_bytes)
+@pytest.fixture(scope="module")
+def repository() -> dg.RepositoryDefinition:
+    return definitions.build_definitions().get_repository_def()
 
 
-def _duckdb_limit(setting: str) -> str:
-    with duckdb.connect() as con:
-        con.execute(f"SET memory_limit = '{setting}'")
-        (value,) = con.execute(
-            "SELECT value FROM duckdb_settings() WHERE name = 'memory_limit'"
-        ).fetchone()
-    return value
-
-
-def test_warehouse_connections_carry_the_budget(tmp_path: Path) -> None:
-    warehouse = WarehouseResource(path=str(tmp_path / "w.duckdb"), memory_limit="300MB", threads=1)
-    for connect in (warehouse.connect, warehouse.scratch):
-        with connect() as con:
-            settings = dict(
-                con.execute(
-                    "SELECT name, value FROM duckdb_settings() WHERE name IN "
-                    "('memory_limit', 'threads', 'preserve_insertion_order')"
-                ).fetchall()
-            )
-        assert settings == {
-            "memory_limit": "286.1 MiB",  # 300 MB in DuckDB's binary units
-            "threads": "1",
-            "preserve_insertion_order": "false",
-        }
-
-
-def test_instance_config_holds_pool_and_run_queue(tmp_path: Path) -> None:
-    budget = Budget(parse_size("6GiB"), parse_size("2GiB"), 2)
-    config = write_instance_config(tmp_path, budget)
-    text = config.read_text()
-    assert text.startswith(MANAGED)
-    parsed = yaml.safe_load(text)
-    assert parsed["concurrency"]["pools"]["default_limit"] == 1
-    assert parsed["concurrency"]["runs"]["max_concurrent_runs"] == 3
-    # Hand edits (marker removed) are kept.
-    config.write_text("concurrency:\n  pools:\n    default_limit: 1\n")
-    write_instance_config(tmp_path, budget)
-    assert "max_concurrent_runs" not in config.read_text()
-
-
-def test_cip_run_keeps_the_budgets_run_queue_in_the_instance_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`cip run` takes every core for its one process, but the dagster.yaml it writes still
-    lets the budget's runs through at once for the daemon (8 GiB in runs of 2 GiB: 4)."""
-    from cip_pipeline import cli
-
-    monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("CIP_MEMORY_BUDGET", "8GiB")
-    monkeypatch.setenv("CIP_RUN_MEMORY", "2GiB")
-    monkeypatch.delenv("CIP_SOLE_RUN", raising=False)
-    monkeypatch.setattr(cli, "cmd_run", lambda args: 0)  # the parsing and setup only
-    monkeypatch.setattr(os, "environ", dict(os.environ))  # cli.main sets variables
-    assert cli.main(["run"]) == 0
-    from cip_pipeline.runner import ensure_instance
-
-    ensure_instance().dispose()
-    parsed = yaml.safe_load((tmp_path / "dagster_home" / "dagster.yaml").read_text())
-    assert parsed["concurrency"]["runs"]["max_concurrent_runs"] == 4
-    assert Budget.from_env().threads_per_run == available_cores()
+_AFTER_LAST = next_month(month_of_partition(monthly.get_last_partition_key()))
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("configured", "reason"),
     [
-        (["run", "--months", ","], "no month given"),
-        (["run", "--months", "2019-13"], "2019-13"),
-        (["generate", "--events", "inf"], "not a number: 'inf'"),
-        (["generate", "--events", "0"], "must be at least 1"),
+        ("2019-09", "CIP_CURRENT_MONTH: 2019-09 is not a partition (months run from 2019-10"),
+        (_AFTER_LAST, f"CIP_CURRENT_MONTH: {_AFTER_LAST} is not a partition"),
+        ("Oct 2019", "CIP_CURRENT_MONTH: not a month: 'Oct 2019'"),
     ],
 )
-def test_cli_refuses_bad_arguments(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+def test_nightly_schedule_skips_a_current_month_that_is_not_a_partition(
+    configured: str,
+    reason: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    repository: dg.RepositoryDefinition,
 ) -> None:
-    from cip_pipeline import cli
-
-    with pytest.raises(SystemExit) as exit_:
-        cli.build_parser().parse_args(argv)
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_cli_months_are_sorted_once_each() -> None:
-    from cip_pipeline import cli
-
-    args = cli.build_parser().parse_args(["run", "--months", "2019-11, 2019-10,2019-11"])
-    assert args.months == ["2019-10", "2019-11"]
+    """Dagster rejects a run of a month outside the partitions: the tick says why instead of
+    failing every night."""
+    (tmp_path / "2019-Oct.csv").write_text("header\n")
+    lake = LakeResource(raw_dir=str(tmp_path), lake_dir=str(tmp_path / "lake"))
+    schedule = repository.get_schedule_def("nightly_refresh")
+    monkeypatch.setenv("CIP_CURRENT_MONTH", configured)
+    with dg.build_schedule_context(resources={"lake": lake}, repository_def=repository) as ctx:
+        data = schedule.evaluate_tick(ctx)
+    assert not data.run_requests
+    assert data.skip_message is not None and data.skip_message.startswith(reason)
+    monkeypatch.setenv("CIP_CURRENT_MONTH", "2019-11")
+    with dg.build_schedule_context(resources={"lake": lake}, repository_def=repository) as ctx:
+        data = schedule.evaluate_tick(ctx)
+    assert [r.partition_key for r in data.run_requests or []] == ["2019-11-01"]

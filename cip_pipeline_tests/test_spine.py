@@ -299,3 +299,21 @@ def test_cip_run_with_no_partition_month_fails_and_says_why(
         assert run_pipeline(months, out=out) == 1
         assert "nothing to run: no raw file of a partition month" in out.getvalue()
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["2019-Sep.csv"]
+
+
+def test_cip_run_fails_when_a_check_of_error_severity_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks do not block, so the run succeeds; `cip run` still says which check failed
+    and exits 1: 500 lines that are not rows in 4,000 are 11% quarantined, above the 5% error
+    threshold."""
+    monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
+    generate(4_000, seed=1, months=["2019-10"], out=tmp_path / "raw")
+    with (tmp_path / "raw" / "2019-Oct.csv").open("a") as f:
+        f.writelines("not a row\n" for _ in range(500))
+    out = io.StringIO()
+    assert run_pipeline(["2019-10"], out=out) == 1
+    text = out.getvalue()
+    assert "2019-10  [CHECKS FAILED" in text
+    assert "checks of ERROR severity failed: events_parquet:quarantine_rate" in text
+    assert "Traceback" not in text
