@@ -41,6 +41,11 @@ CORPUS = [
     ("yesterday" + GOOD[23:], "unparsable_timestamp"),
     ("2019-11-01 00:00:00 UTC" + GOOD[23:], "timestamp_outside_month"),
     ("2019-09-30 23:59:59 UTC" + GOOD[23:], "timestamp_outside_month"),
+    # a leap second, which Polars would read as 2019-10-16 00:00:00 and 2019-10-01 00:00:00
+    ("2019-10-15 23:59:60 UTC" + GOOD[23:], "unparsable_timestamp"),
+    ("2019-09-30 23:59:60 UTC" + GOOD[23:], "unparsable_timestamp"),
+    (GOOD.replace("apple", '"apple"'), "quoted_field"),
+    (GOOD.replace("apple", '"apple, inc"'), "quoted_field"),  # not a wrong count
     (GOOD.replace(",view,", ",wishlist,"), "unknown_event_type"),
     (GOOD.replace(",view,", ",remove_from_cart,"), None),
     (GOOD.replace(",1004237,", ",,"), "missing_user_or_product"),
@@ -233,13 +238,60 @@ def test_duplicates_are_found_across_row_groups(
     assert sorted(dups["raw_line"]) == sorted([lines[1], lines[4], lines[12], lines[18]])
 
 
-def test_cut_off_last_line_without_newline(tmp_path: Path) -> None:
-    raw = _write(tmp_path / "m.csv", [GOOD, GOOD[:60]], final_eol=False)
-    result, events, quarantine = _ingest(raw, tmp_path)
-    assert (result.rows_in, events.height) == (2, 1)
-    assert quarantine.row(0, named=True)["reason"] == "wrong_column_count"
-    assert quarantine.row(0, named=True)["raw_line"] == GOOD[:60]
-    assert reader.count_raw_rows(raw) == 2
+SESSION = "00000000-0000-4000-8000-000000000000"
+# A row with a session, cut where its bytes say nothing is missing (after the eighth comma:
+# a row with an empty session) and where they do (in the middle of a field).
+WITH_SESSION = GOOD.replace("00:00:04", "00:00:07").replace(GOOD[-36:], SESSION)
+CUTS = [WITH_SESSION[: WITH_SESSION.rindex(",") + 1], WITH_SESSION[:60]]
+
+
+@pytest.mark.parametrize("name", ["m.csv", "m.csv.gz"])
+@pytest.mark.parametrize("cut", CUTS, ids=["after_8th_comma", "mid_field"])
+def test_a_last_line_without_newline_is_left_for_the_next_ingest(
+    tmp_path: Path, name: str, cut: str
+) -> None:
+    """A writer may not have finished the last line: it is not read (neither loaded nor
+    quarantined) until a newline ends it, and is reported as pending bytes."""
+    raw = _write(tmp_path / name, [GOOD, cut], final_eol=False)
+    result, events, quarantine = _ingest(raw, tmp_path / "lake")
+    assert (result.rows_in, result.raw_rows, events.height, quarantine.height) == (1, 1, 1, 0)
+    assert events["user_session"].null_count() == 0
+    assert result.pending_bytes == len(cut)
+    assert result.state.raw_bytes == len(HEADER) + 1 + len(GOOD) + 1
+    assert reader.count_raw_rows(raw) == 1
+    # The writer ends the line: it is read, with its session.
+    _write(raw, [GOOD, WITH_SESSION, GOOD.replace("00:00:04", "00:00:08")])
+    again, events, quarantine = _ingest(raw, tmp_path / "lake", result.state)
+    assert again.mode == ("full" if name.endswith(".gz") else "appended")
+    assert (again.rows_in, again.pending_bytes, quarantine.height) == (3, 0, 0)
+    assert events["user_session"].null_count() == 0
+    assert events["event_time"].dt.second().sort().to_list() == [4, 7, 8]
+
+
+def test_an_append_leaves_a_line_being_written_for_the_next_run(tmp_path: Path) -> None:
+    """The nightly append catches the writer mid-line: the lines it finished are appended,
+    the rest waits (no row with a null session, no whole read the night after)."""
+    raw = _write(tmp_path / "m.csv", [GOOD])
+    first, _, _ = _ingest(raw, tmp_path / "lake")
+    written = (HEADER + "\n" + GOOD + "\n").encode()
+    later = GOOD.replace("00:00:04", "00:00:05")
+    for grown, mode, rows in [
+        (CUTS[0], "unchanged", 1),  # only part of a line: nothing to read
+        (later + "\n" + CUTS[0], "appended", 2),
+        (later + "\n" + WITH_SESSION + "\n", "appended", 3),
+    ]:
+        raw.write_bytes(written + grown.encode())
+        result, events, quarantine = _ingest(raw, tmp_path / "lake", first.state)
+        first = result
+        pending = len(grown) - grown.rindex("\n") - 1 if "\n" in grown else len(grown)
+        assert (result.mode, result.rows_in, events.height) == (mode, rows, rows)
+        assert result.pending_bytes == pending
+        assert result.state.raw_bytes == raw.stat().st_size - result.pending_bytes
+        assert quarantine.height == 0 and events["user_session"].null_count() == 0
+    assert len(result.parts) == 3
+    whole, whole_events, _ = _ingest(raw, tmp_path / "whole")
+    assert _multiset(events) == _multiset(whole_events)
+    assert result.raw_rows == whole.raw_rows == reader.count_raw_rows(raw) == 3
 
 
 def test_wrong_header_is_a_clear_error(tmp_path: Path) -> None:
@@ -283,7 +335,7 @@ def test_a_file_written_to_while_it_is_read_whole_stores_nothing(
             f.write(GOOD.replace("00:00:04", "00:00:06") + "\n")
         written.set()
 
-    def count_after_the_write(path: Path) -> tuple[int, int, str]:
+    def count_after_the_write(path: Path) -> reader.RawScan:
         written.wait(timeout=60)
         return scan_raw(path)
 
@@ -426,11 +478,9 @@ def test_appended_bytes_become_a_part_equal_to_reading_the_whole_file(tmp_path: 
 )
 def test_a_file_that_did_not_only_grow_is_read_whole(tmp_path: Path, change: str, why: str) -> None:
     lines = [line for line, _ in CORPUS]
-    raw = _write(
-        tmp_path / ("m.csv.gz" if change == "gzip" else "m.csv"),
-        lines,
-        final_eol=change != "open_line",
-    )
+    raw = _write(tmp_path / ("m.csv.gz" if change == "gzip" else "m.csv"), lines)
+    if change == "open_line":  # only the header, without its newline: no whole line read
+        raw.write_bytes(HEADER.encode())
     first, _, _ = _ingest(raw, tmp_path)
     previous = first.state
     if change == "rewrite":
@@ -458,12 +508,13 @@ def test_a_file_that_did_not_only_grow_is_read_whole(tmp_path: Path, change: str
 
 def test_real_head(tmp_path: Path, real_head: Path) -> None:
     result, events, quarantine = _ingest(real_head, tmp_path)
-    assert result.rows_in == 17_435
+    assert result.rows_in == 17_434
     assert result.rows_loaded == 17_429
     assert result.duplicates == 5
-    assert result.quarantined == {"wrong_column_count": 1}
-    cut = quarantine.filter(pl.col("reason") == "wrong_column_count").row(0, named=True)
-    assert cut["line"] == 17_436 and cut["raw_line"].endswith(",25.71,52040330")
+    assert (result.quarantined, quarantine.height) == ({}, 5)  # the duplicates
+    # The head is cut inside its last line, which no newline ends: left unread, as pending.
+    cut = real_head.read_bytes().rsplit(b"\n", 1)[1]
+    assert cut.endswith(b",25.71,52040330") and result.pending_bytes == len(cut)
     assert events["user_session"].null_count() == 0
     # The independent oracle: Polars' own CSV reader on the same file, cut-off row dropped.
     oracle = pl.read_csv(real_head, infer_schema_length=0).head(17_434)
@@ -528,3 +579,181 @@ def test_a_file_without_a_good_row(tmp_path: Path) -> None:
     assert (result.rows_in, result.rows_valid, events.height) == (2, 0, 0)
     assert events.schema == reader.EVENTS_SCHEMA
     assert quarantine["reason"].to_list() == ["wrong_column_count", "unknown_event_type"]
+
+
+@pytest.mark.parametrize("line", [0, 1])
+@pytest.mark.parametrize("appended", [False, True])
+def test_a_0x1f_byte_is_a_clear_error_on_any_line(
+    tmp_path: Path, line: int, appended: bool
+) -> None:
+    """The line reader splits at 0x1F: on the first line read (of the file or of the bytes
+    appended) Polars reports it as another error than on a later line; both name the file."""
+    later = [GOOD.replace("00:00:04", f"00:00:{s:02d}") for s in (5, 6)]
+    later[line] = later[line].replace("apple", "ap\x1fple")
+    raw = _write(tmp_path / "m.csv", [GOOD])
+    first, _, _ = _ingest(raw, tmp_path)
+    before = _lake_files(tmp_path)
+    _write(raw, [GOOD, *later] if appended else later)
+    with pytest.raises(reader.RawFileError, match=r"^m\.csv: cannot be read as lines of text"):
+        _ingest(raw, tmp_path, first.state if appended else None)
+    assert _lake_files(tmp_path) == before
+
+
+def test_a_leap_second_is_an_unparsable_timestamp(tmp_path: Path) -> None:
+    """Polars reads second 60 as second 0 of the next minute: such a row would be loaded in
+    the next month, or taken for a copy of a real row."""
+    rest = GOOD[23:]
+    lines = [
+        "2019-10-15 23:59:60 UTC" + rest,  # would copy the next row
+        "2019-10-16 00:00:00 UTC" + rest,
+        "2019-10-31 23:59:60 UTC" + rest,  # would be November
+        "2019-09-30 23:59:60 UTC" + rest,  # would be October
+        "2019-10-20 12:30: 60 UTC" + rest,  # Polars' parser allows a space there
+        "2019-10-20 12:30:06 UTC" + rest,
+    ]
+    result, events, quarantine = _ingest(_write(tmp_path / "m.csv", lines), tmp_path)
+    assert list(quarantine.select("line", "reason", "raw_line").iter_rows()) == [
+        (i + 2, "unparsable_timestamp", lines[i]) for i in (0, 2, 3, 4)
+    ]
+    assert events["event_time"].to_list() == [
+        datetime(2019, 10, 16),
+        datetime(2019, 10, 20, 12, 30, 6),
+    ]
+    assert (result.duplicates, result.rows_in) == (0, 6)
+
+
+def test_a_line_with_a_double_quote_is_quarantined(tmp_path: Path) -> None:
+    """REES46 files never quote: a quoted field would be stored with its quotes (another
+    brand) or, holding a comma, be taken for a row with a wrong field count."""
+    lines = [
+        GOOD.replace("apple", '"apple"'),
+        GOOD.replace("apple", '"apple, inc"').replace("00:00:04", "00:00:05"),
+        GOOD.replace(",view,", ',"view",').replace("00:00:04", "00:00:06"),
+        GOOD.replace("apple", 'app"le').replace("00:00:04", "00:00:07"),
+        GOOD.replace("00:00:04", "00:00:08"),
+    ]
+    result, events, quarantine = _ingest(_write(tmp_path / "m.csv", lines), tmp_path)
+    assert list(quarantine.select("line", "reason", "raw_line").iter_rows()) == [
+        (i + 2, "quoted_field", lines[i]) for i in range(4)
+    ]
+    assert result.quarantined == {"quoted_field": 4}
+    assert events["brand"].to_list() == ["apple"]
+    # checked before the field count, after the encoding
+    assert reader.REASONS[:3] == ("invalid_encoding", "quoted_field", "wrong_column_count")
+
+
+def _gzip(text: bytes, damage: str) -> bytes:
+    data = gzip.compress(text)
+    return {
+        "cut": data[:-20],
+        "zero_padding": data + bytes(512),  # what `gzip -d` and Python skip
+        "garbage": data + b"\x00\x00garbage",
+    }[damage]
+
+
+@pytest.mark.parametrize("damage", ["cut", "zero_padding", "garbage"])
+def test_a_damaged_gzip_file_is_a_clear_error(tmp_path: Path, damage: str) -> None:
+    text = "\n".join([HEADER, *[GOOD.replace("1004237", str(i)) for i in range(2000)], ""])
+    raw = tmp_path / "2019-Oct.csv.gz"
+    raw.write_bytes(_gzip(text.encode(), damage))
+    with pytest.raises(reader.RawFileError, match=r"^2019-Oct\.csv\.gz: cannot be read"):
+        _ingest(raw, tmp_path)
+    assert _lake_files(tmp_path) == {}
+    if damage != "zero_padding":  # the byte count (for the checks) reads it with Python
+        with pytest.raises(reader.RawFileError, match=r"^2019-Oct\.csv\.gz: cannot be read"):
+            reader.count_raw_rows(raw)
+
+
+@pytest.mark.parametrize("damage", ["empty_events", "cut_events", "empty_quarantine"])
+def test_a_damaged_lake_part_makes_the_next_ingest_read_the_whole_file(
+    tmp_path: Path, damage: str
+) -> None:
+    """A part a crash left short cannot be appended to: the month is read whole again."""
+    raw = _write(tmp_path / "m.csv", [GOOD, "cut,off"])
+    first, _, _ = _ingest(raw, tmp_path)
+    kind, how = damage.split("_")[1], damage.split("_")[0]
+    (part,) = _parts(tmp_path / kind)
+    part.write_bytes(b"" if how == "empty" else part.read_bytes()[:-10])
+    with raw.open("a") as f:
+        f.write(GOOD.replace("00:00:04", "00:00:05") + "\n")
+    result, events, quarantine = _ingest(raw, tmp_path, first.state)
+    assert result.mode == "full"
+    assert result.why.startswith(f"lake part {part.name} is unreadable")
+    assert events["event_time"].dt.second().to_list() == [4, 5]
+    assert quarantine["raw_line"].to_list() == ["cut,off"]
+
+
+def test_a_part_is_on_disk_before_it_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renamed unsynced, a part may be empty after a power cut while the state names it."""
+    calls: list[tuple[str, str]] = []
+    fsync, rename = reader._fsync, reader.os.replace
+
+    def synced(path: Path) -> None:
+        calls.append(("fsync", path.name))
+        fsync(path)
+
+    def renamed(src: Path, dst: Path) -> None:
+        calls.append(("replace", Path(src).name))
+        rename(src, dst)
+
+    monkeypatch.setattr(reader, "_fsync", synced)
+    monkeypatch.setattr(reader.os, "replace", renamed)
+    result, _, _ = _ingest(_write(tmp_path / "m.csv", [GOOD]), tmp_path)
+    tmp = f"{result.parts[0].name}.tmp"
+    renames = [i for i, call in enumerate(calls) if call == ("replace", tmp)]
+    assert len(renames) == 2  # the events part and its quarantine
+    assert all(calls[i - 1] == ("fsync", tmp) for i in renames)
+    assert calls[-2:] == [("fsync", "events"), ("fsync", "quarantine")]  # the renames
+
+
+def test_duplicates_compare_typed_values_and_rebuild_the_line(tmp_path: Path) -> None:
+    """What the quarantine says of a duplicate (sql/ingest.sql, later_copies): a row whose
+    typed values equal an earlier row's, its line rebuilt from them and its number unknown."""
+    first = GOOD.replace(",1081.98,", ",7.00,")
+    lines = [first, first.replace(",7.00,", ",7,")]
+    _, events, quarantine = _ingest(_write(tmp_path / "m.csv", lines), tmp_path)
+    (dup,) = quarantine.iter_rows(named=True)
+    assert (dup["line"], dup["parquet_row"], dup["reason"]) == (None, 1, "duplicate")
+    assert dup["raw_line"] == first != lines[1]
+    assert events.height == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "tail"),
+    [("2019-Oct.csv.gz", ""), ("2019-Oct.csv.gz", CUTS[1]), ("2019-Oct.csv", CUTS[1])],
+)
+def test_the_asset_reports_the_bytes_it_read(tmp_path: Path, name: str, tail: str) -> None:
+    """raw_bytes and size_reduction are of the bytes read: a gzip file's uncompressed ones
+    (its own size apart), up to the last newline (the rest pending)."""
+    import dagster as dg
+
+    from cip_pipeline.assets.ingest import events_parquet
+    from cip_pipeline.resources import LakeResource
+
+    lines = [GOOD.replace("1004237", str(i)) for i in range(2000)]
+    text = ("\n".join([HEADER, *lines]) + "\n").encode()
+    raw = tmp_path / "raw" / name
+    raw.parent.mkdir()
+    data = text + tail.encode()
+    raw.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    resources = {
+        "lake": LakeResource(raw_dir=str(raw.parent), lake_dir=str(tmp_path / "lake")),
+        "warehouse": WarehouseResource(path=str(tmp_path / "w" / "cip.duckdb")),
+    }
+    result = dg.materialize(
+        [events_parquet],
+        partition_key="2019-10-01",
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    (event,) = result.asset_materializations_for_node("events_parquet")
+    meta = {k: v.value for k, v in event.metadata.items()}
+    parquet_bytes = sum(p.stat().st_size for p in (tmp_path / "lake" / "events").rglob("*.parquet"))
+    assert meta["raw_bytes"] == len(text) == meta["lake_state"]["raw_bytes"]
+    assert meta["parquet_bytes"] == parquet_bytes
+    assert meta["size_reduction"] == round(1 - parquet_bytes / len(text), 4) > 0
+    assert meta.get("raw_gzip_bytes") == (raw.stat().st_size if name.endswith(".gz") else None)
+    assert meta["raw_bytes_pending"] == len(tail)
+    assert (meta["raw_rows"], meta["rows_loaded"]) == (2000, 2000)

@@ -68,7 +68,8 @@ LAKE_STATE = "lake_state"  # events_parquet metadata: the LakeState the next ing
     kinds={"polars", "parquet"},
     description="The month's raw REES46 file, every row validated, typed and written as ZSTD "
     "Parquet in the lake; rejected rows go to the quarantine with a reason. When the file only "
-    "grew since the last run, only the appended bytes are read, into a new part.",
+    "grew since the last run, only the appended bytes are read, into a new part. A last line "
+    "without a newline is left for the next run (a writer may not have finished it).",
 )
 def events_parquet(
     context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource
@@ -91,13 +92,25 @@ def events_parquet(
         )
     except reader.RawFileError as exc:
         raise dg.Failure(description=str(exc)) from exc
-    raw_bytes = raw.stat().st_size
+    # The bytes the lake was read from: a gzip file's uncompressed, up to the last newline.
+    raw_bytes = result.state.raw_bytes
     parts = lake.events_parts(month)
     parquet_bytes = sum(p.stat().st_size for p in parts)
     context.log.info(
         f"{month}: {result.describe()}, {result.rows_read:,} rows in {result.seconds:.1f} s; "
         f"the month: {result.rows_in:,} rows in, {result.rows_loaded:,} to load, "
         f"{sum(result.quarantined.values()):,} quarantined, {result.duplicates:,} duplicates"
+    )
+    if result.pending_bytes:
+        context.log.warning(
+            f"{month}: the last {result.pending_bytes:,} bytes of {raw.name} have no newline "
+            "after them and were not read: a line still being written is read by the next run "
+            "once it ends; a finished file needs a final newline for its last row to load"
+        )
+    gzip_bytes = (
+        {"raw_gzip_bytes": dg.MetadataValue.int(raw.stat().st_size)}
+        if raw.name.endswith(".gz")
+        else {}
     )
     return dg.MaterializeResult(
         metadata={
@@ -119,6 +132,8 @@ def events_parquet(
             ),
             "raw_file": dg.MetadataValue.path(str(raw)),
             "raw_bytes": dg.MetadataValue.int(raw_bytes),
+            **gzip_bytes,
+            "raw_bytes_pending": dg.MetadataValue.int(result.pending_bytes),
             "parquet": dg.MetadataValue.path(str(lake.events_dir(month))),
             "parquet_parts": dg.MetadataValue.int(len(parts)),
             "parquet_bytes": dg.MetadataValue.int(parquet_bytes),

@@ -1,8 +1,11 @@
 """Raw REES46 month file -> validated, typed Parquet plus a quarantine, in one streaming pass.
 
-Each line is read whole and split on commas, so that a cut-off row or a row with the wrong
-number of fields is caught exactly (a CSV parser pads a short row with nulls, which makes a
-cut-off row look like a row with an empty session) and the quarantine keeps the raw line.
+Only lines ended by a newline are read. A last line without one may be one a writer is still
+appending (cut right after its eighth comma, it would pass for a row with an empty session):
+it is left for the next ingest, which reads it once a newline ends it, and is reported as
+pending bytes meanwhile. Each line read is split on commas, so that a row with too many or too
+few fields is caught exactly (a CSV parser pads a short row with nulls) and the quarantine
+keeps the raw line of every invalid row.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import gzip
 import os
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +23,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 from polars.io.plugins import register_io_source
@@ -52,8 +58,11 @@ REASONS = (
     # bytes that are not UTF-8 (the raw line has U+FFFD in their place; in such a file, a line
     # holding a real U+FFFD is taken for one too)
     "invalid_encoding",
+    # a double quote: REES46 files never quote, and a quoted field would keep its quotes as
+    # part of the value, or split at a comma inside it (a misleading wrong_column_count)
+    "quoted_field",
     "wrong_column_count",  # a cut-off row, or a row with too many or too few fields
-    "unparsable_timestamp",
+    "unparsable_timestamp",  # a leap second (second 60) too: Polars would roll it over
     "timestamp_outside_month",
     "unknown_event_type",
     "missing_user_or_product",
@@ -62,7 +71,7 @@ REASONS = (
     "negative_price",
     "malformed_session",  # a non-empty user_session that is not a UUID
 )
-DUPLICATE = "duplicate"  # counted apart: an exact copy of an earlier row
+DUPLICATE = "duplicate"  # counted apart: a row whose nine typed values equal an earlier row's
 
 EVENTS_SCHEMA = pl.Schema(
     {
@@ -79,10 +88,10 @@ EVENTS_SCHEMA = pl.Schema(
 )
 QUARANTINE_SCHEMA = pl.Schema(
     {
-        "line": pl.Int64,  # 1-based line in the raw file (the header is line 1)
+        "line": pl.Int64,  # 1-based line in the raw file (header: 1); null for a duplicate
         "parquet_row": pl.Int64,  # for duplicates: the copy's row in the events Parquet
         "reason": pl.String,
-        "raw_line": pl.String,
+        "raw_line": pl.String,  # as read; for a duplicate, rebuilt from its typed values
     }
 )
 
@@ -147,6 +156,7 @@ class IngestResult:
     mode: str  # "full", "appended" (a part for new bytes) or "unchanged"
     why: str  # why a full read, when it was one
     seconds: float = 0.0
+    pending_bytes: int = 0  # after the file's last newline: not read, left for the next ingest
 
     @property
     def parts(self) -> list[PartResult]:
@@ -160,11 +170,11 @@ class IngestResult:
         return {
             "full": f"the whole file read ({self.why})",
             "appended": "the bytes appended since the last ingest read",
-            "unchanged": "the file is unchanged since the last ingest: nothing read",
+            "unchanged": "no line added to the file since the last ingest: nothing read",
         }[self.mode]
 
     @property
-    def raw_rows(self) -> int:  # rows after the header counted from the file's bytes
+    def raw_rows(self) -> int:  # whole lines after the header, counted from the file's bytes
         return sum(p.raw_rows for p in self.parts)
 
     @property
@@ -196,7 +206,7 @@ def read_header(path: Path) -> str:
     try:
         with opener(path, "rb") as f:
             first = f.readline(4096)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise RawFileError(f"{path.name}: cannot be read ({exc})") from exc
     return first.decode("utf-8", errors="replace").rstrip("\r\n").lstrip("\ufeff")
 
@@ -236,9 +246,13 @@ def classify(
     raw = {c: pl.col(f"{c}_raw") for c in RAW_COLUMNS}
     raw["user_session"] = raw["user_session"].str.strip_suffix("\r")
     session_hex = raw["user_session"].str.replace_all("-", "", literal=True)
+    # Polars takes second 60 (a leap second) for second 0 of the next minute, which may be in
+    # the next month or copy a real row. The seconds are the digits before "UTC" (its parser
+    # allows any spaces around them), and more than two of them do not parse.
+    leap_second = raw["event_time"].str.contains(r"60\s*UTC")
     typed = fields.with_columns(
-        raw["event_time"]
-        .str.strptime(pl.Datetime("us"), TIME_FORMAT, strict=False)
+        pl.when(~leap_second)
+        .then(raw["event_time"].str.strptime(pl.Datetime("us"), TIME_FORMAT, strict=False))
         .alias("event_time"),
         raw["event_type"].cast(EVENT_TYPE, strict=False).alias("event_type"),
         raw["product_id"].cast(pl.Int32, strict=False).alias("product_id"),
@@ -258,6 +272,8 @@ def classify(
     reason = (
         pl.when(encoding)
         .then(pl.lit("invalid_encoding"))
+        .when(col("raw_line").str.contains('"', literal=True))
+        .then(pl.lit("quoted_field"))
         .when(col("user_session_raw").is_null() | col("extra_field").is_not_null())
         .then(pl.lit("wrong_column_count"))
         .when(col("event_time").is_null())
@@ -286,8 +302,9 @@ def classify(
 
 
 class _CopyFinder:
-    """The rows of a part that may be exact copies of one another (all nine fields equal), found
-    as its row groups pass, so that no second pass over the part has to hash every row.
+    """The rows of a part that may be exact copies of one another (all nine typed values
+    equal), found as its row groups pass, so that no second pass over the part has to hash
+    every row.
 
     Exact copies share their product and event time, and the REES46 files are in time order: a
     row's copies lie in its row group, next to it (a row group is ordered by product, stably),
@@ -343,13 +360,32 @@ class _CopyFinder:
         return found.unique().to_frame()
 
 
+class _Unreadable(Exception):
+    """Polars could not read a source as lines of text; its error is the cause."""
+
+
+def _batches(lines: pl.LazyFrame) -> Iterator[pl.DataFrame]:
+    """The non-empty batches of `lines` from the streaming engine; an error of the read (a
+    0x1F byte, bytes that are not UTF-8, a damaged gzip file) raises _Unreadable."""
+    try:
+        for batch in lines.collect_batches(engine="streaming"):
+            if batch.height:
+                yield batch
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise _Unreadable(str(exc)) from exc
+
+
 def _ordered_row_groups(
-    rows: pl.LazyFrame, quarantine_tmp: Path, copies: _CopyFinder | None
+    rows: pl.LazyFrame,
+    quarantine_tmp: Path,
+    copies: _CopyFinder | None,
+    last_line: Callable[[], int | None],
 ) -> Callable[..., Iterator[pl.DataFrame]]:
     """A Polars IO source: the good rows in row groups of ROW_GROUP_ROWS, each ordered by
     product (stably, so by time within a product). Bad rows go to `quarantine_tmp` as the
     stream passes them, and each row group goes past `copies` (if given); one pass over the
-    file feeds all three."""
+    file feeds all three. Lines after `last_line()` (asked at the end; None: none) are left
+    out: a last line that no newline ends."""
 
     def source(
         with_columns: list[str] | None, predicate: pl.Expr | None, *_: object
@@ -366,22 +402,32 @@ def _ordered_row_groups(
             written += block.height
             return block if with_columns is None else block.select(with_columns)
 
+        def sort_out(batch: pl.DataFrame) -> Iterator[pl.DataFrame]:
+            nonlocal writer, pending, held
+            bad = batch.filter(pl.col("reason").is_not_null()).select(QUARANTINE_COLUMNS)
+            if bad.height:
+                table = bad.to_arrow()
+                writer = writer or pq.ParquetWriter(
+                    quarantine_tmp, table.schema, compression="zstd"
+                )
+                writer.write_table(table)
+            pending.append(batch.filter(pl.col("reason").is_null()).select(EVENT_COLUMNS))
+            held += pending[-1].height
+            while held >= ROW_GROUP_ROWS:
+                block = pl.concat(pending)
+                pending, held = [block.slice(ROW_GROUP_ROWS)], block.height - ROW_GROUP_ROWS
+                yield row_group(block.slice(0, ROW_GROUP_ROWS))
+
         try:
-            needed = rows.select(*EVENT_COLUMNS, "reason", "line", "raw_line")
-            for batch in needed.collect_batches(engine="streaming"):
-                bad = batch.filter(pl.col("reason").is_not_null()).select(QUARANTINE_COLUMNS)
-                if bad.height:
-                    table = bad.to_arrow()
-                    writer = writer or pq.ParquetWriter(
-                        quarantine_tmp, table.schema, compression="zstd"
-                    )
-                    writer.write_table(table)
-                pending.append(batch.filter(pl.col("reason").is_null()).select(EVENT_COLUMNS))
-                held += pending[-1].height
-                while held >= ROW_GROUP_ROWS:
-                    block = pl.concat(pending)
-                    pending, held = [block.slice(ROW_GROUP_ROWS)], block.height - ROW_GROUP_ROWS
-                    yield row_group(block.slice(0, ROW_GROUP_ROWS))
+            # Each batch waits for the next, so that the last one can lose a last line.
+            batch: pl.DataFrame | None = None
+            for following in _batches(rows.select(*EVENT_COLUMNS, "reason", "line", "raw_line")):
+                if batch is not None:
+                    yield from sort_out(batch)
+                batch = following
+            if batch is not None:
+                last = last_line()
+                yield from sort_out(batch if last is None else batch.filter(pl.col("line") <= last))
             if held:
                 yield row_group(pl.concat(pending))
         finally:
@@ -400,13 +446,17 @@ def _row_group(block: pl.DataFrame, predicate: pl.Expr | None) -> pl.DataFrame:
 
 
 def _write_lake_files(
-    rows: pl.LazyFrame, events_tmp: Path, quarantine_tmp: Path, copies: _CopyFinder | None
+    rows: pl.LazyFrame,
+    events_tmp: Path,
+    quarantine_tmp: Path,
+    copies: _CopyFinder | None,
+    last_line: Callable[[], int | None],
 ) -> None:
     # Polars' own writer (pyarrow's made the same rows 26% larger), fed by an IO source:
     # frames pass by reference, no row is touched in Python. The IO-plugin API is marked
     # unstable; pyproject pins the Polars minor version it was tested with.
     register_io_source(
-        _ordered_row_groups(rows, quarantine_tmp, copies), schema=EVENTS_SCHEMA
+        _ordered_row_groups(rows, quarantine_tmp, copies, last_line), schema=EVENTS_SCHEMA
     ).sink_parquet(
         events_tmp,
         compression="zstd",
@@ -432,9 +482,11 @@ def ingest_month(
 
     When the file only grew since the ingest recorded in `previous` (its first bytes hash the
     same, and they ended on a line), only the new bytes are read, into a new part; otherwise
-    the whole file is read into one part that replaces the month's. Files are written under
-    temporary names and renamed only when complete, so a failure leaves the previous version of
-    the month intact. `scratch` opens an in-memory DuckDB under the step's memory budget.
+    the whole file is read into one part that replaces the month's. Either way the bytes after
+    the last newline are left for the next ingest (see the module's docstring). Files are
+    written under temporary names and renamed only when complete, so a failure leaves the
+    previous version of the month intact. `scratch` opens an in-memory DuckDB under the step's
+    memory budget.
     """
     header = read_header(raw)
     if header != HEADER:
@@ -456,14 +508,28 @@ def ingest_month(
                     result.seconds = time.perf_counter() - t0
                     return result
             result = lake.read_whole(raw, why or "", stamp)
-        except pl.exceptions.ComputeError as exc:
+        except _Unreadable as exc:
             if _stamp(raw) != stamp:
                 raise RawFileError(_changed_while_read(raw, stamp)) from exc
-            # Polars could not cut the file into single-field lines (a 0x1F byte, say).
-            reason = str(exc).splitlines()[0]
-            raise RawFileError(f"{raw.name}: cannot be read as lines of text ({reason})") from exc
+            raise RawFileError(_unreadable(raw, exc.__cause__)) from exc
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _unreadable(raw: Path, error: BaseException | None) -> str:
+    """Why Polars could not read `raw` (its `error`), in words for the person with the file."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, OSError):
+        if raw.name.endswith(".gz"):  # Polars' gzip decoder; `gzip -d` skips zero padding
+            return (
+                f"{raw.name}: cannot be read as gzip ({reason}): the file is cut off or "
+                "damaged, or has bytes after its end such as zero padding (`gzip -t` tells)"
+            )
+        return f"{raw.name}: cannot be read ({reason})"
+    # The line reader splits at 0x1F (see `_lines`): only a line holding one has two fields.
+    if isinstance(error, pl.exceptions.SchemaError) or "more fields" in reason:
+        reason = "a line holds a 0x1F byte, which no REES46 row has"
+    return f"{raw.name}: cannot be read as lines of text ({reason})"
 
 
 def _changed_while_read(raw: Path, before: tuple[int, ...]) -> str:
@@ -512,7 +578,11 @@ def _why_read_whole(
         events, quarantine = events_dir / part.name, quarantine_dir / part.name
         if not (events.exists() and quarantine.exists()):
             return f"lake part {part.name} is missing"
-        if pq.ParquetFile(events).metadata.num_rows != part.rows_valid:
+        try:  # footers only
+            rows = [pq.ParquetFile(f).metadata.num_rows for f in (events, quarantine)]
+        except (pa.ArrowException, OSError) as exc:  # cut short by a crash, say
+            return f"lake part {part.name} is unreadable ({exc})"
+        if rows != [part.rows_valid, sum(part.quarantined.values()) + part.duplicates]:
             return f"lake part {part.name} does not hold the rows recorded"
     return None
 
@@ -534,44 +604,63 @@ class _MonthLake:
         # then counted, 51.3 s together).
         counter = ThreadPoolExecutor(max_workers=1)
         scanned = counter.submit(scan_raw, raw)
+        # Whether the last line may lack its newline: a plain file tells from its last byte
+        # without waiting for the count (which then gives the last whole line's number).
+        open_end = raw.name.endswith(".gz") or not _ends_with_newline(raw)
+
+        def last_line() -> int | None:
+            return 1 + scanned.result().rows if open_end else None
+
         try:
-            part = self._write_part(raw, 0, 2, earlier=[])
-            rows, size, digest = scanned.result()
+            part = self._write_part(raw, 0, 2, [], last_line)
+            try:
+                scan = scanned.result()
+            except BaseException:
+                self._discard(part.name)
+                raise
         finally:
             counter.shutdown(wait=False, cancel_futures=True)
         if _stamp(raw) != stamp:
             # The two readers may have seen different files: the state would record bytes the
             # part does not hold, and a later append would skip or repeat rows. (A parser that
             # loses rows of a still file is the row-accounting check's to catch.)
-            for tmp in self._tmp(part.name):
-                tmp.unlink(missing_ok=True)
+            self._discard(part.name)
             raise RawFileError(_changed_while_read(raw, stamp))
-        state = LakeState([replace(part, raw_rows=rows)], size, digest, READER_VERSION)
+        state = LakeState(
+            [replace(part, raw_rows=scan.rows)], scan.size, scan.digest, READER_VERSION
+        )
         self._commit(state)
-        return IngestResult(state, "full", why)
+        return IngestResult(state, "full", why, pending_bytes=scan.pending)
 
     def append(self, raw: Path, previous: LakeState) -> IngestResult:
         tail = self.events_dir / "appended.csv.tmp"
         try:
-            size, digest, rows = _copy_appended(raw, previous, tail)
-            if size == previous.raw_bytes:
+            copied = _copy_appended(raw, previous, tail)
+            if copied.size == previous.raw_bytes:
                 self._commit(previous)  # clears what a run stopped mid-commit left behind
-                return IngestResult(previous, "unchanged", "")
+                return IngestResult(previous, "unchanged", "", pending_bytes=copied.pending)
             first_line = 2 + sum(p.raw_rows for p in previous.parts)
             earlier = [self.events_dir / p.name for p in previous.parts]
-            part = self._write_part(tail, len(previous.parts), first_line, earlier)
-            part = replace(part, raw_rows=rows)
+            # `tail` holds whole lines only: none is left out
+            part = self._write_part(tail, len(previous.parts), first_line, earlier, lambda: None)
+            part = replace(part, raw_rows=copied.rows)
         finally:
             tail.unlink(missing_ok=True)
-        state = LakeState([*previous.parts, part], size, digest, READER_VERSION)
+        state = LakeState([*previous.parts, part], copied.size, copied.digest, READER_VERSION)
         self._commit(state)
-        return IngestResult(state, "appended", "")
+        return IngestResult(state, "appended", "", pending_bytes=copied.pending)
 
     def _write_part(
-        self, source: Path, index: int, first_line: int, earlier: list[Path]
+        self,
+        source: Path,
+        index: int,
+        first_line: int,
+        earlier: list[Path],
+        last_line: Callable[[], int | None],
     ) -> PartResult:
-        """Read `source` (a raw file, or the appended lines under a header) into a new part
-        under temporary names; exact duplicates are looked for in it and in `earlier` parts."""
+        """Read `source` (a raw file, or the appended lines under a header) up to `last_line`
+        (see `_ordered_row_groups`) into a new part under temporary names; exact duplicates
+        are looked for in it and in `earlier` parts."""
         name = f"part-{index:04d}-{uuid.uuid4().hex[:8]}.parquet"
         events_tmp, quarantine_tmp = self._tmp(name)
         try:
@@ -584,9 +673,9 @@ class _MonthLake:
                 lines = _lines(source, first_line, lossy)
                 rows = classify(lines, self.month_start, self.month_end, lossy)
                 try:
-                    _write_lake_files(rows, events_tmp, quarantine_tmp, copies)
+                    _write_lake_files(rows, events_tmp, quarantine_tmp, copies, last_line)
                     break
-                except pl.exceptions.ComputeError as exc:
+                except _Unreadable as exc:
                     if lossy or "utf-8" not in str(exc):
                         raise
             rows_valid = pq.ParquetFile(events_tmp).metadata.num_rows
@@ -615,6 +704,10 @@ class _MonthLake:
     def _tmp(self, name: str) -> tuple[Path, Path]:
         return self.events_dir / f"{name}.tmp", self.quarantine_dir / f"{name}.tmp"
 
+    def _discard(self, name: str) -> None:
+        for tmp in self._tmp(name):
+            tmp.unlink(missing_ok=True)
+
     def _commit(self, state: LakeState) -> None:
         """Rename the new part into place, then remove files of parts no longer in the month
         (all of them after a whole read; none after an append), and the temporary files of
@@ -625,11 +718,22 @@ class _MonthLake:
                 self._tmp(name), (self.events_dir / name, self.quarantine_dir / name), strict=True
             ):
                 if tmp.exists():
+                    # On disk before it is named: a crash must not leave an empty part behind.
+                    _fsync(tmp)
                     os.replace(tmp, final)
         for folder in (self.events_dir, self.quarantine_dir):
             for stale in [*folder.glob("*.parquet"), *folder.glob("*.parquet.tmp")]:
                 if stale.name not in names:
                     stale.unlink()
+            _fsync(folder)  # the renames
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _duplicates(
@@ -682,18 +786,54 @@ def _newlines(block: bytes) -> int:
     return int(np.count_nonzero(np.frombuffer(block, np.uint8) == ord("\n")))
 
 
-def _rows(newlines: int, last: bytes) -> int:
-    """Lines in bytes that begin a line, from their newlines and last byte: a last line
-    without a newline counts."""
-    return newlines + (last not in (b"", b"\n"))
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True  # nothing to leave out
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
-def _copy_appended(raw: Path, previous: LakeState, tail: Path) -> tuple[int, str, int]:
+class RawScan(NamedTuple):
+    """Raw bytes as far as their last newline (a line after it may still be being written)."""
+
+    rows: int  # lines counted: after the header (a whole file), or appended
+    size: int  # bytes up to and with the last newline (of the whole file)
+    digest: str  # of those bytes (see `_new_digest`)
+    pending: int  # bytes after the last newline: left for a later ingest
+
+
+class _WholeLines:
+    """Bytes taken as far as their last newline, counted and hashed; what follows it is held
+    back until a newline ends it."""
+
+    def __init__(self, digest: xxhash.xxh3_128, size: int = 0) -> None:
+        self.digest, self.size, self.newlines, self.held = digest, size, 0, bytearray()
+
+    def take(self, block: bytes) -> list[bytes | memoryview]:
+        """What of the bytes held back and `block` ends on a newline."""
+        end = block.rfind(b"\n") + 1
+        if not end:
+            self.held += block
+            return []
+        taken = [bytes(self.held), memoryview(block)[:end]]
+        self.held = bytearray(block[end:])
+        self.newlines += _newlines(block)
+        for piece in taken:
+            self.digest.update(piece)
+            self.size += len(piece)
+        return taken
+
+    def scan(self, rows: int) -> RawScan:
+        return RawScan(rows, self.size, self.digest.hexdigest(), len(self.held))
+
+
+def _copy_appended(raw: Path, previous: LakeState, tail: Path) -> RawScan:
     """Check that `raw` starts with the bytes `previous` recorded, ending on a line, and copy
-    what follows them under a header to `tail`: the file's size and digest now, and the rows
-    appended (counted from the bytes as they are copied)."""
+    the whole lines that follow them under a header to `tail`; the rows appended are counted
+    from the bytes as they are copied."""
     digest = _new_digest()
-    last = b"\n"
+    last = b""  # none recorded: the header had no newline
     with raw.open("rb") as f:
         left = previous.raw_bytes
         while left:
@@ -709,38 +849,33 @@ def _copy_appended(raw: Path, previous: LakeState, tail: Path) -> tuple[int, str
             )
         if last != b"\n":
             raise _NotAppended("the last ingest ended inside a line")
-        size, newlines, last = previous.raw_bytes, 0, b""
+        lines = _WholeLines(digest, previous.raw_bytes)
         with tail.open("wb") as out:
             out.write(HEADER.encode() + b"\n")
             while block := f.read(RAW_BLOCK):
-                digest.update(block)
-                out.write(block)
-                size += len(block)
-                newlines += _newlines(block)
-                last = block[-1:]
-    return size, digest.hexdigest(), _rows(newlines, last)
+                for piece in lines.take(block):
+                    out.write(piece)
+    return lines.scan(lines.newlines)
 
 
-def scan_raw(path: Path) -> tuple[int, int, str]:
-    """Rows after the header, counted from the bytes alone (a last line without a newline
-    counts), and the size and digest of the bytes: an independent figure for the row accounting
-    check, and what tells the next ingest whether the file only grew."""
+def scan_raw(path: Path) -> RawScan:
+    """Rows after the header, counted from the bytes alone (whole lines: a last line without
+    a newline is not read), and the size and digest of the bytes read: an independent figure
+    for the row accounting check, and what tells the next ingest whether the file only grew."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    digest = _new_digest()
-    newlines = size = 0
-    last = b""
-    with opener(path, "rb") as f:
-        while block := f.read(RAW_BLOCK):
-            newlines += _newlines(block)
-            digest.update(block)
-            size += len(block)
-            last = block[-1:]
-    return max(_rows(newlines, last) - 1, 0), size, digest.hexdigest()
+    lines = _WholeLines(_new_digest())
+    try:
+        with opener(path, "rb") as f:
+            while block := f.read(RAW_BLOCK):
+                lines.take(block)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise RawFileError(f"{path.name}: cannot be read ({exc})") from exc
+    return lines.scan(max(lines.newlines - 1, 0))
 
 
 def count_raw_rows(path: Path) -> int:
     """Rows after the header, counted from the bytes alone (see scan_raw)."""
-    return scan_raw(path)[0]
+    return scan_raw(path).rows
 
 
 # Lake files written by another version of the reader, or of its duplicate detection, are

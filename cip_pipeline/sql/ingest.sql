@@ -50,8 +50,9 @@ WHERE h IN (SELECT h FROM earlier)
 
 -- name: later_copies
 -- Exact duplicates among the candidates (rows of the part, source 1, after those of earlier
--- parts, source 0; a statement above): every copy of the part after the first, by Parquet row,
--- with the line it was read from.
+-- parts, source 0; a statement above), compared on their nine typed values (so a price of 7
+-- and one of 7.00 are equal): every copy of the part after the first, by Parquet row, with a
+-- line rebuilt from those values (the raw line and its number are not kept with a valid row).
 WITH ranked AS (
     SELECT *, row_number() OVER (
         PARTITION BY event_time, event_type, product_id, category_id, category_code, brand,
