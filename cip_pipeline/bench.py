@@ -1,10 +1,11 @@
 """`cip bench`: the whole pipeline through Dagster into a fresh warehouse, timed per asset.
 
-Sample data is generated once per (events, seed) and cached. Each repetition starts from an
-empty lake, warehouse and Dagster home, runs the month jobs and the all-months job in this
-process (so each step's peak RSS is this process's high-water mark for that step), and
-optionally times the nightly case: the newest month again, after its late rows (held back
-from the full run) were appended to its file, and what depends on it.
+Sample data is generated once per (events, seed) and cached, and generated again when the
+generator changed. Each repetition starts from an empty lake, warehouse and Dagster home, runs
+the month jobs and the all-months job in this process (so each step's peak RSS is this
+process's high-water mark for that step), and optionally times the nightly case: the newest
+month again, after its late rows (held back from the full run) were appended to its file, and
+what depends on it. Checks that fail are reported; one of ERROR severity fails the benchmark.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+import dagster as dg
+
 from cip_pipeline import definitions, paths
 from cip_pipeline.automation import ALL_MONTHS_JOB
 from cip_pipeline.months import month_of_raw_file
-from cip_pipeline.runner import RunSummary, ensure_instance, execute, run_months
+from cip_pipeline.runner import RunSummary, checked_assets, ensure_instance, execute, run_months
 
 
 @dataclass
@@ -37,6 +40,7 @@ class AssetFigures:
     check_seconds: list[float] = field(default_factory=list)
     refresh_seconds: list[float] = field(default_factory=list)
     refresh_check_seconds: list[float] = field(default_factory=list)
+    refresh_peak_rss: list[int] = field(default_factory=list)
 
     def median_seconds(self) -> float:
         return statistics.median(self.seconds) if self.seconds else 0.0
@@ -53,29 +57,38 @@ class BenchReport:
     seed: int
     repeat: int
     started: str
-    raw_bytes: int
+    raw_bytes: int  # of the raw files read when the sizes below were measured
     totals: list[float] = field(default_factory=list)
     refresh_totals: list[float] = field(default_factory=list)
     # the part of each total spent in check steps (the rest: assets, and Dagster between steps)
     check_totals: list[float] = field(default_factory=list)
     refresh_check_totals: list[float] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)
+    refresh_peak_rss: list[int] = field(default_factory=list)
     parquet_bytes: int = 0
     warehouse_bytes: int = 0
+    sizes_after: str = "the full run"  # the state the three sizes are of (of the last run)
     assets: dict[str, AssetFigures] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)  # what did not complete, and why
+    # What did not complete, and why, and the checks of ERROR severity that failed: any of
+    # them fails the benchmark.
+    failures: list[str] = field(default_factory=list)
+    check_errors: list[str] = field(default_factory=list)  # "<where>: <asset>:<check>"
+    check_warnings: list[str] = field(default_factory=list)  # failed checks of WARN severity
 
 
 def cached_raw(events: int, seed: int, out: TextIO) -> Path:
-    from cip_pipeline.generator import generate
+    """The sample's folder; generated unless its marker names the current generator (files of
+    another version would be timed as if they were these)."""
+    from cip_pipeline.generator import generate, generator_version
 
     folder = paths.data_dir() / "bench" / "raw" / f"{events}-seed{seed}"
     done = folder / ".complete"
-    if not done.exists():
+    version = generator_version()
+    if not done.exists() or done.read_text().strip() != version:
         shutil.rmtree(folder, ignore_errors=True)
         print(f"generating {events:,} events (seed {seed}) into {folder}", file=out)
         generate(events, seed=seed, out=folder)
-        done.write_text("ok\n")
+        done.write_text(version + "\n")
     return folder
 
 
@@ -124,6 +137,34 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
+def _measure_sizes(report: BenchReport, run: Path, state: str) -> None:
+    """The raw files as read so far, and the lake and warehouse built from them."""
+    report.raw_bytes = _dir_bytes(run / "raw")
+    report.parquet_bytes = _dir_bytes(run / "lake" / "events")
+    report.warehouse_bytes = _dir_bytes(run / "warehouse")
+    report.sizes_after = state
+
+
+def _record_checks(report: BenchReport, summaries: list[RunSummary], where: str) -> list[str]:
+    """Adds the failed checks of `summaries` to the report: those of ERROR severity to its
+    failures too. Returns the lines to print."""
+    lines = []
+    for summary in summaries:
+        errors = [f"{where}, {summary.label}: {name}" for name in summary.check_errors]
+        # check_problems holds every failed check as "<name> (<severity>)"
+        warnings = [
+            f"{where}, {summary.label}: {problem.rsplit(' (', 1)[0]}"
+            for problem in summary.check_problems
+            if not problem.endswith(" (error)")
+        ]
+        report.check_errors += errors
+        report.check_warnings += warnings
+        report.failures += [f"check of ERROR severity failed, {e}" for e in errors]
+        lines += [f"  check failed (ERROR): {e}" for e in errors]
+        lines += [f"  check failed (warning): {w}" for w in warnings]
+    return lines
+
+
 def run_bench(
     events: int, seed: int = 42, repeat: int = 1, refresh: bool = False, out: TextIO = sys.stdout
 ) -> BenchReport:
@@ -143,6 +184,7 @@ def run_bench(
             os.environ["CIP_DATA_DIR"] = str(run)
             instance = ensure_instance()
             defs = definitions.build_definitions()
+            steps = _StepAssets.of(defs)
             t0 = time.perf_counter()
             summaries = run_months(defs, instance, months)
             if definitions.UNPARTITIONED_ASSETS:
@@ -153,7 +195,7 @@ def run_bench(
                     raise RuntimeError(
                         f"benchmark run failed ({summary.label}): {summary.failures}"
                     )
-            per_run = _per_asset(summaries)
+            per_run = _per_asset(instance, summaries, steps)
             for name, fig in per_run.items():
                 agg = report.assets.setdefault(name, AssetFigures(name, fig.rows))
                 agg.seconds.append(fig.seconds)
@@ -161,12 +203,13 @@ def run_bench(
                 agg.peak_rss.append(fig.peak_rss)
             report.totals.append(total)
             report.check_totals.append(sum(f.check_seconds for f in per_run.values()))
-            report.peak_rss.append(
-                max((max(f.peak_rss, f.check_peak_rss) for f in per_run.values()), default=0)
-            )
-            report.parquet_bytes = _dir_bytes(run / "lake" / "events")
-            report.warehouse_bytes = _dir_bytes(run / "warehouse")
+            report.peak_rss.append(_peak(per_run))
+            # Like for like: the raw bytes this run read (with --refresh, the newest month
+            # without its late rows) against what it built from them.
+            _measure_sizes(report, run, "the full run")
             print(f"run {i + 1}/{repeat}: {total:.1f} s", file=out)
+            for line in _record_checks(report, summaries, f"run {i + 1}"):
+                print(line, file=out)
             if refresh:
                 newest = months[-1]
                 late = next(f for f in raw.iterdir() if month_of_raw_file(f.name) == newest)
@@ -179,23 +222,29 @@ def run_bench(
                 refreshed = run_months(defs, instance, [newest])
                 if definitions.UNPARTITIONED_ASSETS:
                     refreshed.append(execute(defs, ALL_MONTHS_JOB, instance, "all months"))
+                where = f"one-month refresh of run {i + 1}"
+                for line in _record_checks(report, refreshed, where):
+                    print(line, file=out)
                 failed = [s for s in refreshed if not s.success]
                 if failed:  # the full run's figures still stand: report them with the failure
                     report.failures += [
-                        f"one-month refresh of run {i + 1}, {s.label}: {'; '.join(s.failures)}"
-                        for s in failed
+                        f"{where}, {s.label}: {'; '.join(s.failures)}" for s in failed
                     ]
                     print(f"  one-month refresh failed: {report.failures[-1]}", file=out)
                     continue
                 report.refresh_totals.append(time.perf_counter() - t1)
-                per_refresh = _per_asset(refreshed)
+                per_refresh = _per_asset(instance, refreshed, steps)
                 for name, fig in per_refresh.items():
                     agg = report.assets.setdefault(name, AssetFigures(name, None))
                     agg.refresh_seconds.append(fig.seconds)
                     agg.refresh_check_seconds.append(fig.check_seconds)
+                    agg.refresh_peak_rss.append(fig.peak_rss)
                 report.refresh_check_totals.append(
                     sum(f.check_seconds for f in per_refresh.values())
                 )
+                report.refresh_peak_rss.append(_peak(per_refresh))
+                # Every raw byte has now been read.
+                _measure_sizes(report, run, "the one-month refresh")
                 print(f"  one-month refresh: {report.refresh_totals[-1]:.1f} s", file=out)
     finally:
         for k, v in home_env.items():
@@ -208,28 +257,63 @@ def run_bench(
 
 @dataclass
 class _RunFigures:
-    rows: int = 0
+    rows: int | None = None  # None: no materialization (a step that ran and skipped)
     seconds: float = 0.0
     check_seconds: float = 0.0
     peak_rss: int = 0
     check_peak_rss: int = 0
 
 
-def _per_asset(summaries: list[RunSummary]) -> dict[str, _RunFigures]:
-    """Per asset over a run's summaries (the months' and the all-months'): rows and seconds of
-    its materializations, seconds of its check steps, and the peak RSS of each."""
+@dataclass
+class _StepAssets:
+    """The asset (or assets, joined) of each step: of an asset's own step, or of the step of a
+    definition of checks on it."""
+
+    assets: dict[str, str]
+    checks: dict[str, str]
+
+    @classmethod
+    def of(cls, defs: dg.Definitions) -> _StepAssets:
+        assets = {
+            a.node_def.name: ", ".join(sorted(k.to_user_string() for k in a.keys))
+            for a in defs.assets or []
+            if isinstance(a, dg.AssetsDefinition)
+        }
+        return cls(assets, checked_assets(defs))
+
+
+def _per_asset(
+    instance: dg.DagsterInstance, summaries: list[RunSummary], steps: _StepAssets
+) -> dict[str, _RunFigures]:
+    """Per asset over a run's summaries (the months' and the all-months'): rows of its
+    materializations, and seconds and peak RSS of every step of it that ran (materialized or
+    not), its check steps apart."""
     figures: dict[str, _RunFigures] = {}
     for summary in summaries:
         for step in summary.steps:
             fig = figures.setdefault(step.asset, _RunFigures())
-            fig.rows += step.rows or 0
-            fig.seconds += step.seconds
-            fig.peak_rss = max(fig.peak_rss, step.peak_rss or 0)
-        for step in summary.check_steps:
-            fig = figures.setdefault(step.asset, _RunFigures())
-            fig.check_seconds += step.seconds
-            fig.check_peak_rss = max(fig.check_peak_rss, step.peak_rss or 0)
+            fig.rows = (fig.rows or 0) + (step.rows or 0)
+        peaks = summary.step_peaks
+        for stats in instance.get_run_step_stats(summary.run_id):
+            # A step Dagster skipped has no start time: it did not run.
+            if stats.start_time is None or stats.end_time is None:
+                continue
+            seconds = stats.end_time - stats.start_time
+            peak = peaks.get(stats.step_key, 0)
+            if stats.step_key in steps.checks:
+                fig = figures.setdefault(steps.checks[stats.step_key], _RunFigures())
+                fig.check_seconds += seconds
+                fig.check_peak_rss = max(fig.check_peak_rss, peak)
+            else:
+                asset = steps.assets.get(stats.step_key, stats.step_key)
+                fig = figures.setdefault(asset, _RunFigures())
+                fig.seconds += seconds
+                fig.peak_rss = max(fig.peak_rss, peak)
     return figures
+
+
+def _peak(figures: dict[str, _RunFigures]) -> int:
+    return max((max(f.peak_rss, f.check_peak_rss) for f in figures.values()), default=0)
 
 
 def _median_range(values: list[float], blank_zero: bool = False) -> str:
@@ -250,8 +334,8 @@ def to_markdown(report: BenchReport) -> str:
     )
     rule = "|---|---:|---:|---:|---:|---:|"
     if refresh:
-        header += " refresh, s | refresh checks, s |"
-        rule += "---:|---:|"
+        header += " refresh, s | refresh checks, s | refresh peak RSS MiB (max) |"
+        rule += "---:|---:|---:|"
     lines = [
         f"# cip bench: {report.events:,} events, seed {report.seed}, "
         f"{report.repeat} run(s), {report.started}",
@@ -268,13 +352,17 @@ def to_markdown(report: BenchReport) -> str:
         rate = "-" if rows_per_second is None else f"{rows_per_second:,.0f}"
         peak = f"{max(fig.peak_rss) / mib:,.0f}" if fig.peak_rss else "-"
         line = (
-            f"| {fig.asset} | {fig.rows or 0:,} | {_median_range(fig.seconds)} | "
+            f"| {fig.asset} | {'-' if fig.rows is None else f'{fig.rows:,}'} | "
+            f"{_median_range(fig.seconds)} | "
             f"{_median_range(fig.check_seconds, blank_zero=True)} | {rate} | {peak} |"
         )
         if refresh:
+            refresh_peak = (
+                f"{max(fig.refresh_peak_rss) / mib:,.0f}" if any(fig.refresh_peak_rss) else "-"
+            )
             line += (
                 f" {_median_range(fig.refresh_seconds)} | "
-                f"{_median_range(fig.refresh_check_seconds, blank_zero=True)} |"
+                f"{_median_range(fig.refresh_check_seconds, blank_zero=True)} | {refresh_peak} |"
             )
         lines.append(line)
     lines += [
@@ -282,19 +370,21 @@ def to_markdown(report: BenchReport) -> str:
         f"- full run: {_median_range(report.totals)} s, of which check steps "
         f"{_median_range(report.check_totals)} s",
         f"- overall peak RSS: {max(report.peak_rss, default=0) / mib:,.0f} MiB",
-        f"- raw CSV: {report.raw_bytes / mib:,.0f} MiB; Parquet: "
-        f"{report.parquet_bytes / mib:,.0f} MiB "
+        f"- sizes after {report.sizes_after}: raw CSV read {report.raw_bytes / mib:,.0f} MiB; "
+        f"Parquet {report.parquet_bytes / mib:,.0f} MiB "
         f"({100 * (1 - report.parquet_bytes / max(report.raw_bytes, 1)):.1f}% smaller); "
-        f"warehouse: {report.warehouse_bytes / mib:,.0f} MiB",
+        f"warehouse {report.warehouse_bytes / mib:,.0f} MiB",
     ]
     if report.refresh_totals:
         ratio = statistics.median(report.refresh_totals) / statistics.median(report.totals)
         lines.append(
             f"- one-month refresh: {_median_range(report.refresh_totals)} s "
             f"({ratio:.2f} x the full run), of which check steps "
-            f"{_median_range(report.refresh_check_totals)} s"
+            f"{_median_range(report.refresh_check_totals)} s; peak RSS "
+            f"{max(report.refresh_peak_rss, default=0) / mib:,.0f} MiB"
         )
     lines += [f"- FAILED: {failure}" for failure in report.failures]
+    lines += [f"- check failed (warning): {warning}" for warning in report.check_warnings]
     return "\n".join(lines) + "\n"
 
 

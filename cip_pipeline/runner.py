@@ -82,6 +82,7 @@ class RunSummary:
     check_errors: list[str] = field(default_factory=list)  # of them, those of ERROR severity
     failures: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    step_peaks: dict[str, int] = field(default_factory=dict)  # every step's peak RSS, bytes
 
 
 def _summarize(
@@ -93,7 +94,7 @@ def _summarize(
 ) -> RunSummary:
     """What a run did; `checked` names the asset of each step of asset checks."""
     run_id = result.run_id
-    summary = RunSummary(label, run_id, result.success, seconds)
+    summary = RunSummary(label, run_id, result.success, seconds, step_peaks=dict(step_peaks))
     # A skipped step has an end time and no start time: it took no time of its own.
     durations = {
         s.step_key: s.end_time - s.start_time

@@ -15,11 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_HEAD = REPO.parent / "shared" / "reference" / "real_samples" / "2019-Oct-head.csv"
 
 
+MILLION_SAMPLE_EVENTS = 1_000_000
+
+
 @pytest.fixture(scope="session")
 def million_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 1 M generated events over October and November 2019."""
     out = tmp_path_factory.mktemp("million")
-    generate(1_000_000, seed=42, out=out)
+    generate(MILLION_SAMPLE_EVENTS, seed=42, out=out)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ import polars as pl
 import pytest
 
 from cip_pipeline.cli import main as cip
+from cip_pipeline.generator import calibration as cal
 from cip_pipeline.generator import generate
 
 HEADER = (
@@ -26,6 +28,20 @@ def _lines(path: Path) -> list[str]:
     return path.read_bytes().decode().replace("\r\n", "\n").rstrip("\n").split("\n")
 
 
+def near_copies(month: pl.DataFrame) -> pl.DataFrame:
+    """Rows equal to the row before them in all but price or session: copies of a row made
+    before its price or session was drawn. A duplicate sits next to its original."""
+    others = [c for c in month.columns if c not in ("price", "user_session")]
+    before = month.shift(1)
+    return month.filter(
+        pl.all_horizontal([pl.col(c).eq_missing(before[c]) for c in others])
+        & ~(
+            pl.col("price").eq_missing(before["price"])
+            & pl.col("user_session").eq_missing(before["user_session"])
+        )
+    )
+
+
 def test_every_generated_line_has_the_real_format(tmp_path: Path) -> None:
     generate(50_000, seed=3, out=tmp_path)
     for name in ("2019-Oct.csv", "2019-Nov.csv"):
@@ -39,6 +55,38 @@ def test_every_generated_line_has_the_real_format(tmp_path: Path) -> None:
         assert times == sorted(times), "rows are in event_time order, as in the real files"
         month = "2019-10" if name.startswith("2019-Oct") else "2019-11"
         assert all(t.startswith(month) for t in times)
+
+
+def test_months_with_a_gap_keep_their_rows_to_their_month(tmp_path: Path) -> None:
+    """What spills out of October (follow-ups, late sessions) belongs to November, which is
+    not generated: none of it may land in December's file."""
+    report = generate(40_000, seed=7, months=("2019-10", "2019-12"), out=tmp_path)
+    for name, month in (("2019-Oct.csv", "2019-10"), ("2019-Dec.csv", "2019-12")):
+        times = pl.read_csv(tmp_path / name, schema_overrides={"event_time": pl.String})[
+            "event_time"
+        ]
+        assert times.len() == report.rows[month] > 10_000
+        assert times.str.starts_with(month).all(), times.filter(~times.str.starts_with(month))
+
+
+def test_duplicates_are_exact_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With zero prices on half the rows, many null sessions and duplicates, a copy that got
+    its own draws would differ from its original about half the time."""
+    real = cal.profile_for
+
+    def profile_for(index: int) -> cal.MonthProfile:
+        return dataclasses.replace(
+            real(index), zero_price_share=0.5, null_sessions=2_000_000, duplicate_share=0.02
+        )
+
+    monkeypatch.setattr(cal, "profile_for", profile_for)
+    generate(50_000, seed=3, out=tmp_path)
+    for name in ("2019-Oct.csv", "2019-Nov.csv"):
+        month = pl.read_csv(tmp_path / name)
+        assert month["price"].eq(0).mean() == pytest.approx(0.5, abs=0.02)
+        assert month["user_session"].null_count() > 500
+        assert month.height - month.unique().height > 100  # the duplicates are there
+        assert near_copies(month).height == 0
 
 
 def test_real_head_matches_the_same_row_format(real_head: Path) -> None:

@@ -6,6 +6,7 @@ the figures they are calibrated to and `events.py` for the behaviour they carry.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,18 +41,28 @@ class GenerationReport:
     seconds: float = 0.0
 
 
+def generator_version(package: Path = Path(__file__).parent) -> str:
+    """What decides the files written for given arguments: the generator's source files and the
+    libraries that draw and format the rows. A cache of generated files keyed by it is stale
+    once it changes."""
+    digest = hashlib.sha256()
+    for path in sorted(package.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{digest.hexdigest()[:16]}-numpy{np.__version__}-polars{pl.__version__}"
+
+
 def _seed(seed: int, *path: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *path]))
 
 
 def _calibrated_catalog(
-    seed: int, n_months: int, month0_rows: float, target_products: float, n_brands: int
+    seed: int, n_months: int, month0_rows: float, target_products: float, brands: list[int]
 ) -> Catalog:
     """The catalog whose month-0 expected count of products with at least one event
     matches the target (popularity is heavy-tailed, so many listed products go unseen)."""
 
     def seen(n_initial: int) -> tuple[float, Catalog]:
-        cat = build_catalog(_seed(seed, 1), n_initial, n_months, n_brands)
+        cat = build_catalog(_seed(seed, 1), n_initial, n_months, brands)
         within = cat.weight * cat.active(0)
         tot = np.bincount(cat.category, weights=within, minlength=cat.categories.weight.size)
         share = cat.categories.weight[cat.category] * np.divide(
@@ -86,9 +97,9 @@ def generate(
     if progress is None and events >= PROGRESS_MIN_EVENTS:
         progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
 
-    n_brands = max(5, round(max(p.brands for p in profiles) * scale))
+    brands = [max(5, round(p.brands * scale)) for p in profiles]
     catalog = _calibrated_catalog(
-        seed, len(months), profiles[0].rows * scale, profiles[0].products * scale, n_brands
+        seed, len(months), profiles[0].rows * scale, profiles[0].products * scale, brands
     )
     pop = build_population(
         _seed(seed, 2),
@@ -111,8 +122,9 @@ def generate(
             plan = plan_month(_seed(seed, 3, i), i, month, scale, catalog, pop, BLOCK_SECONDS)
             # A follow-up purchase may land in a later month's logging gap.
             plan.gaps = all_gaps
-            if carry is not None and carry.height and carry["event_time"].min() >= _dt(plan.end):
-                carry = None  # months not consecutive: the spill belongs to an ungenerated month
+            if carry is not None:
+                # Months not consecutive: what spilled into the months between is not written.
+                carry = carry.filter(pl.col("event_time") >= _dt(plan.start))
             n_blocks = days_in(month) * 86400 // BLOCK_SECONDS
             bounds = np.searchsorted(
                 plan.session_start, plan.start + BLOCK_SECONDS * np.arange(n_blocks + 1)

@@ -3,6 +3,7 @@ the generated months (products retire, new ones appear: cold start)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,8 +140,10 @@ def _greedy_flag(
 
 
 def build_catalog(
-    rng: np.random.Generator, n_initial: int, n_months: int, n_brands: int
+    rng: np.random.Generator, n_initial: int, n_months: int, brands: Sequence[int]
 ) -> Catalog:
+    """`brands[m]`: the brands of month m's profile. A product new in month m carries one of
+    the first `brands[m]`, so that a month sees about as many brands as its profile."""
     cats = build_categories(rng)
     n_new = round(n_initial * NEW_PRODUCT_SHARE) * max(0, n_months - 1)
     n = n_initial + n_new
@@ -183,13 +186,21 @@ def build_catalog(
         where=cat_tot[category] > 0,
     )
 
+    n_brands = max(brands)
     brand_names = _brand_names(rng, n_brands)
-    ranks = np.minimum(rng.zipf(1.35, n) - 1, n_brands - 1)
+    pool = np.asarray(brands, dtype=np.int64)[born]
+    ranks = np.minimum(rng.zipf(1.35, n) - 1, pool - 1)
     # Each top-level category has its own leading brands.
     top_of_cat = {c.split(".")[0] for c in cats.code if c}
     top_offset = {t: i * 7 for i, t in enumerate(sorted(top_of_cat))}
     cat_offset = np.array([top_offset[c.split(".")[0]] if c else 97 for c in cats.code])
-    brand = ((ranks + cat_offset[category]) % n_brands).astype(np.int32)
+    rank = ranks + cat_offset[category]
+    # A month's new brands come with its new products (a share of them as large as the new
+    # brands' share): drawn from the whole pool, the new ones would hardly ever be picked.
+    before = np.asarray([brands[0], *brands[:-1]], dtype=np.int64)[born]
+    fresh = (pool > before) & (rng.random(n) < (pool - before) / pool)
+    brand = np.where(fresh, before + rank % np.maximum(pool - before, 1), rank % pool)
+    brand = brand.astype(np.int32)
     smartphone = np.array([c == "electronics.smartphone" for c in cats.code])[category]
     no_brand = _greedy_flag(rng, share, cal.OCTOBER.brand_missing_share, ~smartphone & (born == 0))
     new_share = np.where(born > 0, weight, 0.0) / max(float(weight[born > 0].sum()), 1e-12)

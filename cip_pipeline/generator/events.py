@@ -42,7 +42,6 @@ FOLLOW_UP_SHARE = 0.35  # of abandoned carts, on average
 FOLLOW_UP_WEIGHT_Z = 1.5
 FOLLOW_UP_DELAY_MEDIAN_S = 1.0 * 86400
 FOLLOW_UP_DELAY_SIGMA = 1.0
-FOLLOW_UP_SESSIONS_EST = 0.035  # follow-up sessions per ordinary session, to size the months
 # Seconds between events of a session: log-normal.
 GAP_MEDIAN_S = 38.0
 GAP_SIGMA = 1.25
@@ -174,6 +173,33 @@ def purchase_logging_gaps(index: int, month: str) -> list[tuple[int, int]]:
     ]
 
 
+def originals(profile: cal.MonthProfile) -> tuple[float, float]:
+    """The month's views and carts less its exact duplicate rows (mostly carts): the real
+    counts include them, and the generator adds its copies on top of what it draws."""
+    duplicates = profile.duplicate_share * profile.rows
+    return (
+        profile.views - (1 - DUPLICATE_CART_SHARE) * duplicates,
+        profile.carts - DUPLICATE_CART_SHARE * duplicates,
+    )
+
+
+def follow_ups(profile: cal.MonthProfile) -> tuple[float, float]:
+    """Follow-up sessions per ordinary session, and abandoned carts per ordinary session (before
+    cart logging). Follow-ups (one view, a cart, a purchase) count among the month's sessions,
+    purchases and carts, so the ordinary sessions make up the rest: a fixed point."""
+    carts = originals(profile)[1]
+    follow = abandoned = 0.0
+    for _ in range(200):
+        purchases = profile.purchases / profile.sessions * (1 + follow) - follow
+        bought_carts = purchases * (1 + REPEAT_CART_MEAN)
+        abandoned = carts / profile.sessions * (1 + follow) / profile.cart_logging
+        abandoned = max(abandoned - bought_carts, 1e-6) / (1 + FOLLOW_UP_SHARE)
+        previous, follow = follow, abandoned * FOLLOW_UP_SHARE
+        if abs(follow - previous) < 1e-12:
+            break
+    return follow, abandoned
+
+
 def plan_month(
     rng: np.random.Generator,
     index: int,
@@ -187,7 +213,9 @@ def plan_month(
     start = int(month_start(month).timestamp())
     end = start + days_in(month) * 86400
     users = pop.active[index]
-    sessions_per_user = profile.sessions / profile.users / (1 + FOLLOW_UP_SESSIONS_EST)
+    follow, abandoned = follow_ups(profile)
+    # Follow-up sessions count among the month's sessions: draw only the ordinary ones.
+    sessions_per_user = profile.sessions / profile.users / (1 + follow)
     act = pop.activity[users]
     lam = act * (sessions_per_user - 1.0) / act.mean()
     n_sessions = 1 + rng.poisson(lam)
@@ -220,20 +248,16 @@ def plan_month(
         return float(np.average(_sigmoid(f + FOLLOW_UP_WEIGHT_Z * z), weights=cart_weight))
 
     follow_base = _solve_base(FOLLOW_UP_SHARE, follow_share)
-    # Follow-up sessions (one view, a cart, a purchase) count among the month's sessions,
-    # purchases and carts, so the ordinary sessions make up the rest.
-    follow = 0.0
-    for _ in range(4):
-        buy_base = _solve_base(profile.session_purchase_share * (1 + follow) - follow, buy_share)
-        purchases = profile.purchases / profile.sessions * (1 + follow) - follow
-        bought_carts = purchases * (1 + REPEAT_CART_MEAN)
-        abandoned = profile.carts / profile.sessions * (1 + follow) / profile.cart_logging
-        abandoned = max(abandoned - bought_carts, 1e-6) / (1 + FOLLOW_UP_SHARE)
-        follow = abandoned * FOLLOW_UP_SHARE
-    views_mean = profile.views / profile.sessions * (1 + follow) - follow
+    # Every follow-up session buys, unless its purchase falls in a logging gap (as often as an
+    # ordinary session's does, near enough): the ordinary sessions make up the other buyers.
+    logged = 1.0
+    for _ in range(2):
+        buying = profile.session_purchase_share * (1 + follow) - follow * logged
+        buy_base = _solve_base(buying, buy_share)
+        logged = buy_share(buy_base) / buy_share(buy_base, False)
+    views_mean = originals(profile)[0] / profile.sessions * (1 + follow) - follow
     # Items per ordinary buying session, so that the logged purchases (follow-ups included,
     # those in logging gaps lost) match.
-    logged = buy_share(buy_base) / buy_share(buy_base, False)
     purchases_target = profile.purchases / profile.sessions * (1 + follow) - follow * logged
     extra_items = max(0.0, purchases_target / buy_share(buy_base) - 1.0)
 
@@ -460,31 +484,38 @@ def block_events(
     for g0, g1 in plan.gaps:
         keep &= ~((etype == PURCHASE) & (times >= g0) & (times < g1))
     idx = np.flatnonzero(keep)
+    sess, prod, etype, times = sess[idx], prod[idx], etype[idx], times[idx]
+    # Zero prices and null sessions are drawn per row before the duplicates are made, so that a
+    # duplicate is an exact copy of its original.
+    price = catalog.price[plan.index, prod]
+    price = np.where(rng.random(price.size) < plan.profile.zero_price_share, 0.0, price)
+    null = np.zeros(sess.size, dtype=bool)
+    n_null = int(np.count_nonzero(plan.null_session_blocks == block))
+    if n_null and sess.size:
+        null[rng.integers(0, sess.size, n_null)] = True
 
     # Exact duplicate rows, mostly of cart events, next to their original.
-    expected = plan.duplicate_rate * idx.size / MEAN_DUPLICATE_COPIES
-    n_seeds = rng.poisson(expected)
+    rows = np.arange(sess.size)
+    n_seeds = rng.poisson(plan.duplicate_rate * rows.size / MEAN_DUPLICATE_COPIES)
     if n_seeds:
-        carts = idx[etype[idx] == CART]
+        carts = rows[etype == CART]
         if carts.size == 0:
-            carts = idx
+            carts = rows
         pool = np.where(
             rng.random(n_seeds) < DUPLICATE_CART_SHARE,
             carts[rng.integers(0, carts.size, n_seeds)],
-            idx[rng.integers(0, idx.size, n_seeds)],
+            rng.integers(0, rows.size, n_seeds),
         )
-        idx = np.sort(np.concatenate([idx, np.repeat(pool, _duplicate_copies(rng, n_seeds))]))
-    sess, prod, etype, times = sess[idx], prod[idx], etype[idx], times[idx]
+        rows = np.sort(np.concatenate([rows, np.repeat(pool, _duplicate_copies(rng, n_seeds))]))
+        sess, prod, etype, times = sess[rows], prod[rows], etype[rows], times[rows]
+        price, null = price[rows], null[rows]
 
-    price = catalog.price[plan.index, prod]
-    price = np.where(rng.random(price.size) < plan.profile.zero_price_share, 0.0, price)
     cat = catalog.category[prod]
     brand = catalog.brand[prod]
     brand = np.where(brand < 0, len(lookups.brand) - 1, brand)
     session = uuid4_strings(rng, n_s + n_f).gather(sess)
-    n_null = int(np.count_nonzero(plan.null_session_blocks == block))
-    if n_null and session.len():
-        session = session.scatter(rng.integers(0, session.len(), n_null), None)
+    if null.any():
+        session = session.scatter(np.flatnonzero(null), None)
     return pl.DataFrame(
         {
             "event_time": pl.Series(times * 1_000_000, dtype=pl.Int64).cast(pl.Datetime("us")),
