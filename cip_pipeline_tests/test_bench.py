@@ -8,6 +8,7 @@ import io
 import json
 import re
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -257,24 +258,27 @@ def test_a_cached_sample_of_another_generator_is_generated_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
-    calls: list[tuple[int, int]] = []
+    calls: list[list[str]] = []
 
-    def generate(events: int, seed: int, out: Path) -> None:
-        calls.append((events, seed))
+    def generate(command: list[str], check: bool) -> None:  # `cip generate`, in a process
+        calls.append(command)
+        out = Path(command[command.index("--out") + 1])
         out.mkdir(parents=True, exist_ok=True)
         (out / "2019-Oct.csv").write_text("new\n")
 
-    monkeypatch.setattr(generator, "generate", generate)
+    monkeypatch.setattr(bench.subprocess, "run", generate)
     folder = tmp_path / "bench" / "raw" / "500-seed1"
+    cli = [sys.executable, "-m", "cip_pipeline.cli", "generate", "--events", "500", "--seed", "1"]
     folder.mkdir(parents=True)
     (folder / "2019-Oct.csv").write_text("old\n")
     (folder / ".complete").write_text("ok\n")  # complete, by a generator of unknown version
     log = io.StringIO()
     assert bench.cached_raw(500, 1, log) == folder
-    assert calls == [(500, 1)] and (folder / "2019-Oct.csv").read_text() == "new\n"
+    assert calls == [[*cli, "--out", str(folder)]]
+    assert (folder / "2019-Oct.csv").read_text() == "new\n"
     assert (folder / ".complete").read_text() == generator.generator_version() + "\n"
     bench.cached_raw(500, 1, log)
-    assert calls == [(500, 1)]  # the current version's sample is reused
+    assert len(calls) == 1  # the current version's sample is reused
     # Any change to a source file of the generator changes its version.
     package = tmp_path / "generator"
     shutil.copytree(
