@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from cip_pipeline.assets.common import NEIGHBOUR_CHANGED, REBUILT_ON_NEIGHBOUR_CHANGE
 from cip_pipeline.months import month_of_raw_file, parse_month, partition_key
 from cip_pipeline.observability import STEP_HOOKS
 from cip_pipeline.partitions import is_partition_month, month_of_partition, monthly
@@ -200,18 +201,12 @@ def raw_file_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> 
     )
 
 
-# An upstream month that its own automation (ON_NEIGHBOUR_CHANGE) rebuilds: it is built and a
-# month it reads changed this tick without it, or its rebuild was requested last tick and has not
-# landed (until its run is queued it does not show as in progress). A target requested in the
-# same run as the month (its checks) does not wait for it.
+# An upstream month that its own automation (ON_NEIGHBOUR_CHANGE) is to rebuild: a month it
+# reads changed and it has not been requested since, or its rebuild was requested last tick and
+# has not landed (until its run is queued it does not show as in progress). A target requested
+# in the same run as the month (its checks) does not wait for it.
 _MONTH_TO_REBUILD = (
-    (
-        (
-            ~dg.AutomationCondition.missing()
-            & dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated())
-        ).with_label("built, and a month it reads changed")
-        | dg.AutomationCondition.newly_requested()
-    )
+    (NEIGHBOUR_CHANGED | dg.AutomationCondition.newly_requested())
     & ~dg.AutomationCondition.newly_updated()
     & ~dg.AutomationCondition.will_be_requested()
 ).with_label("upstream month to be rebuilt")
@@ -229,7 +224,7 @@ ON_ANY_MONTH_CHANGE = (
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
     & ~dg.AutomationCondition.any_deps_match(_MONTH_TO_REBUILD)
-    .allow(dg.AssetSelection.from_string('partitions:"time"'))
+    .allow(dg.AssetSelection.assets(*REBUILT_ON_NEIGHBOUR_CHANGE))
     .with_label("an upstream month to be rebuilt")
 ).with_label("refresh when any month changes")
 

@@ -155,12 +155,7 @@ def _record_checks(report: BenchReport, summaries: list[RunSummary], where: str)
     lines = []
     for summary in summaries:
         errors = [f"{where}, {summary.label}: {name}" for name in summary.check_errors]
-        # check_problems holds every failed check as "<name> (<severity>)"
-        warnings = [
-            f"{where}, {summary.label}: {problem.rsplit(' (', 1)[0]}"
-            for problem in summary.check_problems
-            if not problem.endswith(" (error)")
-        ]
+        warnings = [f"{where}, {summary.label}: {name}" for name in summary.check_warnings]
         report.check_errors += errors
         report.check_warnings += warnings
         report.failures += [f"check of ERROR severity failed, {e}" for e in errors]

@@ -80,6 +80,7 @@ class RunSummary:
     checks_passed: int = 0
     check_problems: list[str] = field(default_factory=list)  # every check not passed
     check_errors: list[str] = field(default_factory=list)  # of them, those of ERROR severity
+    check_warnings: list[str] = field(default_factory=list)  # and those of WARN severity
     failures: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     step_peaks: dict[str, int] = field(default_factory=dict)  # every step's peak RSS, bytes
@@ -126,6 +127,8 @@ def _summarize(
             summary.check_problems.append(f"{name} ({severity})")
             if evaluation.severity == dg.AssetCheckSeverity.ERROR:
                 summary.check_errors.append(name)
+            else:
+                summary.check_warnings.append(name)
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
             observation = event.asset_observation_data.asset_observation

@@ -123,3 +123,51 @@ def test_a_table_missing_at_the_first_tick_waits_for_a_month_to_change() -> None
     assert _assets(ticks.tick(), None) == set()
     ticks.materialize(MONTH_KEYS, OCT)
     assert _assets(ticks.tick(), None) == ALL_MONTHS
+
+
+def test_the_tables_wait_for_a_rebuild_requested_ticks_later(readers: set[dg.AssetKey]) -> None:
+    """October's own run is in progress when November lands, so its rebuild is requested only
+    once that run ends (here: fails), ticks later; the tables that read it wait until then and
+    run once, after it."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+
+    ticks = Ticks()
+    ticks.tick()
+    ticks.materialize(MONTH_KEYS, OCT)
+    ticks.run(ticks.tick())
+    ticks.tick()
+    job = ticks.repo.get_job("monthly_refresh")
+    october_run = ticks.instance.create_run_for_job(
+        job,
+        run_config={},
+        tags={"dagster/partition": OCT},
+        status=DagsterRunStatus.STARTED,
+        asset_selection=frozenset(MONTH_KEYS),
+    )
+    ticks.materialize(MONTH_KEYS, NOV)
+    first = ticks.tick()
+    assert _assets(first, OCT) == set()  # October's run is in progress
+    assert not _assets(first, None) & readers
+    ticks.run(first)
+    ticks.instance.report_run_failed(october_run)
+    second = ticks.tick()
+    assert _assets(second, OCT) == REBUILT
+    assert not _assets(second, None) & readers  # before the fix: all six, beside the rebuild
+    ticks.run(second)
+    third = ticks.tick()
+    assert _assets(third, None) & readers == readers
+    ticks.run(third)
+    assert not _assets(ticks.tick(), None) & readers
+
+
+def test_the_rebuilt_months_are_those_of_the_neighbour_condition() -> None:
+    """The tables over all months wait on exactly the assets ON_NEIGHBOUR_CHANGE rebuilds."""
+    from cip_pipeline.assets.common import ON_NEIGHBOUR_CHANGE, REBUILT_ON_NEIGHBOUR_CHANGE
+
+    graph = definitions.build_definitions().resolve_asset_graph()
+    rebuilt = {
+        key
+        for key in graph.get_all_asset_keys()
+        if graph.get(key).automation_condition == ON_NEIGHBOUR_CHANGE
+    }
+    assert rebuilt == set(REBUILT_ON_NEIGHBOUR_CHANGE)

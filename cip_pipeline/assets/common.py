@@ -123,12 +123,24 @@ def zero_counts(row: Mapping[str, Any], names: Sequence[str]) -> tuple[bool, dic
 # A month derived from its neighbours (sessions crossing a month boundary) is derived again
 # when a neighbouring month's events change after it was built, e.g. month M+1 landing after
 # M. Only partitions built before are refreshed: months without data stay unmaterialized.
-ON_NEIGHBOUR_CHANGE = (
+# NEIGHBOUR_CHANGED holds from the tick a month it reads changes until it is requested or built
+# (the tables over all months wait on it too, see automation.ON_ANY_MONTH_CHANGE).
+NEIGHBOUR_CHANGED = (
     ~dg.AutomationCondition.missing()
     & dg.AutomationCondition.any_deps_updated().since_last_handled()
+).with_label("built, and a month it reads changed since")
+ON_NEIGHBOUR_CHANGE = (
+    NEIGHBOUR_CHANGED
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("rebuild when an upstream month changes")
+# The assets ON_NEIGHBOUR_CHANGE rebuilds (a test holds this list to the definitions).
+REBUILT_ON_NEIGHBOUR_CHANGE = [
+    dg.AssetKey(["core", "fact_sessions"]),
+    dg.AssetKey(["core", "fact_user_days"]),
+    dg.AssetKey(["core", "fact_daily_kpis"]),
+    dg.AssetKey(["analytics", "data_profile"]),
+]
 
 # Metadata key of an observation saying why an asset was not built this time (`cip run`
 # lists them).
