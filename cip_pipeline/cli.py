@@ -170,7 +170,14 @@ def _one_run_at_a_time() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from cip_pipeline.budget import Budget
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        Budget.from_env()
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2 with the message, like a bad argument
     if args.command in ("run", "bench"):
         _one_run_at_a_time()
     return int(args.func(args))
