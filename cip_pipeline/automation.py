@@ -134,7 +134,7 @@ def month_files(lake: LakeResource) -> dict[str, Entry]:
     """Per partition month with a raw file, the file its ingest reads (a `.csv` shadows its
     `.csv.gz`) with its state: a shadowed file's changes change nothing."""
     entries: dict[str, Entry] = {}
-    for month in sorted({m for name in raw_files(lake) if (m := month_of_raw_file(name))}):
+    for month in filter(is_partition_month, lake.raw_months()):
         path = lake.raw_file(month)
         try:
             if path is not None:

@@ -194,7 +194,7 @@ def run_bench(
                     raise RuntimeError(
                         f"benchmark run failed ({summary.label}): {summary.failures}"
                     )
-            per_run = _per_asset(instance, summaries, steps)
+            per_run = _per_asset(summaries, steps)
             for name, fig in per_run.items():
                 agg = report.assets.setdefault(name, AssetFigures(name, fig.rows))
                 agg.seconds.append(fig.seconds)
@@ -232,7 +232,7 @@ def run_bench(
                     print(f"  one-month refresh failed: {report.failures[-1]}", file=out)
                     continue
                 report.refresh_totals.append(time.perf_counter() - t1)
-                per_refresh = _per_asset(instance, refreshed, steps)
+                per_refresh = _per_asset(refreshed, steps)
                 for name, fig in per_refresh.items():
                     agg = report.assets.setdefault(name, AssetFigures(name, None))
                     agg.refresh_seconds.append(fig.seconds)
@@ -281,9 +281,7 @@ class _StepAssets:
         return cls(assets, checked_assets(defs))
 
 
-def _per_asset(
-    instance: dg.DagsterInstance, summaries: list[RunSummary], steps: _StepAssets
-) -> dict[str, _RunFigures]:
+def _per_asset(summaries: list[RunSummary], steps: _StepAssets) -> dict[str, _RunFigures]:
     """Per asset over a run's summaries (the months' and the all-months'): rows of its
     materializations, and seconds and peak RSS of every step of it that ran (materialized or
     not), its check steps apart."""
@@ -292,19 +290,14 @@ def _per_asset(
         for step in summary.steps:
             fig = figures.setdefault(step.asset, _RunFigures())
             fig.rows = (fig.rows or 0) + (step.rows or 0)
-        peaks = summary.step_peaks
-        for stats in instance.get_run_step_stats(summary.run_id):
-            # A step Dagster skipped has no start time: it did not run.
-            if stats.start_time is None or stats.end_time is None:
-                continue
-            seconds = stats.end_time - stats.start_time
-            peak = peaks.get(stats.step_key, 0)
-            if stats.step_key in steps.checks:
-                fig = figures.setdefault(steps.checks[stats.step_key], _RunFigures())
+        for step_key, seconds in summary.step_seconds.items():
+            peak = summary.step_peaks.get(step_key, 0)
+            if step_key in steps.checks:
+                fig = figures.setdefault(steps.checks[step_key], _RunFigures())
                 fig.check_seconds += seconds
                 fig.check_peak_rss = max(fig.check_peak_rss, peak)
             else:
-                asset = steps.assets.get(stats.step_key, stats.step_key)
+                asset = steps.assets.get(step_key, step_key)
                 fig = figures.setdefault(asset, _RunFigures())
                 fig.seconds += seconds
                 fig.peak_rss = max(fig.peak_rss, peak)

@@ -78,12 +78,19 @@ class RunSummary:
     steps: list[StepLine] = field(default_factory=list)  # materializations
     check_steps: list[StepLine] = field(default_factory=list)  # the steps of an asset's checks
     checks_passed: int = 0
-    check_problems: list[str] = field(default_factory=list)  # every check not passed
-    check_errors: list[str] = field(default_factory=list)  # of them, those of ERROR severity
+    check_errors: list[str] = field(default_factory=list)  # failed checks of ERROR severity
     check_warnings: list[str] = field(default_factory=list)  # and those of WARN severity
     failures: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     step_peaks: dict[str, int] = field(default_factory=dict)  # every step's peak RSS, bytes
+    step_seconds: dict[str, float] = field(default_factory=dict)  # every step that ran
+
+    @property
+    def check_problems(self) -> list[str]:
+        """Every check not passed, with its severity."""
+        return [f"{name} (error)" for name in self.check_errors] + [
+            f"{name} (warn)" for name in self.check_warnings
+        ]
 
 
 def _summarize(
@@ -96,8 +103,8 @@ def _summarize(
     """What a run did; `checked` names the asset of each step of asset checks."""
     run_id = result.run_id
     summary = RunSummary(label, run_id, result.success, seconds, step_peaks=dict(step_peaks))
-    # A skipped step has an end time and no start time: it took no time of its own.
-    durations = {
+    # A skipped step has an end time and no start time: it did not run.
+    durations = summary.step_seconds = {
         s.step_key: s.end_time - s.start_time
         for s in instance.get_run_step_stats(run_id)
         if s.start_time is not None and s.end_time is not None
@@ -123,8 +130,6 @@ def _summarize(
             summary.checks_passed += 1
         else:
             name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
-            severity = evaluation.severity.value.lower()
-            summary.check_problems.append(f"{name} ({severity})")
             if evaluation.severity == dg.AssetCheckSeverity.ERROR:
                 summary.check_errors.append(name)
             else:

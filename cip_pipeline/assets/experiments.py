@@ -365,28 +365,20 @@ def reactivation_simulation(
             p_value=srm.p_value,
             significant=srm.mismatch,
         ),
-        _result("revenue_per_user", WELCH, note=not_tested.get(WELCH))
-        if welch is None
-        else _result(
-            "revenue_per_user",
-            WELCH,
-            welch.difference,
-            (welch.ci_low, welch.ci_high),
-            welch.p_value,
-            welch.p_value < 0.05,
-        ),
-        _result("revenue_per_user", CUPED, note=not_tested.get(CUPED))
-        if cuped is None
-        else _result(
-            "revenue_per_user",
-            CUPED,
-            cuped.effect,
-            cuped.ci,
-            cuped.adjusted.p_value,
-            cuped.adjusted.p_value < 0.05,
-            cuped.variance_reduction,
-        ),
     ]
+    # A revenue test not run is a row with its reason and no figures.
+    for method, figures in (
+        (WELCH, welch and (welch.difference, (welch.ci_low, welch.ci_high), welch.p_value, None)),
+        (
+            CUPED,
+            cuped and (cuped.effect, cuped.ci, cuped.adjusted.p_value, cuped.variance_reduction),
+        ),
+    ):
+        if figures is None:
+            rows.append(_result("revenue_per_user", method, note=not_tested.get(method)))
+        else:
+            estimate, ci, p, reduction = figures
+            rows.append(_result("revenue_per_user", method, estimate, ci, p, p < 0.05, reduction))
     table = pl.DataFrame(rows, schema_overrides={"note": pl.String}).with_columns(
         pl.lit(True).alias("simulated"),
         pl.lit(users.height).alias("users"),
