@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import pydantic
 import pytest
+from statsmodels.stats.power import TTestIndPower
 
 from cip_pipeline import stats
 from cip_pipeline.assets import experiments as ex
@@ -26,17 +29,12 @@ def test_no_buyers_before_the_cutoff_is_a_named_skip(tmp_path: Path) -> None:
         con.execute(
             "CREATE TABLE experiments.segment_outcomes (user_id INTEGER, segment VARCHAR, "
             "pre_revenue DOUBLE, bought BOOLEAN, revenue DOUBLE, active BOOLEAN, "
-            "cutoff TIMESTAMP, window_end TIMESTAMP)"
+            "first_active_day DATE, cutoff TIMESTAMP, window_end TIMESTAMP)"
         )
     outcomes = SqlTable("experiments", "segment_outcomes")
-    config = ex.ExperimentConfig()
     results = {
-        ex.POWER_KEY: list(
-            ex.ab_power_tables(dg.build_asset_context(), config, warehouse, outcomes)
-        ),
-        ex.PLANS_KEY: list(
-            ex.segment_test_plans(config=config, warehouse=warehouse, outcomes=outcomes)
-        ),
+        ex.POWER_KEY: list(ex.ab_power_tables(dg.build_asset_context(), warehouse, outcomes)),
+        ex.PLANS_KEY: list(ex.segment_test_plans(warehouse=warehouse, outcomes=outcomes)),
     }
     for key, events in results.items():
         assert len(events) == 1, key
@@ -46,18 +44,37 @@ def test_no_buyers_before_the_cutoff_is_a_named_skip(tmp_path: Path) -> None:
         assert observation.metadata[SKIPPED].value == ex.NO_BUYERS
 
 
-def _outcomes(tmp_path: Path, frame: pl.DataFrame) -> tuple[WarehouseResource, SqlTable]:
+CUTOFF = datetime(2019, 11, 16)
+
+
+def _outcomes(
+    tmp_path: Path, frame: pl.DataFrame, days: int = 14
+) -> tuple[WarehouseResource, SqlTable]:
     """experiments.segment_outcomes holding `frame` (user_id, segment, pre_revenue, bought,
-    revenue, active), over a 14-day window."""
+    revenue, active, and first_active_day or, without it, active members' first visits
+    spread evenly over the window: on day 1 + user_id % days), over a `days`-day window."""
     warehouse = WarehouseResource(path=str(tmp_path / "cip.duckdb"))
+    if "first_active_day" not in frame.columns:
+        frame = _spread(frame, days)
     rows = frame.with_columns(
-        cutoff=pl.lit(datetime(2019, 11, 16)), window_end=pl.lit(datetime(2019, 11, 30))
+        pl.col("first_active_day").cast(pl.Date),
+        cutoff=pl.lit(CUTOFF),
+        window_end=pl.lit(CUTOFF + timedelta(days=days)),
     )
     with warehouse.connect() as con:
         con.execute("CREATE SCHEMA experiments")
         con.register("rows", rows)
         con.execute("CREATE TABLE experiments.segment_outcomes AS SELECT * FROM rows")
     return warehouse, SqlTable("experiments", "segment_outcomes")
+
+
+def _spread(frame: pl.DataFrame, days: int) -> pl.DataFrame:
+    """Active members first visit on day 1 + user_id % days of the window."""
+    return frame.with_columns(
+        first_active_day=pl.when(pl.col("active")).then(
+            pl.lit(CUTOFF.date()) + pl.duration(days=pl.col("user_id") % days)
+        )
+    )
 
 
 def _segment(
@@ -109,17 +126,21 @@ def test_a_window_without_revenue_is_analysed_without_its_revenue_tests(tmp_path
         assert methods[method]["estimate"] is None and methods[method]["p_value"] is None
         assert "revenue does not vary" in methods[method]["note"]
     assert set(output.metadata["not_tested"].value) == {ex.WELCH, ex.CUPED}
+    # a relative lift on a rate of 0 adds no conversion: what is recorded is what happened
+    row = table.row(0, named=True)
+    assert row["requested_conversion_lift"] == 0.2 and row["injected_conversion_lift"] == 0.0
+    assert "0%" in row["injection_note"]
 
 
 def test_simulated_new_buyers_spend_like_the_real_ones(tmp_path: Path) -> None:
-    """Every real buyer spent 100 and nobody else anything: with no revenue lift injected,
+    """Every real buyer spent 100 and nobody else anything: with no spend lift injected,
     each arm's revenue per user is 100 times its conversion rate, new buyers included, so the
     revenue difference is 100 times the conversion difference."""
     frame = pl.concat(
         [_segment("At Risk", 400, 80, 1, 100.0), _segment(ex.TARGET_SEGMENT, 200, 30, 1001, 100.0)]
     )
     warehouse, outcomes = _outcomes(tmp_path, frame)
-    config = ex.ExperimentConfig(simulated_conversion_lift=0.5, simulated_revenue_lift=0.0)
+    config = ex.ExperimentConfig(simulated_conversion_lift=0.5, simulated_spend_lift=0.0)
     table = _output(list(ex.reactivation_simulation(config, warehouse, outcomes))).value
     methods = {r["method"]: r for r in table.iter_rows(named=True)}
     conversion = methods["two-proportion z-test"]["estimate"]
@@ -127,63 +148,264 @@ def test_simulated_new_buyers_spend_like_the_real_ones(tmp_path: Path) -> None:
     assert methods["Welch t-test"]["estimate"] == pytest.approx(100 * conversion, rel=1e-9)
 
 
-def test_a_negative_injected_lift_is_refused() -> None:
+def test_a_negative_injected_lift_and_seed_are_refused() -> None:
     """The simulation can only add conversions: a negative lift is a config error, not a
-    table that reports an effect it never injected."""
+    table that reports an effect it never injected. A negative seed would crash numpy's
+    generator mid-run: refused when the config is read."""
     with pytest.raises(pydantic.ValidationError, match="simulated_conversion_lift"):
         ex.ExperimentConfig(simulated_conversion_lift=-0.1)
-    with pytest.raises(pydantic.ValidationError, match="simulated_revenue_lift"):
-        ex.ExperimentConfig(simulated_revenue_lift=-1.0)
+    with pytest.raises(pydantic.ValidationError, match="simulated_spend_lift"):
+        ex.ExperimentConfig(simulated_spend_lift=-1.0)
+    with pytest.raises(pydantic.ValidationError, match="seed"):
+        ex.ExperimentConfig(seed=-1)
+    assert ex.ExperimentConfig(seed=0).seed == 0
+
+
+def _spenders(users: int, share: float, spend: float, seed: int = 7) -> pl.DataFrame:
+    """At-risk visitors: a random `share` bought, each spending `spend`."""
+    rng = np.random.default_rng(seed)
+    bought = rng.random(users) < share
+    return pl.DataFrame(
+        {
+            "user_id": np.arange(1, users + 1),
+            "segment": ["At Risk"] * users,
+            "pre_revenue": 10.0 + rng.exponential(50, users),
+            "bought": bought,
+            "revenue": np.where(bought, spend, 0.0),
+            "active": [True] * users,
+        }
+    )
+
+
+def test_the_stated_revenue_lift_is_the_one_injected(tmp_path: Path) -> None:
+    """+20% conversion (new buyers spending like the real ones, 100 each) and +15% on every
+    treated user's spend lift revenue per user by 1.2 x 1.15 - 1 = 38%, not 15%: the table and
+    the metadata say 38%, and the Welch interval for the difference in revenue per user (the
+    control's is 10) holds 3.8 and not 1.5. With no spend lift, it is the 20% alone."""
+    warehouse, outcomes = _outcomes(tmp_path, _spenders(40_000, 0.10, 100.0))
+    for spend_lift, implied in ((0.15, 0.38), (0.0, 0.20)):
+        config = ex.ExperimentConfig(simulated_conversion_lift=0.2, simulated_spend_lift=spend_lift)
+        output = _output(list(ex.reactivation_simulation(config, warehouse, outcomes)))
+        row = output.value.row(0, named=True)
+        assert row["injected_conversion_lift"] == 0.2
+        assert row["injected_spend_lift"] == spend_lift
+        assert row["injected_revenue_per_user_lift"] == pytest.approx(implied, rel=1e-12)
+        assert output.metadata["injected_revenue_per_user_lift"].value == pytest.approx(implied)
+        assert row["injection_note"] is None
+        welch = output.value.filter(pl.col("method") == ex.WELCH).row(0, named=True)
+        assert welch["ci_low"] < implied * 10.0 < welch["ci_high"]
+        assert not welch["ci_low"] < spend_lift * 10.0 < welch["ci_high"]
+
+
+def test_a_conversion_lift_past_100_percent_records_what_was_injected(tmp_path: Path) -> None:
+    """90% of the users bought: +20% would be 108%. Every treated non-buyer converts, a lift
+    of 0.1 / 0.9 = 11.1%, and that is what the table records, with the reason; the z-test's
+    interval for the difference holds 0.10, not the stated 0.18."""
+    warehouse, outcomes = _outcomes(tmp_path, _spenders(20_000, 0.90, 100.0))
+    config = ex.ExperimentConfig(simulated_conversion_lift=0.2, simulated_spend_lift=0.0)
+    output = _output(list(ex.reactivation_simulation(config, warehouse, outcomes)))
+    table = output.value
+    row = table.row(0, named=True)
+    base = _spenders(20_000, 0.90, 100.0)["bought"].mean()
+    assert row["requested_conversion_lift"] == 0.2
+    assert row["injected_conversion_lift"] == pytest.approx((1 - base) / base, rel=1e-12)
+    assert row["injected_revenue_per_user_lift"] == pytest.approx((1 - base) / base)
+    assert "would pass 100%" in row["injection_note"]
+    assert output.metadata["injection_note"].value == row["injection_note"]
+    z = table.filter(pl.col("method") == "two-proportion z-test").row(0, named=True)
+    assert z["ci_low"] < 1 - base < z["ci_high"]
+    assert not z["ci_low"] < 0.2 * base < z["ci_high"]
+    assert ex.injected_conversion_lift(0.5, 1.0) == (1.0, None)  # exactly 100%: allowed
+
+
+def _arrivals(name: str, members: int, buyers: int, per_day: list[int]) -> pl.DataFrame:
+    """A segment of `members`, per_day[d] of them first visiting on day d + 1 (the others
+    not at all), the first `buyers` visitors buying."""
+    days = [d for d, n in enumerate(per_day) for _ in range(n)]
+    frame = _segment(name, members, buyers, 1)
+    first = [CUTOFF.date() + timedelta(days=d) for d in days] + [None] * (members - len(days))
+    return frame.with_columns(
+        active=pl.Series([d is not None for d in first]),
+        first_active_day=pl.Series(first, dtype=pl.Date),
+    )
+
+
+def _days_oracle(total: int, frame: pl.DataFrame, window: int) -> tuple[int | None, bool | None]:
+    """Days until `total` distinct members of the segment `frame` have first visited (and
+    whether extrapolated), counted in Polars: within the window as observed; then at the
+    latest week's arrivals, exactly; none past the segment's size or without new arrivals."""
+    per_day = (
+        frame.filter(pl.col("active"))
+        .group_by("first_active_day")
+        .len()
+        .with_columns(day=(pl.col("first_active_day") - pl.lit(CUTOFF.date())).dt.total_days())
+    )
+    counts = dict(zip(per_day["day"].to_list(), per_day["len"].to_list(), strict=True))
+    reached, have = [], 0
+    for d in range(window):
+        have += counts.get(d, 0)
+        reached.append(have)
+        if have >= total:
+            return d + 1, False
+    lately = Fraction(reached[-1] - (reached[-8] if window > 7 else 0), min(window, 7))
+    if total > frame.height or not lately:
+        return None, None
+    return window + math.ceil((total - reached[-1]) / lately), True
+
+
+def test_days_are_read_off_the_segments_first_visits(tmp_path: Path) -> None:
+    """20,000 members, 10% of the visitors buy. 3,000 first visit on day 1, 400 a day on
+    days 2-7, 20 a day on days 8-14: 5,540 in the window. +50% on 10% needs 2 x 681 = 1,362:
+    day 1 (a steady 5,540 / 14 a day would say 4). +20% needs 2 x 3,835 = 7,670: 5,540 by day
+    14, then 20 a day, (7,670 - 5,540) / 20 = 106.5: day 121, extrapolated and not feasible
+    (the steady rate would say 20 days, feasible)."""
+    per_day = [3_000] + [400] * 6 + [20] * 7
+    frame = _arrivals("Champions", 20_000, 554, per_day)
+    warehouse, outcomes = _outcomes(tmp_path, frame)
+    plans = _output(list(ex.segment_test_plans(warehouse, outcomes)))
+    row = plans.value.row(0, named=True)
+    n20 = stats.sample_size_two_proportions(0.1, 0.2).n_control
+    n50 = stats.sample_size_two_proportions(0.1, 0.5).n_control
+    assert (n20, n50) == (3_835, 681)
+    assert row["baseline_conversion"] == pytest.approx(0.1)
+    assert row["members_reached_by_day"] == list(itertools.accumulate(per_day))
+    assert row["window_days"] == 14
+    assert row["new_members_per_day_latest_week"] == 20.0
+    assert "daily_eligible_users" not in row
+    assert (row["days_lift_50"], row["extrapolated_lift_50"], row["feasible_lift_50"]) == (
+        1,
+        False,
+        True,
+    )
+    assert (row["days_lift_20"], row["extrapolated_lift_20"], row["feasible_lift_20"]) == (
+        121,
+        True,
+        False,
+    )
+    # Every segment row of the power tables, against the same count in Polars.
+    power = _output(list(ex.ab_power_tables(dg.build_asset_context(), warehouse, outcomes)))
+    rows = power.value.filter(pl.col("baseline_source") == "segment: Champions")
+    assert rows.height > 0
+    for r in rows.iter_rows(named=True):
+        total = 2 * (r["n_per_arm"] or r["sample_size"])
+        assert (r["days_needed"], r["days_extrapolated"]) == _days_oracle(total, frame, 14), r
+    assert rows.filter(pl.col("days_extrapolated")).height > 0
+    assert rows.filter(pl.col("days_extrapolated").not_()).height > 0
+    assert rows.filter(pl.col("days_needed").is_null()).height > 0  # 2 x 500,000 > 20,000
+
+
+def test_the_window_is_the_one_stored_with_the_outcomes(tmp_path: Path) -> None:
+    """Outcomes measured over 7 days (ExperimentConfig's window is 14): 4,000 of 20,000
+    members visit, evenly over the 7 days, 400 buy. +20% needs 7,670: 4,000 by day 7, then
+    4,000 / 7 a day: 7 + ceil(3,670 x 7 / 4,000) = 14 days (a 14-day divisor said 27)."""
+    frame = _segment("Champions", 20_000, 400, 1).with_columns(active=pl.col("user_id") <= 4_000)
+    frame = _spread(frame, 7)
+    warehouse, outcomes = _outcomes(tmp_path, frame, days=7)
+    plans = _output(list(ex.segment_test_plans(warehouse, outcomes)))
+    row = plans.value.row(0, named=True)
+    assert row["window_days"] == 7
+    assert row["new_members_per_day_latest_week"] == pytest.approx(4_000 / 7)
+    n20 = stats.sample_size_two_proportions(0.1, 0.2).n_control
+    assert row["days_lift_20"] == 7 + math.ceil(Fraction((2 * n20 - 4_000) * 7, 4_000)) == 14
+    assert row["extrapolated_lift_20"] is True
+    assert plans.metadata["window"].value == "2019-11-16 to 2019-11-22 (7 days, last day included)"
+    power = _output(list(ex.ab_power_tables(dg.build_asset_context(), warehouse, outcomes)))
+    assert power.metadata["window"].value == plans.metadata["window"].value
+    sizes = power.value.filter(pl.col("baseline_source") == "segment: Champions")
+    assert sizes.height > 0
+    for r in sizes.iter_rows(named=True):
+        total = 2 * (r["n_per_arm"] or r["sample_size"])
+        assert (r["days_needed"], r["days_extrapolated"]) == _days_oracle(total, frame, 7), r
+
+
+def test_revenue_gets_the_conversion_grid_and_mde_rows(tmp_path: Path) -> None:
+    """Revenue per visitor has the same lift x alpha x power x sidedness grid and MDE rows as
+    conversion: each size is statsmodels' TTestIndPower solve (rounded up) for d = mean x
+    lift / sd, each MDE its solved effect size x sd / mean, from the visitors' mean and sample
+    SD computed here, with days."""
+    frame = _spread(_segment("Loyal", 3_000, 300, 1), 14).with_columns(
+        revenue=pl.when(pl.col("bought")).then(20.0 + (pl.col("user_id") * 37) % 200).otherwise(0.0)
+    )
+    warehouse, outcomes = _outcomes(tmp_path, frame)
+    mean, sd = frame["revenue"].mean(), frame["revenue"].std()
+    power = _output(list(ex.ab_power_tables(dg.build_asset_context(), warehouse, outcomes))).value
+    revenue = power.filter(pl.col("baseline_source") == "segment: Loyal")
+    sizes = revenue.filter(pl.col("table") == "revenue_sample_size")
+    grid = set(itertools.product(ex.LIFTS, ex.ALPHAS, ex.POWERS, ex.ALTERNATIVES))
+    assert sizes.height == len(grid) == 48
+    assert set(sizes.select("relative_lift", "alpha", "power", "alternative").iter_rows()) == grid
+    solver = TTestIndPower()
+    for r in sizes.iter_rows(named=True):
+        assert r["baseline"] == pytest.approx(mean, rel=1e-12)
+        d = mean * r["relative_lift"] / sd
+        alternative = "two-sided" if r["alternative"] == "two-sided" else "larger"
+        n = solver.solve_power(d, alpha=r["alpha"], power=r["power"], alternative=alternative)
+        assert abs(r["n_per_arm"] - math.ceil(n)) <= 1, r
+        assert (r["days_needed"], r["days_extrapolated"]) == _days_oracle(
+            2 * r["n_per_arm"], frame, 14
+        )
+    mdes = revenue.filter(pl.col("table") == "revenue_mde")
+    assert mdes["sample_size"].to_list() == list(ex.MDE_SAMPLE_SIZES)
+    for r in mdes.iter_rows(named=True):
+        d = solver.solve_power(nobs1=r["sample_size"], alpha=0.05, power=0.8)
+        assert r["relative_lift"] == pytest.approx(d * sd / mean, rel=1e-3)
+        assert (r["alpha"], r["power"], r["alternative"]) == (0.05, 0.8, "two-sided")
+        assert (r["days_needed"], r["days_extrapolated"]) == _days_oracle(
+            2 * r["sample_size"], frame, 14
+        )
+    assert sizes["days_needed"].null_count() < sizes.height  # some sizes fit the segment
 
 
 def test_a_segment_smaller_than_the_test_has_no_duration(tmp_path: Path) -> None:
     """A segment is a fixed set of people: 1,000 users at a 10% baseline cannot fill the
-    2 x 1,012 a +50% test needs (at 1000/14 a day that would read as 29 days and feasible).
-    A segment near 100% conversion has no detectable lift: its MDE rows are empty, not a
-    failed build."""
-    frame = pl.concat([_segment("Loyal", 1_000, 100, 1), _segment("Champions", 1_000, 999, 5001)])
+    2 x 681 a +50% test needs, however long it runs (a steady 1000/14 a day would read as 20
+    days and feasible). A segment near 100% conversion has no detectable lift: its MDE rows
+    are empty, not a failed build."""
+    loyal = _spread(_segment("Loyal", 1_000, 100, 1), 14)
+    frame = pl.concat([loyal, _spread(_segment("Champions", 1_000, 999, 5001), 14)])
     warehouse, outcomes = _outcomes(tmp_path, frame)
-    config = ex.ExperimentConfig()
-    plans = _output(list(ex.segment_test_plans(config, warehouse, outcomes))).value
-    loyal = plans.filter(pl.col("segment") == "Loyal").row(0, named=True)
+    plans = _output(list(ex.segment_test_plans(warehouse, outcomes))).value
+    row = plans.filter(pl.col("segment") == "Loyal").row(0, named=True)
     n50 = stats.sample_size_two_proportions(0.1, 0.5).n_control
-    assert 2 * n50 > 1_000 and loyal["n_per_arm_lift_50"] == n50
-    assert loyal["days_lift_50"] is None and loyal["feasible_lift_50"] is False
-    tables = _output(
-        list(ex.ab_power_tables(dg.build_asset_context(), config, warehouse, outcomes))
-    )
-    power = tables.value
+    assert 2 * n50 > 1_000 and row["n_per_arm_lift_50"] == n50
+    assert row["days_lift_50"] is None and row["feasible_lift_50"] is False
+    assert row["extrapolated_lift_50"] is None
+    power = _output(list(ex.ab_power_tables(dg.build_asset_context(), warehouse, outcomes))).value
     loyal_sizes = power.filter(
         pl.col("baseline_source") == "segment: Loyal", pl.col("n_per_arm").is_not_null()
     )
     assert loyal_sizes.height > 0
-    for row in loyal_sizes.iter_rows(named=True):
-        want = math.ceil(Fraction(2 * row["n_per_arm"] * 14, 1_000))
-        assert row["days_needed"] == (want if 2 * row["n_per_arm"] <= 1_000 else None)
+    for r in loyal_sizes.iter_rows(named=True):
+        assert (r["days_needed"], r["days_extrapolated"]) == _days_oracle(
+            2 * r["n_per_arm"], loyal, 14
+        )
     champions_mde = power.filter(
         pl.col("baseline_source") == "segment: Champions", pl.col("table") == "conversion_mde"
     )
     assert champions_mde.height == len(ex.MDE_SAMPLE_SIZES)
     assert champions_mde["relative_lift"].null_count() >= 1
-    for row in champions_mde.filter(pl.col("relative_lift").is_not_null()).iter_rows(named=True):
-        achieved = stats.power_two_proportions(0.999, row["relative_lift"], row["sample_size"])
+    for r in champions_mde.filter(pl.col("relative_lift").is_not_null()).iter_rows(named=True):
+        achieved = stats.power_two_proportions(0.999, r["relative_lift"], r["sample_size"])
         assert achieved == pytest.approx(0.8, abs=1e-6)
 
 
-def test_a_segments_rate_and_traffic_are_those_of_its_visitors(tmp_path: Path) -> None:
+def test_a_segments_rate_and_arrivals_are_those_of_its_visitors(tmp_path: Path) -> None:
     """1,000 members, 200 of them active in the 14-day window, 20 of those bought: a test that
-    enrols members as they visit meets 200/14 a day converting at 10%, not at 2%; the whole
+    enrols members as they visit meets those 200 converting at 10%, not at 2%; the whole
     segment still caps what it can enrol. Revenue per user is that of the visitors too."""
     frame = _segment("Loyal", 1_000, 20, 1, revenue=50.0).with_columns(
         active=pl.col("user_id") <= 200
     )
     warehouse, outcomes = _outcomes(tmp_path, frame)
-    config = ex.ExperimentConfig()
-    plans = _output(list(ex.segment_test_plans(config, warehouse, outcomes))).value
+    plans = _output(list(ex.segment_test_plans(warehouse, outcomes))).value
     loyal = plans.row(0, named=True)
     assert (loyal["users"], loyal["active_users"]) == (1_000, 200)
     assert loyal["baseline_conversion"] == pytest.approx(0.1)
-    assert loyal["daily_eligible_users"] == pytest.approx(200 / 14)
+    # ids 1..200 on day 1 + id % 14: days 1..4 get 15 (ids whose residue is 0..4 hold 14 or 15)
+    per_day = [sum(1 for i in range(1, 201) if i % 14 == d) for d in range(14)]
+    assert loyal["members_reached_by_day"] == list(itertools.accumulate(per_day))
+    assert loyal["members_reached_by_day"][-1] == 200
+    assert loyal["new_members_per_day_latest_week"] == pytest.approx(sum(per_day[7:]) / 7)
     assert loyal["revenue_per_user"] == pytest.approx(20 * 50.0 / 200)
     n20 = stats.sample_size_two_proportions(0.1, 0.2).n_control
     assert loyal["n_per_arm_lift_20"] == n20
@@ -192,16 +414,21 @@ def test_a_segments_rate_and_traffic_are_those_of_its_visitors(tmp_path: Path) -
     assert loyal["n_per_arm_lift_50"] == n50 and 2 * n50 > 1_000
 
 
-def test_a_large_segments_days_come_from_its_visitors(tmp_path: Path) -> None:
-    """20,000 members, 4,000 visited in the 14 days, 400 bought: +20% on 10% needs 2 x n
-    members, arriving at 4,000/14 a day: ceil(2n x 14 / 4,000) days, counted exactly."""
-    frame = _segment("Champions", 20_000, 400, 1).with_columns(active=pl.col("user_id") <= 4_000)
+def test_steady_arrivals_give_the_steady_rate_days(tmp_path: Path) -> None:
+    """20,000 members, 4,000 visiting evenly over the 14 days (1,999 in the last 7), 400
+    bought: +20% on 10% needs 2 x 3,835 = 7,670: 4,000 by day 14, then 1,999 / 7 a day:
+    14 + ceil(3,670 x 7 / 1,999) = 27 days, as a steady 4,000 / 14 a day says too."""
+    frame = _spread(
+        _segment("Champions", 20_000, 400, 1).with_columns(active=pl.col("user_id") <= 4_000), 14
+    )
     warehouse, outcomes = _outcomes(tmp_path, frame)
-    plans = _output(list(ex.segment_test_plans(ex.ExperimentConfig(), warehouse, outcomes)))
+    plans = _output(list(ex.segment_test_plans(warehouse, outcomes)))
     row = plans.value.row(0, named=True)
     n20 = stats.sample_size_two_proportions(0.1, 0.2).n_control
-    assert 2 * n20 <= 20_000
+    assert row["new_members_per_day_latest_week"] == pytest.approx(1_999 / 7)
+    assert row["days_lift_20"] == 14 + math.ceil(Fraction(3_670 * 7, 1_999)) == 27
     assert row["days_lift_20"] == math.ceil(Fraction(2 * n20 * 14, 4_000))
+    assert row["extrapolated_lift_20"] is True
     assert row["feasible_lift_20"] is (row["days_lift_20"] <= ex.MAX_PLAN_DAYS)
 
 
@@ -213,12 +440,55 @@ def test_a_segment_without_visitors_has_no_rate(tmp_path: Path) -> None:
         ]
     )
     warehouse, outcomes = _outcomes(tmp_path, frame)
-    config = ex.ExperimentConfig()
-    plans = _output(list(ex.segment_test_plans(config, warehouse, outcomes))).value
+    plans = _output(list(ex.segment_test_plans(warehouse, outcomes))).value
     idle = plans.filter(pl.col("segment") == "Hibernating").row(0, named=True)
     assert idle["baseline_conversion"] is None and idle["n_per_arm_lift_20"] is None
-    power = _output(
-        list(ex.ab_power_tables(dg.build_asset_context(), config, warehouse, outcomes))
-    ).value
+    assert idle["members_reached_by_day"] == [0] * 14
+    assert idle["new_members_per_day_latest_week"] == 0.0
+    power = _output(list(ex.ab_power_tables(dg.build_asset_context(), warehouse, outcomes))).value
     assert set(power["baseline_source"].unique()) >= {"segment: Loyal"}
     assert "segment: Hibernating" not in set(power["baseline_source"])
+
+
+def test_the_outcomes_window_is_labelled_by_its_last_day(tmp_path: Path) -> None:
+    """segment_outcomes over a small core.events: its metadata names the window's first and
+    last day (the stored end is exclusive), and each buyer's first_active_day is their first
+    event in the window, as Polars finds it."""
+    events = pl.DataFrame(
+        {
+            "user_id": [1, 1, 1, 2, 2, 3, 3],
+            "event_type": ["purchase", "view", "purchase", "purchase", "view", "purchase", "view"],
+            "price": [5.0, 0.0, 7.0, 3.0, 0.0, 4.0, 0.0],
+            "event_time": [
+                datetime(2019, 11, 1, 10),
+                datetime(2019, 11, 20, 9),
+                datetime(2019, 11, 18, 23),
+                datetime(2019, 11, 2, 8),
+                datetime(2019, 11, 29, 12),
+                datetime(2019, 11, 3, 8),
+                datetime(2019, 11, 30, 22),
+            ],
+        }
+    )
+    warehouse = WarehouseResource(path=str(tmp_path / "cip.duckdb"))
+    with warehouse.connect() as con:
+        con.execute("CREATE SCHEMA core")
+        con.register("rows", events)
+        con.execute("CREATE TABLE core.events AS SELECT * FROM rows")
+    output = _output(list(ex.segment_outcomes(ex.ExperimentConfig(), warehouse)))
+    assert output.metadata["window"].value == (
+        "2019-11-17 to 2019-11-30 (14 days, last day included)"
+    )
+    assert ex.window_label(datetime(2019, 11, 17), datetime(2019, 12, 1)) == (
+        output.metadata["window"].value
+    )
+    with warehouse.connect(read_only=True) as con:
+        got = con.sql(output.value.sql).pl().sort("user_id")
+    window = events.filter(
+        pl.col("event_time") >= datetime(2019, 11, 17), pl.col("event_time") < datetime(2019, 12, 1)
+    )
+    first = window.group_by("user_id").agg(pl.col("event_time").min().dt.date().alias("day"))
+    want = dict(zip(first["user_id"], first["day"], strict=True))
+    assert got["user_id"].to_list() == [1, 2, 3]
+    assert got["first_active_day"].to_list() == [want.get(u) for u in (1, 2, 3)]
+    assert got["first_active_day"].to_list()[0] is not None

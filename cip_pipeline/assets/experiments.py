@@ -1,9 +1,12 @@
 """Experiment planning from the data: A/B power tables, per-segment test plans, and a
 clearly labelled simulated reactivation test. The statistics are cip_pipeline.stats."""
 
+import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 import dagster as dg
 import numpy as np
@@ -11,7 +14,7 @@ import polars as pl
 from pydantic import Field
 
 from cip_pipeline import sql, stats
-from cip_pipeline.assets.analytics import RFM_SEGMENTS, rfm_rules
+from cip_pipeline.assets.analytics import RFM_SEGMENTS, rfm_segments_query
 from cip_pipeline.assets.common import skipped
 from cip_pipeline.io_managers import SqlQuery, SqlTable
 from cip_pipeline.partitions import WAREHOUSE_POOL
@@ -24,6 +27,17 @@ POWERS = (0.8, 0.9)
 ALTERNATIVES = ("two-sided", "one-sided")
 MDE_SAMPLE_SIZES = (1_000, 5_000, 10_000, 50_000, 100_000, 500_000)
 MAX_PLAN_DAYS = 60  # a plan that needs longer is marked infeasible
+# A segment's figures each plan shows (see `_segments`).
+PLAN_FIGURES = (
+    "segment",
+    "users",
+    "active_users",
+    "baseline_conversion",
+    "revenue_per_user",
+    "window_days",
+    "members_reached_by_day",
+    "new_members_per_day_latest_week",
+)
 TARGET_SEGMENT = "Cant Lose Them"
 WELCH = "Welch t-test"
 CUPED = "CUPED (pre-period revenue)"
@@ -31,15 +45,35 @@ CUPED = "CUPED (pre-period revenue)"
 
 class ExperimentConfig(dg.Config):
     window_days: int = Field(
-        default=14, ge=1, description="the 'next window' a segment's outcomes are measured over"
+        default=14,
+        ge=1,
+        description="the 'next window' segment_outcomes measures each segment over; the "
+        "planning tables read the window stored with the outcomes",
     )
     # The simulation adds conversions among treated non-buyers; it cannot take any away.
-    simulated_conversion_lift: float = Field(default=0.20, ge=0.0)
-    simulated_revenue_lift: float = Field(default=0.15, gt=-1.0)
-    seed: int = 2019
+    simulated_conversion_lift: float = Field(
+        default=0.20,
+        ge=0.0,
+        description="relative lift on the treated users' conversion rate, as extra "
+        "conversions among non-buyers; no more than takes the rate to 100% (what is injected "
+        "is recorded)",
+    )
+    simulated_spend_lift: float = Field(
+        default=0.15,
+        gt=-1.0,
+        description="multiplies every treated user's spend, the new buyers' included: on top "
+        "of the conversion lift, revenue per user rises by (1 + conversion lift) x (1 + this) - 1",
+    )
+    seed: int = Field(default=2019, ge=0, description="the simulation's random assignment")
 
 
 OUTCOMES_KEY = dg.AssetKey(["experiments", "segment_outcomes"])
+
+
+def window_label(cutoff: datetime, end: datetime) -> str:
+    """The window [cutoff, end) by its first and last day (`end` is exclusive)."""
+    last = end - timedelta(days=1)
+    return f"{cutoff:%Y-%m-%d} to {last:%Y-%m-%d} ({(end - cutoff).days} days, last day included)"
 
 
 @dg.asset(
@@ -51,8 +85,8 @@ OUTCOMES_KEY = dg.AssetKey(["experiments", "segment_outcomes"])
     pool=WAREHOUSE_POOL,
     output_required=False,
     description="Per buyer: the RFM segment as of one window before the end of the data, and "
-    "what they did in that last window (bought, revenue) with their revenue before it. The "
-    "power tables, test plans and simulation all read it.",
+    "what they did in that last window (bought, revenue, day of their first visit) with their "
+    "revenue before it. The power tables, test plans and simulation all read it.",
 )
 def segment_outcomes(
     config: ExperimentConfig, warehouse: WarehouseResource
@@ -68,7 +102,7 @@ def segment_outcomes(
         yield skipped(OUTCOMES_KEY, NOT_ENOUGH)
         return
     before = f"(SELECT * FROM core.events WHERE event_time < {sql.timestamp(cutoff)})"
-    segments = sql.statement("analytics", "rfm_segments", events=before, rules=rfm_rules())
+    segments = rfm_segments_query(before)
     query = sql.statement(
         "experiments",
         "segment_outcomes",
@@ -76,7 +110,7 @@ def segment_outcomes(
         cutoff=sql.timestamp(cutoff),
         end=sql.timestamp(end),
     )
-    yield dg.Output(SqlQuery(query), metadata={"window": f"{cutoff:%Y-%m-%d} to {end:%Y-%m-%d}"})
+    yield dg.Output(SqlQuery(query), metadata={"window": window_label(cutoff, end)})
 
 
 def _load_outcomes(warehouse: WarehouseResource, outcomes: SqlTable) -> pl.DataFrame:
@@ -85,26 +119,53 @@ def _load_outcomes(warehouse: WarehouseResource, outcomes: SqlTable) -> pl.DataF
         return con.sql(f"SELECT * FROM {outcomes.select()} ORDER BY user_id").pl()
 
 
-def _segment_figures(frame: pl.DataFrame, window_days: int) -> pl.DataFrame:
-    """Per segment, what a test that enrols its members as they visit would meet: the members
-    active in the window arrive at `daily_eligible_users` a day and convert (spend) as those
-    did; `users`, the whole segment, is the most it can ever enrol. No member active: no rate."""
-    active = pl.col("active")
-    visitors = active.sum()
-    return (
-        frame.group_by("segment")
-        .agg(
-            pl.len().alias("users"),
-            visitors.alias("active_users"),
-            pl.when(visitors > 0)
-            .then(pl.col("bought").filter(active).mean())
-            .alias("baseline_conversion"),
-            pl.col("revenue").filter(active).mean().alias("revenue_per_user"),
-            pl.col("revenue").filter(active).std().alias("revenue_sd"),
-            (visitors / window_days).alias("daily_eligible_users"),
-        )
-        .sort("segment")
+@dataclass(frozen=True)
+class Segments:
+    """Each segment's figures (`segment_figures` in experiments.sql, plus its arrival curve)
+    and the window [cutoff, window_end) they were measured over, as the outcomes store it."""
+
+    cutoff: datetime
+    window_end: datetime
+    figures: pl.DataFrame
+    reached: dict[str, list[int]]  # distinct members who had visited by the end of each day
+    people: dict[str, int]  # the segment's members: the most a test can ever enrol
+
+    def enrolment(self, segment: str, total: int) -> stats.Enrolment:
+        """Days for `total` members (both arms) of the segment to have visited."""
+        return stats.days_to_enrol(total, self.reached[segment], people=self.people[segment])
+
+
+def _segments(warehouse: WarehouseResource, outcomes: SqlTable) -> Segments | None:
+    """The segments' figures, aggregated inside DuckDB (per segment and day, small); None
+    when the outcomes hold no buyer."""
+    table = outcomes.select()
+    with warehouse.connect(read_only=True) as con:
+        cutoff, end, buyers = con.execute(
+            sql.statement("experiments", "outcome_window", outcomes=table)
+        ).fetchall()[0]
+        if not buyers:
+            return None
+        figures = con.sql(sql.statement("experiments", "segment_figures", outcomes=table)).pl()
+        arrivals = con.sql(sql.statement("experiments", "segment_arrivals", outcomes=table)).pl()
+    curves = arrivals.group_by("segment").agg(
+        pl.col("members_reached").sort_by("day").alias("members_reached_by_day")
     )
+    reached = dict(zip(curves["segment"], curves["members_reached_by_day"].to_list(), strict=True))
+    figures = (
+        figures.join(curves, on="segment", how="left")
+        .sort("segment")
+        .with_columns(
+            pl.lit((end - cutoff).days).alias("window_days"),
+            pl.col("segment")
+            .replace_strict(
+                {s: float(stats.recent_arrival_rate(r)) for s, r in reached.items()},
+                return_dtype=pl.Float64,
+            )
+            .alias("new_members_per_day_latest_week"),
+        )
+    )
+    people = dict(zip(figures["segment"], figures["users"], strict=True))
+    return Segments(cutoff, end, figures, reached, people)
 
 
 NOT_ENOUGH = "not enough data: needs buyers before a cutoff one window before the end"
@@ -112,6 +173,95 @@ NO_BUYERS = "no buyers before the cutoff one window before the end: no segment t
 POWER_KEY = dg.AssetKey(["experiments", "ab_power_tables"])
 PLANS_KEY = dg.AssetKey(["experiments", "segment_test_plans"])
 SIM_KEY = dg.AssetKey(["experiments", "reactivation_simulation"])
+
+
+def _rows(
+    table: str,
+    source: str,
+    baseline: float,
+    size: Callable[[float, float, float, str], int | None],
+    mde: Callable[[int], float | None],
+    enrol: Callable[[int], stats.Enrolment] | None,
+) -> list[dict[str, object]]:
+    """One baseline's rows: the sample per arm over lift x alpha x power x sidedness
+    (`size(lift, alpha, power, alternative)`, None when the lift is impossible), then the MDE
+    at alpha 0.05, power 0.8, two-sided for each of MDE_SAMPLE_SIZES per arm; the days both
+    arms take to enrol from `enrol` (none for a standard baseline: no traffic)."""
+
+    def days(per_arm: int) -> dict[str, object]:
+        e = enrol(2 * per_arm) if enrol else None
+        if e is None or e.days is None:
+            return {"days_needed": None, "days_extrapolated": None}
+        return {"days_needed": e.days, "days_extrapolated": e.extrapolated}
+
+    rows: list[dict[str, object]] = []
+    for lift, alpha, power, alt in itertools.product(LIFTS, ALPHAS, POWERS, ALTERNATIVES):
+        n = size(lift, alpha, power, alt)
+        if n is None:
+            continue
+        rows.append(
+            {
+                "table": f"{table}_sample_size",
+                "baseline_source": source,
+                "baseline": baseline,
+                "relative_lift": lift,
+                "alpha": alpha,
+                "power": power,
+                "alternative": alt,
+                "n_per_arm": n,
+                "sample_size": None,
+                **days(n),
+            }
+        )
+    for n_arm in MDE_SAMPLE_SIZES:
+        rows.append(
+            {
+                "table": f"{table}_mde",
+                "baseline_source": source,
+                "baseline": baseline,
+                "relative_lift": mde(n_arm),
+                "alpha": 0.05,
+                "power": 0.8,
+                "alternative": "two-sided",
+                "n_per_arm": None,
+                "sample_size": n_arm,
+                **days(n_arm),
+            }
+        )
+    return rows
+
+
+def _conversion_rows(
+    source: str, p: float, enrol: Callable[[int], stats.Enrolment] | None
+) -> list[dict[str, object]]:
+    def size(lift: float, alpha: float, power: float, alt: str) -> int | None:
+        if p * (1 + lift) >= 1:
+            return None
+        return stats.sample_size_two_proportions(
+            p, lift, alpha=alpha, power=power, alternative=alt
+        ).n_control
+
+    def mde(n_arm: int) -> float | None:
+        try:
+            return stats.mde_two_proportions(p, n_arm, alpha=0.05, power=0.8).relative_lift
+        except ValueError:  # a baseline near 1: no lift up to 100% is detectable
+            return None
+
+    return _rows("conversion", source, p, size, mde, enrol)
+
+
+def _revenue_rows(
+    source: str, mean: float, sd: float, enrol: Callable[[int], stats.Enrolment]
+) -> list[dict[str, object]]:
+    def size(lift: float, alpha: float, power: float, alt: str) -> int | None:
+        return stats.sample_size_continuous(
+            mean, sd, lift, alpha=alpha, power=power, alternative=alt
+        ).n_control
+
+    def mde(n_arm: int) -> float | None:
+        return stats.mde_continuous(mean, sd, n_arm, alpha=0.05, power=0.8).relative_lift
+
+    return _rows("revenue", source, mean, size, mde, enrol)
 
 
 @dg.asset(
@@ -124,116 +274,49 @@ SIM_KEY = dg.AssetKey(["experiments", "reactivation_simulation"])
     output_required=False,
     description="Sample size per arm over baseline (standard grid and each RFM segment's real "
     "purchase rate among its members who visited in the next window) x relative lift x alpha "
-    "x power x sidedness; the MDE for given sample sizes; revenue per visiting user from its "
-    "observed variance; test duration from each segment's daily visitors, none when the "
-    "segment has fewer members than the test needs.",
+    "x power x sidedness, and the MDE for given sample sizes; the same for revenue per "
+    "visiting user from its observed variance. A segment's days needed are read off how many "
+    "distinct members had visited by each day of the window, past it extrapolated at the "
+    "latest week's new arrivals (days_extrapolated); none when the segment has fewer members "
+    "than the test needs, or none new lately.",
 )
 def ab_power_tables(
-    context: dg.AssetExecutionContext,
-    config: ExperimentConfig,
-    warehouse: WarehouseResource,
-    outcomes: SqlTable,
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, outcomes: SqlTable
 ) -> Iterator[dg.Output | dg.AssetObservation]:
-    frame = _load_outcomes(warehouse, outcomes)
-    if frame.is_empty():
+    segments = _segments(warehouse, outcomes)
+    if segments is None:
         yield skipped(POWER_KEY, NO_BUYERS)
         return
-    segments = _segment_figures(frame, config.window_days)
-    baselines = [("standard", p, None, None) for p in STANDARD_BASELINES] + [
-        (
-            f"segment: {r['segment']}",
-            r["baseline_conversion"],
-            r["daily_eligible_users"],
-            r["users"],
-        )
-        for r in segments.iter_rows(named=True)
-        if r["baseline_conversion"] is not None and 0 < r["baseline_conversion"] < 1
-    ]
-    rows = []
-    for source, p, daily, people in baselines:
-        for lift in LIFTS:
-            if p * (1 + lift) >= 1:
-                continue
-            for alpha in ALPHAS:
-                for power in POWERS:
-                    for alt in ALTERNATIVES:
-                        n = stats.sample_size_two_proportions(
-                            p, lift, alpha=alpha, power=power, alternative=alt
-                        )
-                        rows.append(
-                            {
-                                "table": "conversion_sample_size",
-                                "baseline_source": source,
-                                "baseline": p,
-                                "relative_lift": lift,
-                                "alpha": alpha,
-                                "power": power,
-                                "alternative": alt,
-                                "n_per_arm": n.n_control,
-                                "sample_size": None,
-                                "days_needed": _days(2 * n.n_control, daily, people),
-                            }
-                        )
-        for n_arm in MDE_SAMPLE_SIZES:
-            try:
-                mde_lift = stats.mde_two_proportions(p, n_arm, alpha=0.05, power=0.8).relative_lift
-            except ValueError:  # a baseline near 1: no lift up to 100% is detectable
-                mde_lift = None
-            rows.append(
-                {
-                    "table": "conversion_mde",
-                    "baseline_source": source,
-                    "baseline": p,
-                    "relative_lift": mde_lift,
-                    "alpha": 0.05,
-                    "power": 0.8,
-                    "alternative": "two-sided",
-                    "n_per_arm": None,
-                    "sample_size": n_arm,
-                    "days_needed": _days(2 * n_arm, daily, people),
-                }
-            )
-    for r in segments.iter_rows(named=True):
+    rows: list[dict[str, object]] = []
+    for p in STANDARD_BASELINES:
+        rows += _conversion_rows("standard", p, None)
+    for r in segments.figures.iter_rows(named=True):
+        source = f"segment: {r['segment']}"
+        enrol = partial(segments.enrolment, r["segment"])
+        p = r["baseline_conversion"]
+        if p is not None and 0 < p < 1:
+            rows += _conversion_rows(source, p, enrol)
         mean, sd = r["revenue_per_user"], r["revenue_sd"]
-        if not mean or not sd or math.isnan(sd):
-            continue
-        for lift in LIFTS:
-            n = stats.sample_size_continuous(mean, sd, lift, alpha=0.05, power=0.8)
-            rows.append(
-                {
-                    "table": "revenue_sample_size",
-                    "baseline_source": f"segment: {r['segment']}",
-                    "baseline": mean,
-                    "relative_lift": lift,
-                    "alpha": 0.05,
-                    "power": 0.8,
-                    "alternative": "two-sided",
-                    "n_per_arm": n.n_control,
-                    "sample_size": None,
-                    "days_needed": _days(2 * n.n_control, r["daily_eligible_users"], r["users"]),
-                }
-            )
+        if mean and sd and not math.isnan(sd):
+            rows += _revenue_rows(source, mean, sd, enrol)
     table = pl.DataFrame(
         rows,
-        schema_overrides={"n_per_arm": pl.Int64, "sample_size": pl.Int64, "days_needed": pl.Int64},
+        schema_overrides={
+            "n_per_arm": pl.Int64,
+            "sample_size": pl.Int64,
+            "days_needed": pl.Int64,
+            "days_extrapolated": pl.Boolean,
+        },
     )
     yield dg.Output(
         table,
         metadata={
             "rows": table.height,
-            "segments": segments.height,
-            "window": f"{frame['cutoff'][0]:%Y-%m-%d} to {frame['window_end'][0]:%Y-%m-%d}",
-            "segment_baselines": dg.MetadataValue.json(segments.to_dicts()),
+            "segments": segments.figures.height,
+            "window": window_label(segments.cutoff, segments.window_end),
+            "segment_baselines": dg.MetadataValue.json(segments.figures.to_dicts()),
         },
     )
-
-
-def _days(total_users: int, daily: float | None, people: int | None) -> int | None:
-    """Days for `total_users` to arrive at `daily` a day. None without traffic, or when the
-    segment, a fixed set of `people`, holds fewer than the test needs at any speed."""
-    if not daily or (people is not None and total_users > people):
-        return None
-    return stats.experiment_duration_days(total_users, daily)
 
 
 @dg.asset(
@@ -245,39 +328,51 @@ def _days(total_users: int, daily: float | None, people: int | None) -> int | No
     pool=WAREHOUSE_POOL,
     output_required=False,
     description="Per RFM segment (the at-risk high-value 'Cant Lose Them' first): the purchase "
-    "rate of its members who visited in the next window, the sample needed per arm for +20% "
-    "and +50%, and "
-    "the days its daily eligible users need to reach it.",
+    "rate of its members who visited in the next window, the distinct members reached by each "
+    "day of it, the sample needed per arm for +20% and +50%, and the days until that many "
+    "members (both arms) have visited: read off those counts, past the window extrapolated at "
+    "the latest week's new arrivals and marked so.",
 )
 def segment_test_plans(
-    config: ExperimentConfig, warehouse: WarehouseResource, outcomes: SqlTable
+    warehouse: WarehouseResource, outcomes: SqlTable
 ) -> Iterator[dg.Output | dg.AssetObservation]:
-    rows = []
-    frame = _load_outcomes(warehouse, outcomes)
-    if frame.is_empty():
+    segments = _segments(warehouse, outcomes)
+    if segments is None:
         yield skipped(PLANS_KEY, NO_BUYERS)
         return
-    for r in _segment_figures(frame, config.window_days).iter_rows(named=True):
-        p, daily = r["baseline_conversion"], r["daily_eligible_users"]
-        plan = {
-            "segment": r["segment"],
-            "users": r["users"],
-            "active_users": r["active_users"],
-            "baseline_conversion": p,
-            "revenue_per_user": r["revenue_per_user"],
-            "daily_eligible_users": daily,
-        }
+    rows = []
+    for r in segments.figures.iter_rows(named=True):
+        p = r["baseline_conversion"]
+        plan = {k: r[k] for k in PLAN_FIGURES}
         for lift in (0.2, 0.5):
             ok = p is not None and p > 0 and p * (1 + lift) < 1
             n = stats.sample_size_two_proportions(p, lift).n_control if ok else None
-            days = _days(2 * n, daily, r["users"]) if n else None
-            plan[f"n_per_arm_lift_{int(lift * 100)}"] = n
-            plan[f"days_lift_{int(lift * 100)}"] = days
-            plan[f"feasible_lift_{int(lift * 100)}"] = days is not None and days <= MAX_PLAN_DAYS
+            days = segments.enrolment(r["segment"], 2 * n) if n else None
+            tag = int(lift * 100)
+            plan[f"n_per_arm_lift_{tag}"] = n
+            plan[f"days_lift_{tag}"] = days and days.days
+            plan[f"extrapolated_lift_{tag}"] = days.extrapolated if days and days.days else None
+            plan[f"feasible_lift_{tag}"] = bool(days and days.days and days.days <= MAX_PLAN_DAYS)
         rows.append(plan)
-    table = pl.DataFrame(rows).sort(pl.col("segment") != TARGET_SEGMENT, "segment")
+    table = pl.DataFrame(
+        rows,
+        schema_overrides={
+            f"{column}_lift_{tag}": dtype
+            for tag in (20, 50)
+            for column, dtype in (
+                ("n_per_arm", pl.Int64),
+                ("days", pl.Int64),
+                ("extrapolated", pl.Boolean),
+            )
+        },
+    ).sort(pl.col("segment") != TARGET_SEGMENT, "segment")
     yield dg.Output(
-        table, metadata={"segments": table.height, "plans": dg.MetadataValue.json(table.to_dicts())}
+        table,
+        metadata={
+            "segments": table.height,
+            "window": window_label(segments.cutoff, segments.window_end),
+            "plans": dg.MetadataValue.json(table.to_dicts()),
+        },
     )
 
 
@@ -290,8 +385,10 @@ def segment_test_plans(
     pool=WAREHOUSE_POOL,
     output_required=False,
     description="SIMULATED: real at-risk users (Cant Lose Them and At Risk) randomly assigned "
-    "50/50 with a stated effect injected into the treatment's real next-window "
-    "outcomes; analysed with and without CUPED, with SRM and significance.",
+    "50/50 with a stated effect injected into the treatment's real next-window outcomes: "
+    "extra conversions (the lift injected, capped below 100%, is recorded) spending like real "
+    "buyers, then a spend lift on every treated user; the revenue-per-user lift both make "
+    "is recorded too. Analysed with and without CUPED, with SRM and significance.",
 )
 def reactivation_simulation(
     config: ExperimentConfig, warehouse: WarehouseResource, outcomes: SqlTable
@@ -311,17 +408,23 @@ def reactivation_simulation(
     revenue = users["revenue"].to_numpy().astype(float)
     pre = users["pre_revenue"].to_numpy().astype(float)
     # Injected effect: extra conversions among treated non-buyers, each spending what a real
-    # buyer of the window spent (drawn at random), and more revenue per treated user.
+    # buyer of the window spent (drawn at random), then every treated user's spend scaled.
     base_rate = float(bought.mean())
+    lift, injection_note = injected_conversion_lift(base_rate, config.simulated_conversion_lift)
+    # each non-buyer converts with this probability: b + (1 - b) x it = b x (1 + lift)
     convert = rng.random(users.height) < (
-        base_rate * config.simulated_conversion_lift / max(1 - base_rate, 1e-9)
+        base_rate * lift / (1 - base_rate) if base_rate < 1 else 0.0
     )
     converted = treated & ~bought & convert
     bought_sim = bought | converted
     revenue_sim = revenue.copy()
     if converted.any():
         revenue_sim[converted] = rng.choice(revenue[bought], size=int(converted.sum()))
-    revenue_sim = np.where(treated, revenue_sim * (1 + config.simulated_revenue_lift), revenue_sim)
+    spend_lift = config.simulated_spend_lift
+    revenue_sim = np.where(treated, revenue_sim * (1 + spend_lift), revenue_sim)
+    # New buyers spend like the real ones (revenue per user x (1 + lift) in expectation), and
+    # the spend lift applies on top of that.
+    revenue_lift = (1 + lift) * (1 + spend_lift) - 1
     c, t = ~treated, treated
     z = stats.two_proportion_ztest(
         int(bought_sim[c].sum()), int(c.sum()), int(bought_sim[t].sum()), int(t.sum())
@@ -382,19 +485,43 @@ def reactivation_simulation(
     table = pl.DataFrame(rows, schema_overrides={"note": pl.String}).with_columns(
         pl.lit(True).alias("simulated"),
         pl.lit(users.height).alias("users"),
-        pl.lit(config.simulated_conversion_lift).alias("injected_conversion_lift"),
-        pl.lit(config.simulated_revenue_lift).alias("injected_revenue_lift"),
+        pl.lit(config.simulated_conversion_lift).alias("requested_conversion_lift"),
+        pl.lit(lift).alias("injected_conversion_lift"),
+        pl.lit(spend_lift).alias("injected_spend_lift"),
+        pl.lit(revenue_lift).alias("injected_revenue_per_user_lift"),
+        pl.lit(injection_note, dtype=pl.String).alias("injection_note"),
     )
     yield dg.Output(
         table,
         metadata={
             "SIMULATED": "effects are injected, not observed",
             "users": users.height,
+            "injected_conversion_lift": lift,
+            "injected_spend_lift": spend_lift,
+            "injected_revenue_per_user_lift": revenue_lift,
+            "injection_note": injection_note,
             "cuped_variance_reduction": cuped.variance_reduction if cuped else None,
             "srm_p_value": srm.p_value,
             "not_tested": dg.MetadataValue.json(not_tested),
         },
     )
+
+
+def injected_conversion_lift(base_rate: float, requested: float) -> tuple[float, str | None]:
+    """The relative conversion lift the simulation can inject on `base_rate` by converting
+    non-buyers, and why it is not `requested` when it is not: no more than takes the rate to
+    100%, and nothing on a rate of 0."""
+    if requested == 0:
+        return 0.0, None
+    if base_rate <= 0:
+        return 0.0, "no at-risk visitor bought in the window: a relative lift on 0% adds nothing"
+    most = (1 - base_rate) / base_rate  # every treated non-buyer converts
+    if requested > most:
+        return most, (
+            f"+{requested:.1%} on a {base_rate:.2%} conversion rate would pass 100%: "
+            f"+{most:.1%} injected (every treated non-buyer converts)"
+        )
+    return requested, None
 
 
 def _result(

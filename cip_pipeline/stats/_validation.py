@@ -41,6 +41,13 @@ def check_positive(name: str, value: Any) -> float:
     return out
 
 
+def check_nonnegative(name: str, value: Any) -> float:
+    out = _real(name, value)
+    if out < 0.0:
+        raise ValueError(f"{name} must not be negative, got {value!r}")
+    return out
+
+
 def check_nonzero(name: str, value: Any) -> float:
     out = _real(name, value)
     if out == 0.0:

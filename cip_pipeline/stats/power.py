@@ -26,8 +26,9 @@ Proportions (conversion rate) support three methods:
   statsmodels' ``power_proportions_2indep``.
 * ``"unpooled"``: Wald z-test with the unpooled variance p(1−p) under both hypotheses.
 
-Over the planning grid (baselines 1–30 %, lifts 5–50 %) the three agree within 1 %: Cohen's h
-asks for at most 1 % fewer users than pooled, the gap growing with the lift.
+Over the planning grid (baselines 1–30 %, lifts 5–50 %, the tables' alphas, powers and
+sides) Cohen's h is within 1 % of pooled (from 0.24 % more to 0.99 % fewer users) and within
+1.5 % of unpooled (from 1.47 % more to 0.95 % fewer); the gaps grow with the lift.
 
 Continuous metrics (revenue per user) use Cohen's d = mean·lift / sd with a common standard
 deviation in both arms, and either the exact noncentral-t power of the two-sample t-test
@@ -38,8 +39,11 @@ deviation in both arms, and either the exact noncentral-t power of the two-sampl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+from itertools import pairwise
 from typing import Literal
 
 from scipy import stats
@@ -50,6 +54,8 @@ from cip_pipeline.stats._validation import (
     POWER_ALTERNATIVES,
     check_alpha_power,
     check_choice,
+    check_count,
+    check_nonnegative,
     check_nonzero,
     check_open_unit,
     check_positive,
@@ -478,7 +484,8 @@ def experiment_duration_days(
     `allocation_share` of them enters the experiment.
 
     Users are assumed distinct across days: pass the number of *new* eligible users per day,
-    not daily active users, or returning visitors will be counted twice.
+    not daily active users, or returning visitors will be counted twice. A fixed group's new
+    arrivals slow down as its members are reached: for one, see `days_to_enrol`.
     """
     total = (
         total_sample_size.total
@@ -497,3 +504,100 @@ def experiment_duration_days(
     if days > 1 and (days - 1) * per_day >= total * (1 - 1e-12):
         days -= 1
     return max(1, days)
+
+
+# A fixed group's members are enrolled as they first visit; past the days observed, new
+# arrivals are extrapolated at the rate of this many latest days.
+RECENT_ARRIVAL_DAYS = 7
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """Days for a test that enrols a fixed group's members at their first visit to reach a
+    sample. `days` is None when it is never reached, `why_not` says why."""
+
+    days: int | None
+    extrapolated: bool  # past the observed days: at an assumed rate of new arrivals
+    why_not: str | None = None
+
+
+def _check_reached(reached_by_day: Sequence[int]) -> list[int]:
+    reached = [check_count("reached_by_day", r) for r in reached_by_day]
+    if not reached:
+        raise ValueError("reached_by_day needs at least one observed day")
+    if any(b < a for a, b in pairwise(reached)):
+        raise ValueError("reached_by_day must not decrease: it counts distinct members so far")
+    return reached
+
+
+def recent_arrival_rate(
+    reached_by_day: Sequence[int], recent_days: int = RECENT_ARRIVAL_DAYS
+) -> Fraction:
+    """New members per day over the last `recent_days` observed days (all of them when fewer
+    were observed), exactly. `reached_by_day[i]` is how many distinct members had made a first
+    visit by the end of day i + 1."""
+    reached = _check_reached(reached_by_day)
+    k = min(check_count("recent_days", recent_days, minimum=1), len(reached))
+    before = reached[-1 - k] if len(reached) > k else 0
+    return Fraction(reached[-1] - before, k)
+
+
+def _rate_after(
+    reached: list[int], recent_days: int, rate_after: float | Fraction | None
+) -> Fraction:
+    if rate_after is None:
+        return recent_arrival_rate(reached, recent_days)
+    if isinstance(rate_after, Fraction):
+        check_nonnegative("rate_after", float(rate_after))
+        return rate_after
+    # the decimal a float prints as (what was typed), not its binary expansion: 0.7 a day
+    # for 7 members is 10 days, not 11
+    return Fraction(str(check_nonnegative("rate_after", rate_after)))
+
+
+def days_to_enrol(
+    total_sample_size: int,
+    reached_by_day: Sequence[int],
+    *,
+    people: int | None = None,
+    recent_days: int = RECENT_ARRIVAL_DAYS,
+    rate_after: float | Fraction | None = None,
+) -> Enrolment:
+    """Days until `total_sample_size` distinct members (both arms) have made a first visit,
+    read off the observed cumulative count `reached_by_day` (day 1 first); past the observed
+    days, new members keep arriving at `rate_after` a day, by default the latest
+    `recent_days`' rate (`extrapolated`). A group of `people` can never supply more."""
+    total = check_count("total_sample_size", total_sample_size, minimum=1)
+    reached = _check_reached(reached_by_day)
+    if total <= reached[-1]:
+        return Enrolment(bisect_left(reached, total) + 1, extrapolated=False)
+    if people is not None and total > people:
+        return Enrolment(
+            None, False, f"needs {total:,} members; the group has {people:,}, however long"
+        )
+    rate = _rate_after(reached, recent_days, rate_after)
+    if rate == 0:
+        return Enrolment(
+            None, False, f"needs {total:,} members; {reached[-1]:,} came, and no new ones lately"
+        )
+    # whole days, exactly: the counts are integers and the rate a fraction
+    return Enrolment(len(reached) + math.ceil((total - reached[-1]) / rate), extrapolated=True)
+
+
+def members_enrolled_by(
+    days: int,
+    reached_by_day: Sequence[int],
+    *,
+    people: int | None = None,
+    recent_days: int = RECENT_ARRIVAL_DAYS,
+    rate_after: float | Fraction | None = None,
+) -> float:
+    """Distinct members who have made a first visit by the end of day `days`: as observed
+    within the observed days, then at `rate_after` a day (by default the latest
+    `recent_days`' rate), never more than `people`."""
+    d = check_count("days", days, minimum=1)
+    reached = _check_reached(reached_by_day)
+    if d <= len(reached):
+        return float(reached[d - 1])
+    more = reached[-1] + _rate_after(reached, recent_days, rate_after) * (d - len(reached))
+    return float(min(more, people) if people is not None else more)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import plotly.graph_objects as go
@@ -27,9 +28,12 @@ DEFAULT_PLANNED_DAYS = 14
 class Baseline:
     label: str
     rate: float
-    daily: float  # new eligible units per day
+    daily: float  # new eligible units per day (a segment: after its observed window)
     unit: str
     people: int | None = None  # a segment: the fixed set of people a test can ever enrol
+    # A segment: distinct members who had visited by the end of each day of its window; a
+    # test enrols them as they first visit, so its duration is read off this.
+    reached: tuple[int, ...] | None = None
 
 
 def baselines() -> list[Baseline]:
@@ -50,10 +54,17 @@ def baselines() -> list[Baseline]:
     except data.NotBuilt:
         plans = pl.DataFrame()
     for r in plans.iter_rows(named=True):
-        p, daily = r["baseline_conversion"], r["daily_eligible_users"]
-        if p and 0 < p < 1 and daily:
+        p, reached = r["baseline_conversion"], r["members_reached_by_day"]
+        if p and 0 < p < 1 and reached:
             found.append(
-                Baseline(f"RFM segment: {r['segment']}", p, daily, "eligible buyers", r["users"])
+                Baseline(
+                    f"RFM segment: {r['segment']}",
+                    p,
+                    r["new_members_per_day_latest_week"],
+                    "members",
+                    r["users"],
+                    tuple(reached),
+                )
             )
     return found
 
@@ -100,13 +111,22 @@ def inputs(options: list[Baseline]) -> tuple[Baseline, Inputs]:
     with right:
         # Fractional: a segment may see 0.4 new buyers a day, and rounding it changes the
         # duration severalfold. The step is a tenth of the figure's leading digit's place.
+        label = f"Traffic: new {base.unit} per day"
+        if base.reached is not None:
+            label = f"New {base.unit} per day after its {len(base.reached)}-day window"
         traffic = st.number_input(
-            f"Traffic: new {base.unit} per day",
+            label,
             min_value=min(0.01, float(base.daily)),
             value=float(base.daily),
-            step=max(0.01, 10.0 ** (math.floor(math.log10(base.daily)) - 1)),
+            step=max(0.01, 10.0 ** (math.floor(math.log10(base.daily)) - 1))
+            if base.daily
+            else 0.01,
             format="%.2f",
             key=f"lab_traffic_{source}",
+            help=None
+            if base.reached is None
+            else "Within the window a test enrols members as they first visited then; past it, "
+            "at this rate (by default the latest week's new arrivals)",
         )
         alternative = st.radio("Test", ALTERNATIVES, horizontal=True, key="lab_alternative")
         planned = st.slider(
@@ -123,6 +143,24 @@ def _per_day(traffic: float) -> str:
     return f"{traffic:,.2f}".rstrip("0").rstrip(".")
 
 
+def duration(base: Baseline, x: Inputs, total: int) -> stats.Enrolment:
+    """Days to enrol `total` (both arms): sessions at a steady daily rate; a segment's members
+    as they first visit (its observed window, then `x.traffic` new members a day), never more
+    than it holds."""
+    if base.reached is None:
+        return stats.Enrolment(stats.experiment_duration_days(total, x.traffic), False)
+    return stats.days_to_enrol(total, base.reached, people=base.people, rate_after=x.traffic)
+
+
+def enrolled_by(base: Baseline, x: Inputs) -> float:
+    """Units enrolled (both arms) by the end of the planned days."""
+    if base.reached is None:
+        return x.traffic * x.planned_days
+    return stats.members_enrolled_by(
+        x.planned_days, base.reached, people=base.people, rate_after=x.traffic
+    )
+
+
 def plan(base: Baseline, x: Inputs) -> None:
     if x.baseline * (1 + x.lift) >= 1:
         st.warning("Baseline x (1 + lift) must stay below 100%: lower one of them.")
@@ -130,12 +168,8 @@ def plan(base: Baseline, x: Inputs) -> None:
     size = stats.sample_size_two_proportions(
         x.baseline, x.lift, alpha=x.alpha, power=x.power, alternative=x.alternative
     )
-    # A segment is a fixed set of people: no wait enrols more of them than it holds (the
-    # pipeline's segment_test_plans has no duration then either).
-    too_small = base.people is not None and size.total > base.people
-    enrolled = x.traffic * x.planned_days
-    if base.people is not None:
-        enrolled = min(enrolled, base.people)
+    enrol = duration(base, x, size.total)
+    enrolled = enrolled_by(base, x)
     per_arm_planned = enrolled / 2
     cols = st.columns(4)
     cols[0].metric(
@@ -145,20 +179,33 @@ def plan(base: Baseline, x: Inputs) -> None:
         border=True,
     )
     cols[1].metric("Total sample", ui.integer(size.total), border=True)
-    if too_small:
+    if enrol.days is None:
+        too_small = base.people is not None and size.total > base.people
         cols[2].metric(
             "Duration",
-            "segment too small",
-            help=f"both arms need {ui.integer(size.total)} {base.unit}; the segment has "
-            f"{ui.integer(base.people)}, however long the test runs",
+            "segment too small" if too_small else "not reached",
+            help=enrol.why_not,
+            border=True,
+        )
+    elif base.reached is None:
+        cols[2].metric(
+            "Duration",
+            f"{ui.integer(enrol.days)} days",
+            help=f"both arms at {_per_day(x.traffic)} new {base.unit} per day, all enrolled",
             border=True,
         )
     else:
-        days = stats.experiment_duration_days(size, x.traffic)
+        observed = len(base.reached)
         cols[2].metric(
             "Duration",
-            f"{ui.integer(days)} days",
-            help=f"both arms at {_per_day(x.traffic)} new {base.unit} per day, all enrolled",
+            f"{ui.integer(enrol.days)} days" + (" (extrapolated)" if enrol.extrapolated else ""),
+            help=f"until {ui.integer(size.total)} distinct members have visited: "
+            + (
+                f"{ui.integer(base.reached[-1])} did in the {observed}-day window, the rest "
+                f"at {_per_day(x.traffic)} new {base.unit} per day after it"
+                if enrol.extrapolated
+                else f"as many did by day {enrol.days} of the {observed}-day window"
+            ),
             border=True,
         )
     capped = " (all the segment)" if enrolled == base.people else ""
@@ -239,25 +286,36 @@ def segment_plans() -> None:
     window = data.row("outcome_window")
     plans = data.query("segment_test_plans")
     if window.get("cutoff") is not None:
+        last = window["window_end"] - timedelta(days=1)  # the stored end is exclusive
         st.caption(
-            f"Each RFM segment (as of {ui.when(window['cutoff'])}) and what its buyers did in "
-            f"the window to {ui.when(window['window_end'])}: the sample per arm and days to "
-            "detect +20% and +50% on that purchase rate (alpha 0.05, power 0.8); no days "
-            "when the segment holds fewer people than both arms need."
+            f"Each RFM segment (as of {ui.when(window['cutoff'])}) and what its members who "
+            f"visited from {window['cutoff']:%Y-%m-%d} through {last:%Y-%m-%d} did: the sample "
+            "per arm to detect +20% and +50% on their purchase rate (alpha 0.05, power 0.8), "
+            "and the days until that many distinct members have visited, read off the "
+            "window's first visits; past the window at the latest week's new arrivals, and "
+            "marked extrapolated. No days when the segment holds fewer people than both arms "
+            "need."
         )
     st.dataframe(
         plans,
         hide_index=True,
         column_config={
             "users": st.column_config.NumberColumn(format="localized"),
+            "active_users": st.column_config.NumberColumn("visited", format="localized"),
             "baseline_conversion": st.column_config.NumberColumn("baseline", format="percent"),
             "revenue_per_user": st.column_config.NumberColumn(format="%.2f"),
-            "daily_eligible_users": st.column_config.NumberColumn("daily users", format="%.1f"),
+            "window_days": st.column_config.NumberColumn("window days"),
+            "members_reached_by_day": st.column_config.LineChartColumn("members reached by day"),
+            "new_members_per_day_latest_week": st.column_config.NumberColumn(
+                "new per day, latest week", format="%.1f"
+            ),
             "n_per_arm_lift_20": st.column_config.NumberColumn("n/arm +20%", format="localized"),
             "days_lift_20": st.column_config.NumberColumn("days +20%", format="localized"),
+            "extrapolated_lift_20": st.column_config.CheckboxColumn("extrapolated +20%"),
             "feasible_lift_20": st.column_config.CheckboxColumn("feasible +20%"),
             "n_per_arm_lift_50": st.column_config.NumberColumn("n/arm +50%", format="localized"),
             "days_lift_50": st.column_config.NumberColumn("days +50%", format="localized"),
+            "extrapolated_lift_50": st.column_config.CheckboxColumn("extrapolated +50%"),
             "feasible_lift_50": st.column_config.CheckboxColumn("feasible +50%"),
         },
     )
@@ -269,15 +327,7 @@ def simulation() -> None:
     if sim.height == 0:
         st.info("The simulation has not run.")
         return
-    first = sim.row(0, named=True)
-    st.warning(
-        f"**Simulated**: {ui.integer(first['users'])} real at-risk buyers who visited in the "
-        "window randomly assigned, "
-        f"with an injected effect of +{ui.percent(first['injected_conversion_lift'], 0)} "
-        f"conversion and +{ui.percent(first['injected_revenue_lift'], 0)} revenue per user on "
-        "the treatment's real outcomes. It shows the analysis, not a measured effect.",
-        icon=":material/science:",
-    )
+    st.warning(simulation_label(sim.row(0, named=True)), icon=":material/science:")
     left, right = st.columns([2, 3])
     with left:
         for metric, label, fmt in (
@@ -312,6 +362,25 @@ def simulation() -> None:
                 "note": st.column_config.TextColumn("not tested because"),
             },
         )
+
+
+def simulation_label(first: dict[str, object]) -> str:
+    """What the simulation injected, as its table records it."""
+    note = first.get("injection_note")
+    return (
+        f"**Simulated**: {ui.integer(first['users'])} real at-risk buyers who visited in the "
+        "window randomly assigned; injected into the treatment's real outcomes: "
+        f"+{ui.percent(first['injected_conversion_lift'], 1)} conversion (new buyers spending "
+        "like the real ones), then every treated user's spend "
+        f"{_signed(first['injected_spend_lift'])}: "
+        f"{_signed(first['injected_revenue_per_user_lift'])} revenue per user in all. "
+        + (f"{note}. " if note else "")
+        + "It shows the analysis, not a measured effect."
+    )
+
+
+def _signed(share: object) -> str:
+    return ("+" if float(share) >= 0 else "") + ui.percent(share, 1)
 
 
 def _intervals(rows: pl.DataFrame, title: str, tickformat: str) -> go.Figure:
