@@ -6,8 +6,11 @@ code."""
 from __future__ import annotations
 
 import json
+import math
 import re
+from dataclasses import dataclass
 from datetime import date, timedelta
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +69,60 @@ def latest_model(root: Path) -> dict[str, Any]:
     return {"version": row["version"], "metrics": json.loads(row["metrics"])}
 
 
-def segment_baselines(root: Path) -> dict[str, tuple[float, float, int]]:
-    """Each RFM segment's purchase rate among its members active in the next window, its
-    daily active members (the window is the experiments' default 14 days) and its members."""
+@dataclass(frozen=True)
+class SegmentBaseline:
+    rate: float  # purchase rate of the members active in the next window
+    reached: list[int]  # distinct members who had visited by the end of each day of it
+    people: int  # the segment's members
+
+    @property
+    def latest_week(self) -> Fraction:
+        """New members per day over the window's last 7 days."""
+        return Fraction(self.reached[-1] - self.reached[-8], 7)
+
+    def days(self, total: int) -> tuple[int, bool] | None:
+        """Days until `total` members have visited (and whether past the window, at the
+        latest week's rate); None past the segment's size or without new arrivals."""
+        for day, have in enumerate(self.reached, start=1):
+            if have >= total:
+                return day, False
+        if total > self.people or not self.latest_week:
+            return None
+        extra = math.ceil((total - self.reached[-1]) / self.latest_week)
+        return len(self.reached) + extra, True
+
+    def enrolled_by(self, days: int) -> float:
+        if days <= len(self.reached):
+            return float(self.reached[days - 1])
+        more = self.reached[-1] + self.latest_week * (days - len(self.reached))
+        return float(min(more, self.people))
+
+
+def segment_baselines(root: Path) -> dict[str, SegmentBaseline]:
+    """Each RFM segment's purchase rate among its members active in the next window, the
+    members who had first visited by each day of it (counted from core.events) and its
+    members."""
     frame = read_warehouse(
         root,
-        "SELECT segment, avg(bought::INT) FILTER (WHERE active) AS rate, "
-        "sum(active::INT) AS active, count(*) AS people "
-        "FROM experiments.segment_outcomes GROUP BY segment",
+        """WITH o AS (SELECT * FROM experiments.segment_outcomes),
+           first AS (
+               SELECT o.user_id, date_diff('day', o.cutoff, min(e.event_time)::DATE) + 1 AS day
+               FROM o JOIN core.events AS e ON e.user_id = o.user_id
+                   AND e.event_time >= o.cutoff AND e.event_time < o.window_end
+               GROUP BY o.user_id, o.cutoff
+           )
+           SELECT segment, avg(bought::INT) FILTER (WHERE active) AS rate,
+                  count(*) AS people, list(day) FILTER (WHERE day IS NOT NULL) AS days,
+                  max(date_diff('day', cutoff, window_end)) AS window_days
+           FROM o LEFT JOIN first USING (user_id)
+           GROUP BY segment""",
     )
     return {
-        r["segment"]: (r["rate"], r["active"] / 14, r["people"])
+        r["segment"]: SegmentBaseline(
+            r["rate"],
+            [sum(1 for d in r["days"] or [] if d <= k) for k in range(1, r["window_days"] + 1)],
+            r["people"],
+        )
         for r in frame.iter_rows(named=True)
     }
 
@@ -123,14 +169,14 @@ def hourly_events(root: Path, day: date) -> dict[str, list[int]]:
 
 def cohort_cells(root: Path, kind: str) -> dict[tuple[date, int], tuple[float, bool]]:
     """Per weekly cohort (weeks begin on Monday) and weeks since: the retention rate, and
-    whether all seven days of that week lie between the data's first and last day. Cohorts:
-    activity (first event; any event later) or purchase (first purchase; a purchase later)."""
+    whether each of that week's seven days has an event. Cohorts: activity (first event; any
+    event later) or purchase (first purchase; a purchase later)."""
     events = read_warehouse(
         root,
         "SELECT DISTINCT user_id, event_time::DATE AS day, event_type = 'purchase' AS bought "
         "FROM core.events",
     )
-    first_day, last_day = events["day"].min(), events["day"].max()
+    days = set(events["day"].to_list())
     if kind == "purchase":
         events = events.filter("bought")
     weeks = events.select("user_id", pl.col("day").dt.truncate("1w").alias("week")).unique()
@@ -148,7 +194,7 @@ def cohort_cells(root: Path, kind: str) -> dict[tuple[date, int], tuple[float, b
             rate = (hit["active"].sum() if hit.height else 0) / r["users"]
             cells[(r["cohort"], k)] = (
                 rate,
-                start >= first_day and start + timedelta(days=6) <= last_day,
+                all(start + timedelta(days=d) in days for d in range(7)),
             )
     return cells
 

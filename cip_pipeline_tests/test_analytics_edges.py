@@ -4,16 +4,22 @@ dashboard's fixed sample of buyers."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 
 from cip_pipeline import sql
+from cip_pipeline.assets.analytics import rfm_segments_query
+from cip_pipeline.assets.ml import snapshot_selects
+from cip_pipeline.ml import propensity as prop
+from cip_pipeline_tests import warehouse_oracle as oracle
 from cip_pipeline_tests.warehouse_sample import (
     WarehouseSample,
     check_problems,
+    hand_made_events,
     read_warehouse,
     run_sample,
 )
@@ -46,7 +52,8 @@ def _build(root: Path, events: list[str]) -> WarehouseSample:
 
 
 # Weeks begin on Monday: Sep 30, Oct 7, Oct 14. The data ends on Thursday Oct 17, so the
-# week of Oct 14 is seen for four days of seven.
+# week of Oct 14 is seen for four days of seven. Every day from Oct 1 has an event (a week is
+# complete only when each of its days has data).
 MID_WEEK = [
     # cohort of Sep 30: users 1, 2, 3; users 1 and 2 come back in the week of Oct 7
     *_visit(1, 1, "view"),
@@ -63,6 +70,13 @@ MID_WEEK = [
     *_visit(7, 12, "view", "cart"),
     # cohort of Oct 14: user 8, on the last day of the data
     *_visit(8, 17, "view"),
+    # the days no one above visits: users already seen in those weeks look again
+    *_visit(3, 4, "view"),
+    *_visit(3, 6, "view"),
+    *_visit(5, 7, "view"),
+    *_visit(7, 13, "view"),
+    *_visit(4, 14, "view"),
+    *_visit(4, 16, "view"),
 ]
 
 
@@ -100,13 +114,13 @@ def test_funnel_rate_counts_sessions_with_a_view_a_cart_and_a_purchase(
 ) -> None:
     assert check_problems(mid_week.summaries) == []
     meta = mid_week.materialization(["analytics", "funnel"])
-    # 12 sessions (one per user and day); 7 with a purchase, of which 4 also viewed and carted
+    # 18 sessions (one per user and day); 7 with a purchase, of which 4 also viewed and carted
     # (users 2, 4 and 5 bought without a cart on Oct 3, 15 and 9)
-    assert meta["sessions"].value == 12
-    assert meta["session_view_cart_purchase_rate"].value == pytest.approx(4 / 12, rel=1e-12)
+    assert meta["sessions"].value == 18
+    assert meta["session_view_cart_purchase_rate"].value == pytest.approx(4 / 18, rel=1e-12)
     assert "session_conversion_rate" not in meta
     sessions = mid_week.materialization(["core", "fact_sessions"], "2019-10-01")
-    assert sessions["session_conversion_rate"].value == pytest.approx(7 / 12, rel=1e-12)
+    assert sessions["session_conversion_rate"].value == pytest.approx(7 / 18, rel=1e-12)
 
 
 def test_week_1_retention_leaves_out_a_week_1_seen_in_part(mid_week: WarehouseSample) -> None:
@@ -137,6 +151,187 @@ def test_week_1_retention_leaves_out_a_week_1_seen_in_part(mid_week: WarehouseSa
         ("purchase", oct7, 0): (3, True),
         ("purchase", oct7, 1): (1, False),
     }
+
+
+def _cohorts(user_days: list[tuple[int, date, int]]) -> tuple[dict, dict]:
+    """cohort_retention's SQL and headline over hand-made user-days (user, day, purchases):
+    (kind, cohort week, weeks since) -> (active users, week_complete), and the headline."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE user_days (user_id INTEGER, day DATE, purchases BIGINT)")
+    con.executemany("INSERT INTO user_days VALUES (?, ?, ?)", user_days)
+    query = sql.statement("analytics", "cohort_retention", user_days="user_days")
+    con.execute(f"CREATE TABLE written AS {query}")
+    rows = con.execute(
+        "SELECT cohort_kind, cohort_week, weeks_since, active_users, week_complete FROM written"
+    ).fetchall()
+    cursor = con.execute(sql.statement("analytics", "cohort_headline"))
+    headline = dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))
+    con.close()
+    return {(k, w, n): (a, c) for k, w, n, a, c in rows}, headline
+
+
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def test_weeks_without_data_are_not_complete_and_stay_out_of_the_headline() -> None:
+    """October and Dec 2-15 loaded, November not: its weeks hold no data, and the week of
+    Oct 28 lacks Nov 1-3. Neither is complete, so the cohort of Oct 28, whose week 1 (Nov 4)
+    has no data, is not counted as retaining no one. They were complete by the data's first
+    and last day, which gave week-1 retention 4/7 and repeat purchase 1/2."""
+    oct1, dec2, dec15 = date(2019, 10, 1), date(2019, 12, 2), date(2019, 12, 15)
+    user_days = [
+        *[(1, d, int(d == oct1)) for d in _days(oct1, date(2019, 10, 31))],  # every October day
+        *[(7, d, 0) for d in _days(dec2, dec15)],  # every day of Dec 2-15
+        (2, date(2019, 10, 8), 1),
+        (2, date(2019, 10, 15), 1),  # back, and bought again, in week 1
+        (3, date(2019, 10, 9), 0),
+        (4, date(2019, 10, 28), 1),
+        (5, date(2019, 10, 28), 0),
+        (6, dec2, 1),
+        (6, date(2019, 12, 10), 1),  # back, and bought again, in week 1
+    ]
+    cells, headline = _cohorts(user_days)
+    sep30, oct7, oct28 = date(2019, 9, 30), date(2019, 10, 7), date(2019, 10, 28)
+    # cohort of Sep 30 (user 1): weeks 1-3 (Oct 7-27) and 9-10 (Dec 2-15) are complete; week 0
+    # misses Sep 30, week 4 (Oct 28) misses Nov 1-3, weeks 5-8 (Nov 4 - Dec 1) have no data
+    assert [cells["activity", sep30, k] for k in range(11)] == [
+        (1, False),
+        (1, True),
+        (1, True),
+        (1, True),
+        (1, False),
+        (0, False),
+        (0, False),
+        (0, False),
+        (0, False),
+        (0, True),
+        (0, True),
+    ]
+    assert cells["activity", oct7, 1] == (1, True)  # user 2 of 2, 3 back on Oct 15
+    assert cells["activity", oct28, 1] == (0, False)
+    assert cells["purchase", oct28, 1] == (0, False)
+    # week 1 complete: Sep 30 (1 of 1 back), Oct 7 (user 2 of 2, 3), Dec 2 (users 6 and 7)
+    assert headline["week_1_retention"] == pytest.approx(4 / 5, rel=1e-12)
+    # buyers: Sep 30 (user 1, not again), Oct 7 (user 2, again), Dec 2 (user 6, again)
+    assert headline["week_1_repeat_purchase_rate"] == pytest.approx(2 / 3, rel=1e-12)
+
+
+def _rfm(purchases: list[tuple[str, float, int]]) -> dict[int, tuple]:
+    """rfm_segments' SQL over hand-made purchases (time, price, user) and one view by user 99
+    on Oct 1: user -> (recency_days, frequency, monetary, rfm_code, segment). The Polars
+    oracle must give the same."""
+    rows = [("2019-10-01 09:00:00", "view", 1.0, 99)]
+    rows += [(t, "purchase", price, user) for t, price, user in purchases]
+    con = hand_made_events()
+    con.executemany("INSERT INTO core.events VALUES (?, ?, 1, 1, NULL, NULL, ?, ?, uuid())", rows)
+    query = rfm_segments_query("core.events")
+    got = {
+        user: (recency, frequency, float(monetary), code, segment)
+        for user, recency, frequency, monetary, code, segment in con.execute(
+            f"SELECT user_id, recency_days, frequency, monetary, rfm_code, segment FROM ({query})"
+        ).fetchall()
+    }
+    con.close()
+    events = pl.DataFrame(
+        rows, schema=["event_time", "event_type", "price", "user_id"], orient="row"
+    ).with_columns(pl.col("event_time").str.to_datetime())
+    expected = oracle.rfm_segments(events).with_columns(
+        pl.format("{}{}{}", "r_score", "f_score", "m_score").alias("rfm_code")
+    )
+    assert {
+        r[0]: r[1:]
+        for r in expected.select(
+            "user_id", "recency_days", "frequency", "monetary", "rfm_code", "segment"
+        ).iter_rows()
+    } == got
+    return got
+
+
+def test_one_buyer_on_the_last_day_is_a_new_customer() -> None:
+    """Nothing to rank against: R and M are the best there is (5), F is 1 for one purchase
+    day. The score counted buyers strictly worse: 0 of 1, so 111, 'Lost'."""
+    assert _rfm([("2019-10-31 10:00:00", 5.0, 1)]) == {1: (0, 1, 5.0, "515", "New Customers")}
+
+
+def test_buyers_all_tied_share_the_best_scores() -> None:
+    got = _rfm([("2019-10-31 10:00:00", 5.0, u) for u in (1, 2, 3)])
+    assert got == {u: (0, 1, 5.0, "515", "New Customers") for u in (1, 2, 3)}
+
+
+def test_a_tie_at_the_best_value_holding_over_a_fifth_of_buyers_scores_5() -> None:
+    """Ten one-day buyers. Recency: 4 bought on the last day (R 5; by the share strictly
+    worse, 6/10, it was 4), 3 ten days before (3/10 worse: 2), 3 twenty days before (1).
+    Spend: 30 by 3 buyers (M 5, was 4), then 20 (6/10 worse: 4), 15 (5/10: 3), 12 (4/10:
+    3), 9 (3/10: 2), 6 (2/10: 2), 3 and 1 (1)."""
+    last, ten, twenty = "2019-10-31 10:00:00", "2019-10-21 10:00:00", "2019-10-11 10:00:00"
+    purchases = [
+        (last, 30.0, 1),
+        (last, 30.0, 2),
+        (last, 20.0, 3),
+        (last, 15.0, 4),
+        (ten, 30.0, 5),
+        (ten, 12.0, 6),
+        (ten, 9.0, 7),
+        (twenty, 6.0, 8),
+        (twenty, 3.0, 9),
+        (twenty, 1.0, 10),
+    ]
+    got = _rfm(purchases)
+    assert {u: (code, segment) for u, (*_, code, segment) in got.items()} == {
+        1: ("515", "New Customers"),
+        2: ("515", "New Customers"),
+        3: ("514", "New Customers"),
+        4: ("513", "New Customers"),
+        5: ("215", "At Risk"),
+        6: ("213", "Hibernating"),
+        7: ("212", "Hibernating"),
+        8: ("112", "Lost"),
+        9: ("111", "Lost"),
+        10: ("111", "Lost"),
+    }
+
+
+def test_f_1_is_exactly_one_purchase_day() -> None:
+    """New Customers bought on one day only, however few buyers did. All ten bought on the
+    last day (R 5). Buyer 1: one day, 5.00 (F 1, M 5). Buyers 2-9: two days, 2.00; as one
+    buyer in ten is strictly worse they scored F 1, 'New Customers': now 2, and M 1 (the
+    least spent). Buyer 10: three days, 3.00 (F 5; M: 8 of 10 worse, 5)."""
+    purchases = [("2019-10-31 10:00:00", 5.0, 1)]
+    for u in range(2, 10):
+        purchases += [("2019-10-30 10:00:00", 1.0, u), ("2019-10-31 09:00:00", 1.0, u)]
+    purchases += [(f"2019-10-{d} 10:00:00", 1.0, 10) for d in (29, 30, 31)]
+    got = _rfm(purchases)
+    assert got[1] == (0, 1, 5.0, "515", "New Customers")
+    assert all(got[u] == (0, 2, 2.0, "521", "Regular") for u in range(2, 10))
+    assert got[10] == (0, 3, 3.0, "555", "Champions")
+    # With no one-day buyer, the most frequent (two days) score F 5, not 1 ('Lost' before).
+    got = _rfm([(f"2019-10-{d} 10:00:00", 1.0, u) for u in (1, 2) for d in (30, 31)])
+    assert got == {u: (0, 2, 2.0, "555", "Champions") for u in (1, 2)}
+
+
+def test_ml_rfm_score_scores_ties_as_the_segments_do(mid_week: WarehouseSample) -> None:
+    """The mid-week buyers at the end of the data (Oct 17), each purchase 250.00:
+    user 1 (last bought Oct 9: 8 days; 2 days; 500), 2 (14; 1; 250), 4 (2; 2; 500),
+    5 (8; 1; 250), 6 (6; 1; 250). R: 4 is the best (5); 6 has 3 of 5 strictly worse (4);
+    1 and 5 one (2); 2 none (1). F and M: users 1 and 4 tie at the best value, 40% of the
+    buyers: 5 (it was 4, as 3 of 5 are worse), the rest 1. The propensity features' score
+    snapshot (cutoff Oct 18) sums the same scores."""
+    segments = mid_week.table(
+        "SELECT user_id, rfm_code, segment FROM analytics.rfm_segments ORDER BY user_id"
+    )
+    assert segments.rows() == [
+        (1, "255", "Cant Lose Them"),
+        (2, "111", "Lost"),
+        (4, "555", "Champions"),
+        (5, "211", "Hibernating"),
+        (6, "411", "New Customers"),
+    ]
+    plan = prop.plan_snapshots(datetime(2019, 10, 1), datetime(2019, 10, 17, 10))
+    assert plan.score == datetime(2019, 10, 18)
+    select = snapshot_selects(plan)["2019-10-18 (score)"]
+    features = mid_week.table(f"SELECT user_id, rfm_score FROM ({select}) ORDER BY user_id")
+    assert features.rows() == [(1, 12), (2, 3), (3, 0), (4, 15), (5, 4), (6, 6), (7, 0), (8, 0)]
 
 
 def _landscape(user_ids: list[int]) -> set[int]:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import itertools
 import math
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
 import polars as pl
 import pytest
 
-from cip_pipeline.assets.analytics import rfm_rules
+from cip_pipeline import sql
+from cip_pipeline.assets.analytics import rfm_rules, rfm_segments_query
+from cip_pipeline.assets.ml import snapshot_selects
 from cip_pipeline.generator import generate
+from cip_pipeline.ml import propensity as prop
 from cip_pipeline_tests import warehouse_oracle as oracle
 from cip_pipeline_tests.rees46_stats import read_month
 from cip_pipeline_tests.test_ingest_reader import CORPUS
@@ -145,6 +149,44 @@ def test_rule_table_gives_every_score_exactly_the_documented_segment() -> None:
         assert matching, (r, f, m)
         assert min(matching)[1] == oracle.segment(r, f, m), (r, f, m)
     assert {name for _, name, *_ in rules} == set(oracle.SEGMENTS)
+
+
+def test_ml_rfm_score_is_the_sum_of_the_segments_scores_as_of_its_cutoff(
+    warehouse_sample: WarehouseSample,
+) -> None:
+    """Each propensity snapshot's rfm_score (from the user-days before its cutoff) is R + F + M
+    of rfm_segments over the events before that cutoff (what experiments/segment_outcomes
+    segments), and of the Polars oracle; 0 for users who had not bought."""
+    con = duckdb.connect(str(warehouse_sample.root / "warehouse" / "cip.duckdb"), read_only=True)
+    try:
+        first, last = con.execute(
+            "SELECT min(event_time), max(event_time) FROM core.events"
+        ).fetchone()
+        plan = prop.plan_snapshots(first, last)
+        selects = snapshot_selects(plan)
+        assert len(selects) >= 3
+        events = oracle.read_events(warehouse_sample.raw_files)
+        for label, select in selects.items():
+            cutoff = datetime.strptime(label[:10], "%Y-%m-%d")
+            ml_scores = dict(con.execute(f"SELECT user_id, rfm_score FROM ({select})").fetchall())
+            before = f"(SELECT * FROM core.events WHERE event_time < {sql.timestamp(cutoff)})"
+            segments = rfm_segments_query(before)
+            summed = dict(
+                con.execute(
+                    f"SELECT user_id, r_score + f_score + m_score FROM ({segments})"
+                ).fetchall()
+            )
+            assert len(summed) > 100, label
+            assert {u: s for u, s in ml_scores.items() if s} == summed, label
+            expected = oracle.rfm_segments(events.filter(pl.col("event_time") < cutoff))
+            assert summed == {
+                u: r + f + m
+                for u, r, f, m in expected.select(
+                    "user_id", "r_score", "f_score", "m_score"
+                ).iter_rows()
+            }, label
+    finally:
+        con.close()
 
 
 def test_data_profile_counts_quarantined_rows_by_reason(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def test_bench_reports_every_asset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     expected = {a.key.to_user_string() for a in definitions.PARTITIONED_ASSETS} | {
         a.key.to_user_string() for a in definitions.UNPARTITIONED_ASSETS
     }
-    # The scores need a model, which needs five weeks of labelled history: a tiny sample may
+    # The scores need a model, which needs 42 days of history (14-day horizon): a tiny sample may
     # skip them.
     assert expected - {"ml/propensity_scores"} <= set(report.assets)
     events = report.assets["events_parquet"]

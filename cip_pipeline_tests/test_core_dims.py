@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import duckdb
 import polars as pl
 import pytest
 
@@ -79,11 +80,42 @@ def test_a_products_category_id_and_code_come_from_one_event() -> None:
     ]
     got = _dim_products(rows)
     assert got[:2] == [(1, 10, "electronics.phone", "acme"), (2, 31, None, "bolt")]
-    # ties: the highest id's low 20 bits (43), its code with it
+    # ties: the highest id (43), its code with it
     assert got[2][:3] == (3, 43, "apparel.shoes")
     for order in (rows[::-1], rows[4:] + rows[:4]):
         for threads in (1, 4):
             assert _dim_products(order, threads) == got
+
+
+def test_simultaneous_ids_sharing_their_low_bits_are_ordered_by_the_whole_id() -> None:
+    """Two simultaneous coded events of one product whose ids differ only above bit 20 (the
+    old key kept the low 20 bits: a tie that row order settled). The higher id wins, with its
+    own code, in either order and with any threads."""
+    t = datetime(2019, 10, 5, 12)
+    low = 2053013555631882655
+    high = low + (1 << 20)
+    rows = [(t, 1, low, "electronics.smartphone", "apple"), (t, 1, high, "kids.toys", "apple")]
+    for order in (rows, rows[::-1]):
+        for threads in (1, 2):
+            assert _dim_products(order, threads) == [(1, high, "kids.toys", "apple")]
+
+
+def test_simultaneous_brands_are_ordered_by_their_whole_hash() -> None:
+    """Two brands whose 64-bit hashes share their low 20 bits (the old key's part), on
+    simultaneous events: the brand of the higher whole hash, in either order."""
+    con = duckdb.connect()
+    a, b, hash_a, hash_b = con.execute(
+        "WITH b AS (SELECT 'brand' || i AS brand, hash('brand' || i) AS h FROM range(20000) t(i)) "
+        "SELECT x.brand, y.brand, x.h, y.h FROM b AS x JOIN b AS y "
+        "ON x.h % 1048576 = y.h % 1048576 AND x.brand < y.brand ORDER BY x.brand LIMIT 1"
+    ).fetchone()
+    con.close()
+    winner = a if hash_a > hash_b else b
+    t = datetime(2019, 10, 5, 12)
+    rows = [(t, 1, 10, "kids.toys", a), (t, 1, 10, "kids.toys", b)]
+    for order in (rows, rows[::-1]):
+        for threads in (1, 2):
+            assert _dim_products(order, threads) == [(1, 10, "kids.toys", winner)]
 
 
 def test_a_category_id_with_two_codes_is_warned_of() -> None:

@@ -24,9 +24,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cip_pipeline import stats
+from cip_pipeline.assets import experiments
 from cip_pipeline.dashboard import data
 from cip_pipeline.dashboard.launch import app_test, measure_pages
 from cip_pipeline.dashboard.views import PAGES as VIEWS
+from cip_pipeline.dashboard.views import experiments as lab
 from cip_pipeline_tests import dashboard_expected as expected
 from cip_pipeline_tests.dashboard_expected import number
 from cip_pipeline_tests.warehouse_sample import WarehouseSample
@@ -237,8 +239,8 @@ def test_experiment_lab_uses_the_project_statistics(at: AppTest, dashboard_sampl
     size = stats.sample_size_two_proportions(p, 0.20, alpha=0.01, power=0.8)
     assert metrics(at)["Sample size per arm"] == f"{size.n_control:,}"
 
-    # A segment's own baseline and traffic (fractional: a few buyers a day), from its
-    # next-window outcomes; a segment is a fixed set of people.
+    # A segment's own baseline and its members' first visits in the next window (then the
+    # latest week's new ones a day, fractional); a segment is a fixed set of people.
     # The largest lift, so that some segments are large enough for a test.
     at.slider(key="lab_lift").set_value(100).run()
     at.select_slider(key="lab_alpha").set_value(0.05).run()
@@ -249,11 +251,12 @@ def test_experiment_lab_uses_the_project_statistics(at: AppTest, dashboard_sampl
         for i, label in enumerate(source.options)
     }
     checked = set()
-    for segment, (rate, daily, people) in segments.items():
+    for segment, seg in segments.items():
         if segment not in labels:
             continue
         at.selectbox(key="lab_source").set_value(labels[segment]).run()
         assert_clean(at)
+        rate = seg.rate
         if rate * 2 >= 1:  # no such lift: the page says so instead of planning
             assert any("must stay below 100%" in w.value for w in at.warning)
             assert "Sample size per arm" not in metrics(at)
@@ -262,25 +265,78 @@ def test_experiment_lab_uses_the_project_statistics(at: AppTest, dashboard_sampl
         size = stats.sample_size_two_proportions(rate, 1.0, alpha=0.05, power=0.8)
         shown = metrics(at)
         assert shown["Sample size per arm"] == f"{size.n_control:,}"
-        if size.total > people:
+        if size.total > seg.people:
             assert shown["Duration"] == "segment too small"
             checked.add("too small")
             continue
-        days = stats.experiment_duration_days(size.total, daily)
-        assert shown["Duration"] == f"{days:,} days"
+        want = seg.days(size.total)
+        assert want is not None
+        days, extrapolated = want
+        assert shown["Duration"] == f"{days:,} days" + (" (extrapolated)" if extrapolated else "")
         traffic = at.number_input(key=f"lab_traffic_{labels[segment]}").value
-        assert traffic == pytest.approx(daily, rel=1e-12)  # not rounded to whole buyers
-        # Over 90 days no more than the whole segment enrols.
+        # not rounded to whole buyers
+        assert traffic == pytest.approx(float(seg.latest_week), rel=1e-12)
+        # Over 90 days: the window's members, then the latest week's rate, never more than
+        # the whole segment.
         at.slider(key="lab_days").set_value(90).run()
-        mde = stats.mde_two_proportions(rate, min(daily * 90, people) / 2)
+        mde = stats.mde_two_proportions(rate, seg.enrolled_by(90) / 2)
         shown = metrics(at)
         assert number(shown["MDE in 90 days"]) == pytest.approx(100 * mde.relative_lift, abs=0.05)
         at.slider(key="lab_days").set_value(14).run()
-        checked.add("days")
-    assert checked == {"days", "too small", "above 100%"}  # the sample has all three kinds
-    # The pipeline's own plans and the simulation are on the page, labelled as simulated.
-    assert any("Simulated" in w.value for w in at.warning)
+        checked.add("extrapolated" if extrapolated else "days")
+    # the sample has these kinds (days within the window: test_lab_reads_days_off_first_visits)
+    assert checked == {"extrapolated", "too small", "above 100%"}
+    # The pipeline's own plans and the simulation are on the page, labelled as simulated,
+    # with what was injected: +20% conversion and +15% spend are (1.2 x 1.15 - 1) = +38%
+    # revenue per user.
+    label = next(w.value for w in at.warning if "Simulated" in w.value)
+    config = experiments.ExperimentConfig()
+    assert (config.simulated_conversion_lift, config.simulated_spend_lift) == (0.2, 0.15)
+    assert "+20.0% conversion" in label and "spend +15.0%" in label
+    assert "+38.0% revenue per user in all" in label
     assert len(at.dataframe) == 2
+
+
+def test_lab_reads_days_off_first_visits() -> None:
+    """A segment of 5,000 whose members first visit 300 on day 1, 60 a day on days 2-7, 10 a
+    day on days 8-14 (730): 600 are reached on day 6 (a steady 730 / 14 a day would say 12);
+    761 on day 14 + ceil(31 / 10) = 18 at the latest week's 10 a day, or 14 + ceil(31 / 20)
+    = 16 at 20 a day typed in; never 761 of a segment of 760. Sessions keep a steady rate."""
+    reached = (300, *range(360, 661, 60), *range(670, 731, 10))
+    segment = lab.Baseline("RFM segment: Loyal", 0.1, 10.0, "members", 5_000, reached)
+
+    def inputs(traffic: float, planned: int = 14) -> lab.Inputs:
+        return lab.Inputs(0.1, 0.2, 0.05, 0.8, traffic, "two-sided", planned)
+
+    assert lab.duration(segment, inputs(10.0), 600) == stats.Enrolment(6, False)
+    assert lab.duration(segment, inputs(10.0), 761) == stats.Enrolment(18, True)
+    assert lab.duration(segment, inputs(20.0), 761) == stats.Enrolment(16, True)
+    small = lab.Baseline("RFM segment: Loyal", 0.1, 10.0, "members", 760, reached)
+    assert lab.duration(small, inputs(10.0), 761).days is None
+    assert lab.enrolled_by(segment, inputs(10.0, 6)) == 600
+    assert lab.enrolled_by(segment, inputs(10.0, 20)) == 790
+    assert lab.enrolled_by(small, inputs(10.0, 20)) == 760
+    sessions = lab.Baseline("All sessions: session conversion", 0.03, 1_000.0, "sessions")
+    assert lab.duration(sessions, inputs(1_000.0), 10_001) == stats.Enrolment(11, False)
+    assert lab.enrolled_by(sessions, inputs(1_000.0, 14)) == 14_000
+
+
+def test_simulation_label_states_what_was_injected() -> None:
+    """The lab's label of the simulated test says the conversion lift injected (capped, with
+    the reason), the spend lift for what it is, and the revenue-per-user lift both make."""
+    row = {
+        "users": 1_234,
+        "injected_conversion_lift": 1 / 9,
+        "injected_spend_lift": -0.1,
+        "injected_revenue_per_user_lift": 0.125,
+        "injection_note": "+20.0% on a 90.00% conversion rate would pass 100%",
+    }
+    label = lab.simulation_label(row)
+    assert "1,234 real at-risk buyers" in label
+    assert "+11.1% conversion" in label
+    assert "every treated user's spend -10.0%" in label
+    assert "+12.5% revenue per user in all" in label
+    assert "would pass 100%" in label
 
 
 @pytest.mark.parametrize(
@@ -344,7 +400,7 @@ def test_ml_engine_model_card_and_recommendations(at: AppTest, dashboard_sample:
         assert list(zip(recs["recommended_product_id"], recs["source"], strict=True)) == want
         assert want[0][1] == source  # the picker lists products led by that source
         if source == "fallback":
-            assert all(w.startswith("cold start") for w in recs["why"])
+            assert all(w.startswith("fallback: popular") for w in recs["why"])
 
 
 def test_rule_explanation_comes_from_one_rule(at: AppTest, dashboard_sample: Path) -> None:

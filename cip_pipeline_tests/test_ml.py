@@ -161,17 +161,17 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
     window_counts = window.group_by("user_id").agg(
         pl.len().alias("events_w"), (pl.col("event_type") == "cart").sum().alias("carts_w")
     )
-    sessions = (  # started in the window and over before the cutoff
+    sessions = (  # started in the window, each as far as it went before the cutoff
         warehouse_oracle.fact_sessions(
-            events.with_columns(pl.col("category_code").str.split(".").list.first().alias("l1"))
+            before.with_columns(pl.col("category_code").str.split(".").list.first().alias("l1"))
         )
-        .filter(
-            pl.col("start_time") >= snap - pl.duration(days=28),
-            pl.col("start_time") < snap,
-            pl.col("end_time") < snap,
-        )
+        .filter(pl.col("start_time") >= snap - pl.duration(days=28))
         .group_by("user_id")
-        .agg(pl.col("distinct_products").sum().alias("session_products_w"))
+        .agg(
+            pl.len().alias("sessions_w"),
+            pl.col("duration_seconds").mean().alias("avg_session_seconds"),
+            pl.col("distinct_products").sum().alias("session_products_w"),
+        )
     )
     views = window.filter(pl.col("event_type") == "view").with_columns(
         pl.col("event_time").dt.date().alias("day"),
@@ -207,7 +207,9 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
         .join(sessions, on="user_id", how="left")
         .join(preferred("category", "primary_category"), on="user_id", how="left")
         .join(preferred("brand", "preferred_brand"), on="user_id", how="left")
-        .with_columns(pl.col("events_w", "carts_w", "session_products_w").fill_null(0))
+        .with_columns(
+            pl.col("events_w", "carts_w", "sessions_w", "session_products_w").fill_null(0)
+        )
         .join(
             events.filter(
                 (pl.col("event_time") >= snap)
@@ -224,8 +226,26 @@ def test_features_match_an_independent_computation(warehouse: Path, role: str) -
         .sort("user_id")
     )
     assert mine["user_id"].to_list() == oracle["user_id"].to_list()
-    for col in ("events_w", "carts_w", "session_products_w", "prior_purchase", "label"):
+    for col in (
+        "events_w",
+        "carts_w",
+        "sessions_w",
+        "session_products_w",
+        "prior_purchase",
+        "label",
+    ):
         assert mine[col].cast(oracle[col].dtype).to_list() == oracle[col].to_list(), col
+    seconds = mine["avg_session_seconds"].to_numpy(), oracle["avg_session_seconds"].to_numpy()
+    assert np.allclose(*seconds, equal_nan=True)
+    # sessions going on past the cutoff are there, with their part before it
+    assert (
+        _query(
+            warehouse,
+            "SELECT count(*) AS n FROM core.fact_sessions "
+            f"WHERE start_time < TIMESTAMP '{snap}' AND end_time >= TIMESTAMP '{snap}'",
+        )["n"][0]
+        > 0
+    )
     for col in ("primary_category", "preferred_brand"):
         assert oracle[col].null_count() < oracle.height, col
         assert mine[col].to_list() == oracle[col].to_list(), col
@@ -344,8 +364,9 @@ def test_the_model_is_reused_while_its_samples_are_unchanged(
 
 
 def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path: Path) -> None:
-    """Rewrite every event at or after a cutoff (type, price, product, later time): no feature
-    of that snapshot changes; only the label may."""
+    """Rewrite every event at or after a cutoff (type, price, product, later time), and make
+    sessions that ended in the cutoff's last hour go on past it (an event after the cutoff in
+    the same session): no feature of that snapshot changes; only the label may."""
     db = tmp_path / "copy.duckdb"
     db.write_bytes(warehouse.read_bytes())
     cutoff = datetime(2019, 10, 29)
@@ -363,10 +384,30 @@ def test_no_feature_sees_events_at_or_after_its_cutoff(warehouse: Path, tmp_path
             WHERE event_time >= $cutoff""",
             {"cutoff": cutoff},
         )
+        continued = con.execute(
+            """
+            INSERT INTO core.events
+            SELECT $cutoff + INTERVAL 30 MINUTE, 'purchase', product_id + 1, category_id,
+                   category_code, brand, price, user_id, user_session
+            FROM core.events
+            WHERE event_time >= $cutoff - INTERVAL 1 HOUR AND event_time < $cutoff
+              AND user_session IS NOT NULL
+            QUALIFY row_number() OVER (PARTITION BY user_session ORDER BY event_time DESC,
+                                       product_id) = 1""",
+            {"cutoff": cutoff},
+        ).fetchall()[0][0]
+        assert continued > 10
+        # every session with an event at or after the cutoff as core.fact_sessions has it
         con.execute(
             """
-            UPDATE core.fact_sessions SET end_time = end_time + INTERVAL 2 HOUR
-            WHERE end_time >= $cutoff""",
+            UPDATE core.fact_sessions AS s
+            SET end_time = a.end_time,
+                duration_seconds = date_diff('second', s.start_time, a.end_time),
+                distinct_products = a.products
+            FROM (SELECT user_session, max(event_time) AS end_time,
+                         count(DISTINCT product_id) AS products
+                  FROM core.events GROUP BY ALL HAVING max(event_time) >= $cutoff) AS a
+            WHERE s.user_session = a.user_session""",
             {"cutoff": cutoff},
         )
         con.execute("DELETE FROM core.fact_user_days")  # built again from the rewritten events
@@ -582,6 +623,32 @@ def test_power_tables_equal_the_stats_module(warehouse: Path) -> None:
             alternative=row["alternative"],
         ).n_control
         assert row["n_per_arm"] == want
+    # Revenue per user: the same grid as conversion, from each segment's mean and SD.
+    figures = {
+        f"segment: {r['segment']}": r
+        for r in _query(
+            warehouse,
+            "SELECT segment, avg(revenue) AS mean, stddev_samp(revenue) AS sd "
+            "FROM experiments.segment_outcomes WHERE active GROUP BY segment",
+        ).iter_rows(named=True)
+    }
+    revenue = table.filter(pl.col("table") == "revenue_sample_size")
+    grid = len(experiments.LIFTS) * len(experiments.ALPHAS) * len(experiments.POWERS) * 2
+    assert revenue.group_by("baseline_source").len()["len"].to_list() == [grid] * len(
+        revenue["baseline_source"].unique()
+    )
+    for row in revenue.sample(20, seed=1).iter_rows(named=True):
+        seg = figures[row["baseline_source"]]
+        assert row["baseline"] == pytest.approx(seg["mean"], rel=1e-9)
+        want = stats.sample_size_continuous(
+            seg["mean"],
+            seg["sd"],
+            row["relative_lift"],
+            alpha=row["alpha"],
+            power=row["power"],
+            alternative=row["alternative"],
+        ).n_control
+        assert abs(row["n_per_arm"] - want) <= 1
     plans = _query(warehouse, "SELECT * FROM experiments.segment_test_plans")
     assert plans["segment"][0] == "Cant Lose Them"
     sim = _query(warehouse, "SELECT * FROM experiments.reactivation_simulation")
@@ -598,15 +665,18 @@ def test_experiment_tables_equal_independent_figures(warehouse: Path) -> None:
     cutoff, end = outcomes["cutoff"][0], outcomes["window_end"][0]
     window = _query(
         warehouse,
-        "SELECT user_id, event_type::VARCHAR AS event_type, price::DOUBLE AS price "
-        f"FROM core.events WHERE event_time >= TIMESTAMP '{cutoff}' "
+        "SELECT user_id, event_type::VARCHAR AS event_type, price::DOUBLE AS price, "
+        f"event_time FROM core.events WHERE event_time >= TIMESTAMP '{cutoff}' "
         f"AND event_time < TIMESTAMP '{end}'",
     )
     bought = pl.col("event_type") == "purchase"
     per_user = window.group_by("user_id").agg(
-        bought.any().alias("bought_i"), pl.col("price").filter(bought).sum().alias("revenue_i")
+        bought.any().alias("bought_i"),
+        pl.col("price").filter(bought).sum().alias("revenue_i"),
+        pl.col("event_time").min().dt.date().alias("first_i"),
     )
     joined = outcomes.join(per_user, on="user_id", how="left")
+    assert joined["first_active_day"].equals(joined["first_i"], check_names=False)
     assert (joined["bought"] == joined["bought_i"].fill_null(False)).all()
     assert (joined["active"] == joined["bought_i"].is_not_null()).all()
     assert np.allclose(joined["revenue"], joined["revenue_i"].fill_null(0.0), rtol=1e-9)
@@ -619,24 +689,41 @@ def test_experiment_tables_equal_independent_figures(warehouse: Path) -> None:
             pl.len().alias("users"),
             # the members who visited in the window: every buyer is one of them
             (pl.col("bought").sum() / pl.col("active").sum()).alias("p"),
-            (pl.col("active").sum() / window_days).alias("daily"),
             pl.col("active").sum().alias("active"),
         )
         .iter_rows(named=True)
     }
+    # distinct members who had visited by the end of each day of the window
+    for name, seg in segments.items():
+        firsts = joined.filter(pl.col("segment") == name)["first_i"].drop_nulls()
+        seg["reached"] = [
+            int((firsts <= (cutoff + timedelta(days=d)).date()).sum()) for d in range(window_days)
+        ]
+
+    def days_to_reach(total: int, seg: dict[str, Any]) -> tuple[int | None, bool | None]:
+        """Read off the curve; past it at the last 7 days' new arrivals, exactly; none past
+        the segment's size or without new arrivals."""
+        reached = seg["reached"]
+        for day, have in enumerate(reached, start=1):
+            if have >= total:
+                return day, False
+        lately = Fraction(reached[-1] - reached[-8], 7)
+        if total > seg["users"] or not lately:
+            return None, None
+        return window_days + math.ceil((total - reached[-1]) / lately), True
+
     plans = _query(warehouse, "SELECT * FROM experiments.segment_test_plans")
     assert set(plans["segment"]) == set(segments)
     for row in plans.iter_rows(named=True):
         seg = segments[row["segment"]]
         assert row["users"] == seg["users"]
         assert row["baseline_conversion"] == pytest.approx(seg["p"], rel=1e-12)
-        assert row["daily_eligible_users"] == pytest.approx(seg["daily"], rel=1e-12)
+        assert row["members_reached_by_day"] == seg["reached"]
         if seg["p"] > 0 and seg["p"] * 1.2 < 1:
             n = stats.sample_size_two_proportions(seg["p"], 0.2).n_control
             assert row["n_per_arm_lift_20"] == n
-            # Whole days at active/window_days a day, exactly; none past the segment's size.
-            days = math.ceil(Fraction(2 * n * window_days, seg["active"]))
-            assert row["days_lift_20"] == (days if 2 * n <= seg["users"] else None)
+            want = days_to_reach(2 * n, seg)
+            assert (row["days_lift_20"], row["extrapolated_lift_20"]) == want
     power = _query(
         warehouse,
         "SELECT DISTINCT baseline_source, baseline FROM experiments.ab_power_tables "
@@ -645,6 +732,15 @@ def test_experiment_tables_equal_independent_figures(warehouse: Path) -> None:
     assert power.height > 0
     for source, baseline in power.iter_rows():
         assert baseline == pytest.approx(segments[source.removeprefix("segment: ")]["p"])
+    days = _query(
+        warehouse,
+        "SELECT baseline_source, coalesce(n_per_arm, sample_size) AS n, days_needed, "
+        "days_extrapolated FROM experiments.ab_power_tables "
+        "WHERE baseline_source LIKE 'segment: %'",
+    )
+    for source, n, needed, extrapolated in days.iter_rows():
+        seg = segments[source.removeprefix("segment: ")]
+        assert (needed, extrapolated) == days_to_reach(2 * n, seg), source
 
     sim = _query(warehouse, "SELECT * FROM experiments.reactivation_simulation")
     srm = sim.filter(pl.col("metric") == "assignment").row(0, named=True)
@@ -940,3 +1036,349 @@ def test_dim_users_is_not_read_for_other_user_days_or_any_past_the_score_cutoff(
         assert ml.dim_users_unusable(instance, plan, inputs_late) == (
             "user-days on or after the score cutoff"
         )
+
+
+CATEGORY_CODES = {1: "sport.bike", 2: "kids.toys", 3: "auto.parts"}
+MONTHS = (
+    (datetime(2019, 10, 1), datetime(2019, 11, 1)),
+    (datetime(2019, 11, 1), datetime(2019, 12, 1)),
+)
+
+
+def _hand_warehouse(
+    rows: list[tuple[str, str, int, int, str | None, int, str]], path: Path | None = None
+) -> duckdb.DuckDBPyConnection:
+    """core.events of hand-made rows (time, type, product, category id, brand, user, session
+    name) in October and November 2019, with core.fact_user_days and core.fact_sessions built
+    from them by the warehouse's own SQL."""
+    con = duckdb.connect(str(path) if path else ":memory:")
+    con.execute(
+        "CREATE SCHEMA core; CREATE SCHEMA ml; CREATE TABLE core.events (event_time TIMESTAMP,"
+        " event_type VARCHAR, product_id INTEGER, category_id BIGINT, category_code VARCHAR,"
+        " brand VARCHAR, price DECIMAL(9, 2), user_id INTEGER, user_session UUID)"
+    )
+    if rows:
+        con.executemany(
+            "INSERT INTO core.events VALUES"
+            " ($1::TIMESTAMP, $2, $3, $4, $5, $6, 5, $7, md5($8)::UUID)",
+            [(t, e, p, c, CATEGORY_CODES[c], b, u, s) for t, e, p, c, b, u, s in rows],
+        )
+    events = SqlTable("core", "events")
+    user_days = user_days_chunks(con, events, datetime(2020, 1, 1), 10**9)
+    sessions = [
+        c for start, end in MONTHS for c in core.session_chunks(con, events, start, end, end, None)
+    ]
+    for table, parts in (("fact_user_days", user_days), ("fact_sessions", sessions)):
+        con.execute(f"CREATE TABLE core.{table} AS {parts[0].select}")
+        for part in parts[1:]:
+            con.execute(f"INSERT INTO core.{table} BY NAME {part.select}")
+    return con
+
+
+def test_a_session_going_on_past_the_cutoff_gives_the_features_its_part_before_it() -> None:
+    """A session from 23:50 to 23:55 before the cutoff, and a purchase in it at 00:05 after:
+    the purchase moves the label, no feature. By hand: session s0 lasts 600 s over products
+    1 and 2, s1 before the cutoff 300 s over product 3."""
+    cutoff = datetime(2019, 10, 29)
+    base = [
+        ("2019-10-20 10:00:00", "view", 1, 1, "acme", 1, "s0"),
+        ("2019-10-20 10:10:00", "view", 2, 1, "acme", 1, "s0"),
+        ("2019-10-28 23:50:00", "view", 3, 1, "acme", 1, "s1"),
+        ("2019-10-28 23:55:00", "cart", 3, 1, "acme", 1, "s1"),
+    ]
+    later = [("2019-10-29 00:05:00", "purchase", 4, 1, "acme", 1, "s1")]
+    plan = prop.SnapshotPlan([], cutoff, datetime(2019, 12, 1), 14, 28)
+    select = snapshot_selects(plan)[f"{cutoff:%Y-%m-%d} (validation)"]
+    expected = {"sessions_w": 2, "avg_session_seconds": 450.0, "session_products_w": 3}
+    labels = []
+    for rows in (base, base + later):
+        row = _hand_warehouse(rows).sql(select).pl().row(0, named=True)
+        assert {k: float(row[k]) for k in expected} == expected
+        labels.append(row["label"])
+    assert labels == [False, True]
+
+
+def test_the_plan_lists_the_labelled_cutoffs_it_leaves_out_and_the_days_it_needs() -> None:
+    first = datetime(2019, 10, 1)
+    plan = prop.plan_snapshots(first, datetime(2019, 11, 30, 23, 59))
+    # By hand: weekly cutoffs from Oct 15 are labelled while cutoff + 14 days <= Dec 1 (Oct 15
+    # to Nov 12); Nov 5's label window runs past the validation cutoff, Nov 12.
+    assert plan.not_built == [datetime(2019, 11, 5)]
+    described = plan.describe()
+    assert described["ranges"][0] == {
+        "cutoff": "2019-10-15",
+        "role": "train",
+        "window_from": "2019-09-17",
+        "features_before": "2019-10-15",
+        "label_from": "2019-10-15",
+        "label_before": "2019-10-29",
+    }
+    assert [r["cutoff"] for r in described["labelled_not_built"]] == ["2019-11-05"]
+    # 41 days: Oct 15 and Oct 22 labelled, Oct 15's window runs past Oct 22: no training one
+    short = prop.plan_snapshots(first, datetime(2019, 11, 10, 23))
+    assert short.validation == datetime(2019, 10, 22) and short.train == []
+    assert short.not_built == [datetime(2019, 10, 15)]
+    # 14 days' warm-up, two weeks to a validation cutoff a horizon later, its own horizon
+    assert prop.min_days_of_data(14) == 42
+    for horizon in (5, 7, 10, 14, 21):
+        needed = next(
+            days
+            for days in range(1, 100)
+            if prop.plan_snapshots(
+                first, first + timedelta(days=days - 1, hours=23), horizon
+            ).usable
+        )
+        assert prop.min_days_of_data(horizon) == needed, horizon
+
+
+def test_too_little_data_skips_the_ml_assets_with_their_reasons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty core.events: the features and the recommendations say why they were not built,
+    in cip run's summary, and the model and scores wait for them; nothing fails."""
+    from cip_pipeline.runner import print_summary
+
+    monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
+    (tmp_path / "warehouse").mkdir()
+    _hand_warehouse([], tmp_path / "warehouse" / "cip.duckdb").close()
+    assets = [
+        ml.propensity_features,
+        ml.propensity_model,
+        ml.propensity_scores,
+        ml.product_affinity,
+        ml.recommendations,
+    ]
+    with dg.DagsterInstance.ephemeral() as instance:
+        summary = execute(
+            definitions.build_definitions(), ALL_MONTHS_JOB, instance, "x", None, assets
+        )
+    out = io.StringIO()
+    print_summary(summary, out)
+    assert summary.success and summary.failures == [], out.getvalue()
+    assert "skipped ml/propensity_features: core.events is empty" in out.getvalue()
+    assert "skipped ml/recommendations: core.events is empty" in out.getvalue()
+    assert any(s.startswith("ml__propensity_model") for s in summary.skipped), summary.skipped
+
+
+def _model_skip_reason(db: Path) -> str:
+    from cip_pipeline.assets.common import SKIPPED
+    from cip_pipeline.resources import WarehouseResource
+
+    with dg.build_asset_context() as context:
+        events = list(ml.propensity_model(context, warehouse=WarehouseResource(path=str(db))))
+    [observation] = [e for e in events if isinstance(e, dg.AssetObservation)]
+    return str(observation.metadata[SKIPPED].value)
+
+
+def test_the_model_says_whether_history_or_buyers_are_missing(tmp_path: Path) -> None:
+    def features(db: Path, last: str, snapshots: list[tuple[str, str]], users: int) -> None:
+        con = _hand_warehouse(
+            [
+                ("2019-10-01 10:00:00", "view", 1, 1, None, 1, "a"),
+                (last, "view", 1, 1, None, 1, "b"),
+            ],
+            db,
+        )
+        con.execute(
+            "CREATE TABLE ml.propensity_features AS SELECT s.snapshot::TIMESTAMP AS snapshot,"
+            " s.role, 14 AS horizon_days, 28 AS window_days, u::INTEGER AS user_id,"
+            " 1 AS events_w, CASE WHEN s.role = 'score' THEN NULL ELSE false END AS label"
+            f" FROM (VALUES {', '.join(str(s) for s in snapshots)}) AS s(snapshot, role),"
+            f" range({users}) AS t(u)"
+        )
+        con.close()
+
+    # Oct 1 to Nov 10, 41 days: one labelled snapshot short of a training one (42 days)
+    short = tmp_path / "short.duckdb"
+    features(
+        short, "2019-11-10 10:00:00", [("2019-10-22", "validation"), ("2019-11-11", "score")], 10
+    )
+    reason = _model_skip_reason(short)
+    assert reason.startswith("not enough history for an out-of-time split")
+    assert "needs 42 days of data with a 14-day horizon" in reason
+    assert reason.endswith("core.events spans 41"), reason
+    # two months, no buyer in any of the four labelled snapshots of 5,000 users
+    no_buyers = tmp_path / "no_buyers.duckdb"
+    snapshots = [
+        ("2019-10-15", "train"),
+        ("2019-10-22", "train"),
+        ("2019-10-29", "train"),
+        ("2019-11-12", "validation"),
+        ("2019-12-01", "score"),
+    ]
+    features(no_buyers, "2019-11-30 10:00:00", snapshots, 5000)
+    assert _model_skip_reason(no_buyers).startswith(
+        "no buyer in any labelled snapshot (20000 users in the training and validation"
+    )
+
+
+def _recommendations_metadata(db: Path, instance: dg.DagsterInstance) -> dict[str, Any]:
+    from cip_pipeline.resources import WarehouseResource
+
+    with dg.build_asset_context(instance=instance) as context:
+        outputs = list(
+            ml.recommendations(
+                context, config=ml.AffinityConfig(), warehouse=WarehouseResource(path=str(db))
+            )
+        )
+    [output] = [o for o in outputs if isinstance(o, dg.Output)]
+    return {k: v.value for k, v in output.metadata.items()}
+
+
+def test_an_offline_evaluation_of_no_user_leaves_the_rates_undefined(tmp_path: Path) -> None:
+    """Oct 2 to Oct 31: the validation cutoff is Oct 16 (14 days in), and its window's only
+    buyer has no event before it: no user to evaluate, so no rate (not 0)."""
+    db = tmp_path / "cip.duckdb"
+    _hand_warehouse(
+        [
+            ("2019-10-02 10:00:00", "view", 1, 1, "acme", 1, "a"),
+            ("2019-10-20 10:00:00", "purchase", 2, 1, "acme", 2, "b"),
+            ("2019-10-31 10:00:00", "view", 3, 1, "acme", 3, "c"),
+        ],
+        db,
+    ).close()
+    with dg.DagsterInstance.ephemeral() as instance:
+        evaluation = _recommendations_metadata(db, instance)[ml.EVALUATION]
+    assert evaluation["cutoff"] == "2019-10-16 00:00:00"
+    assert evaluation["users"] == 0 and evaluation["users_without_anchor_excluded"] == 1
+    for rate in (
+        "hit_rate_at_10",
+        "recall_at_10",
+        "popular_hit_rate_at_10",
+        "popular_recall_at_10",
+    ):
+        assert evaluation[rate] is None, rate
+    assert "no user to evaluate" in evaluation["undefined"]
+
+
+def test_the_offline_evaluation_uses_the_published_rules_settings(tmp_path: Path) -> None:
+    """Products 1 and 2 (other categories: no fallback between them) are bought together in
+    two sessions of three, a rule only with a pair support of 2 (lift 2 * 3 / (2 * 2) = 1.5).
+    User 20 last touches 1 before the cutoff (Oct 17) and buys 2 after it: a hit only for
+    rules made as ml/product_affinity's were (support 2), not with the default 5."""
+    db = tmp_path / "cip.duckdb"
+    _hand_warehouse(
+        [
+            ("2019-10-03 10:00:00", "purchase", 1, 1, None, 11, "s1"),
+            ("2019-10-03 10:01:00", "purchase", 2, 2, None, 11, "s1"),
+            ("2019-10-04 10:00:00", "purchase", 1, 1, None, 12, "s2"),
+            ("2019-10-04 10:01:00", "purchase", 2, 2, None, 12, "s2"),
+            ("2019-10-05 10:00:00", "purchase", 9, 3, None, 13, "s3"),
+            ("2019-10-10 10:00:00", "view", 1, 1, None, 20, "s4"),
+            ("2019-10-20 10:00:00", "purchase", 2, 2, None, 20, "s5"),
+            ("2019-10-31 10:00:00", "view", 9, 3, None, 30, "s6"),
+        ],
+        db,
+    ).close()
+    published = ml.product_affinity(config=ml.AffinityConfig(min_pair_support=2))
+    assert published.metadata[ml.RULE_SETTINGS_KEY].value["min_pair_support"] == 2
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(ml.AFFINITY_KEY, metadata=published.metadata)
+        )
+        metadata = _recommendations_metadata(db, instance)
+    evaluation = metadata[ml.EVALUATION]
+    assert evaluation["cutoff"] == "2019-10-17 00:00:00" and evaluation["users"] == 1
+    assert evaluation["hit_rate_at_10"] == 1.0 and evaluation["recall_at_10"] == 1.0
+    assert evaluation["rule_settings"]["min_pair_support"] == 2
+    assert "product_affinity" in metadata[ml.RULE_SETTINGS_FROM]
+    with dg.DagsterInstance.ephemeral() as instance:  # nothing published: its own settings
+        metadata = _recommendations_metadata(db, instance)
+    assert metadata[ml.EVALUATION]["hit_rate_at_10"] == 0.0
+    assert "own config" in metadata[ml.RULE_SETTINGS_FROM]
+
+
+def test_fallback_never_takes_two_products_without_a_brand_for_one_brand() -> None:
+    """One category: 10 and 11 without a brand (a view; a purchase), 12 and 13 of acme (three
+    purchases; a view). Popularity = purchases + views / 100: 12 3.0, 11 1.0, 10 and 13 0.01.
+    Only 13 shares a brand (12's); the others go by popularity alone (ties: lower id)."""
+    con = hand_made_events()
+    rows = [(10, None, "view"), (11, None, "purchase"), (13, "acme", "view")]
+    rows += [(12, "acme", "purchase")] * 3
+    con.executemany(
+        "INSERT INTO core.events (event_time, event_type, product_id, category_id, brand)"
+        " VALUES (TIMESTAMP '2019-11-20 12:00', $3, $1, 1, $2)",
+        rows,
+    )
+    con.execute(
+        "CREATE TABLE core.fact_sessions (start_time TIMESTAMP, end_time TIMESTAMP,"
+        " viewed_products INTEGER[])"
+    )
+    no_rules = (
+        "(SELECT 0 AS antecedent, 0 AS consequent, 0.0 AS confidence, 0.0 AS lift WHERE false)"
+    )
+    got = con.execute(
+        "SELECT product_id, list(recommended_product_id ORDER BY rank) "
+        f"FROM ({ml.recommendations_sql(ml.AffinityConfig(), no_rules)}) GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert got == [(10, [12, 11, 13]), (11, [12, 10, 13]), (12, [13, 11, 10]), (13, [12, 11, 10])]
+
+
+def test_scores_refuse_a_model_trained_with_other_categories(tmp_path: Path) -> None:
+    """encode numbers the primary categories alphabetically from the current list: a model
+    registered with another list fails the scoring step by name."""
+    from cip_pipeline.assets.ml import propensity_scores
+    from cip_pipeline.io_managers.model_io_manager import RegisteredModel
+    from cip_pipeline.resources import WarehouseResource
+
+    older = sorted(set(prop.CATEGORY_NAMES) - {"kids"})
+    model = RegisteredModel(
+        booster=lgb.Booster(model_str=_booster_text()),
+        params={},
+        features=prop.FEATURES,
+        windows={},
+        metrics={},
+        encodings={"preferred_brand": {}, "primary_category": older},
+        name="ml/propensity_model",
+        version=7,
+    )
+    warehouse = WarehouseResource(path=str(tmp_path / "cip.duckdb"))
+    with (
+        dg.build_asset_context() as context,
+        pytest.raises(dg.Failure, match="version 7 was trained with primary categories"),
+    ):
+        propensity_scores(context, model=model, warehouse=warehouse)
+
+
+def _booster_text() -> str:
+    rng = np.random.default_rng(3)
+    x = rng.random((100, len(prop.FEATURES)))
+    data = lgb.Dataset(x, (x[:, 0] > 0.5).astype(int), feature_name=prop.FEATURES)
+    return lgb.train({"objective": "binary", "verbose": -1}, data, 2).model_to_string()
+
+
+def test_the_registry_records_each_snapshots_windows_and_what_the_refit_used(
+    warehouse: Path,
+) -> None:
+    """Two months (Oct 1 to Nov 30), by hand: training cutoffs Oct 15, 22 and 29, validation
+    Nov 12, scoring Dec 1; windowed features over the 28 days before each cutoff, the label
+    over the 14 days from it; Nov 5 labelled but in neither."""
+    latest = _query(
+        warehouse, "SELECT windows, encodings FROM ml.model_registry ORDER BY version DESC LIMIT 1"
+    ).row(0, named=True)
+    windows = json.loads(latest["windows"])
+    assert (windows["horizon_days"], windows["window_days"], windows["step_days"]) == (14, 28, 7)
+    expected = [
+        ("2019-10-15", "train", "2019-09-17", "2019-10-29"),
+        ("2019-10-22", "train", "2019-09-24", "2019-11-05"),
+        ("2019-10-29", "train", "2019-10-01", "2019-11-12"),
+        ("2019-11-12", "validation", "2019-10-15", "2019-11-26"),
+        ("2019-12-01", "score", "2019-11-03", None),
+    ]
+    assert windows["ranges"] == [
+        {
+            "cutoff": cutoff,
+            "role": role,
+            "window_from": since,
+            "features_before": cutoff,
+            "label_from": cutoff if label_before else None,
+            "label_before": label_before,
+        }
+        for cutoff, role, since, label_before in expected
+    ]
+    assert windows["refit_on"] == [f"{c} ({r})" for c, r, _, _ in expected[:4]]
+    assert [(r["cutoff"], r["label_before"]) for r in windows["labelled_not_built"]] == [
+        ("2019-11-05", "2019-11-19")
+    ]
+    assert windows["snapshots"] == {c: r for c, r, _, _ in expected}  # what the dashboard reads
+    assert json.loads(latest["encodings"])["primary_category"] == sorted(prop.CATEGORY_NAMES)

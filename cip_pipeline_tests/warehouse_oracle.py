@@ -175,12 +175,9 @@ def _latest(column: str) -> pl.Expr:
 
 
 def dim_products(events: pl.DataFrame) -> pl.DataFrame:
-    # id and code both from the latest event with a code (else the latest event)
-    category_order = [
-        pl.col("category_code").is_not_null(),
-        "event_time",
-        pl.col("category_id") % 2**20,
-    ]
+    # id and code both from the latest event with a code (else the latest event); simultaneous
+    # events: the highest id
+    category_order = [pl.col("category_code").is_not_null(), "event_time", "category_id"]
     products = events.group_by("product_id").agg(
         pl.col("price").sort_by("event_time", "price").last().alias("latest_price"),
         pl.col("price").min().alias("min_price"),
@@ -279,12 +276,11 @@ def funnel(sessions: pl.DataFrame) -> pl.DataFrame:
 def cohort_retention(events: pl.DataFrame) -> pl.DataFrame:
     weeks = events.with_columns(pl.col("event_time").dt.truncate("1w").dt.date().alias("week"))
     last_week = weeks["week"].max()
-    days = events["event_time"].dt.date()
-    first_day, last_day = days.min(), days.max()
+    days = set(events["event_time"].dt.date().to_list())
 
     def complete(week: date) -> bool:
-        """All seven days of the week within the data."""
-        return week >= first_day and week + timedelta(days=6) <= last_day
+        """Each of the week's seven days has an event (a month not loaded has none)."""
+        return all(week + timedelta(days=d) in days for d in range(7))
 
     grid, actives = [], []
     for kind, frame in (
@@ -343,6 +339,29 @@ def segment(r: int, f: int, m: int) -> str:
     return "Regular"
 
 
+def _quintile(value: pl.Expr, n: int) -> pl.Expr:
+    """The README's tie-aware quintile of a higher-is-better value among n buyers: 5 for the
+    best value, else 1 + floor(5 x the share of buyers strictly worse)."""
+    worse = value.rank("min") - 1
+    return pl.when(value == value.max()).then(5).otherwise(1 + (5 * worse) // n).cast(pl.Int64)
+
+
+def _rfm_scores(recent: pl.Expr, frequency: pl.Expr, monetary: pl.Expr, n: int) -> list[pl.Expr]:
+    """r/f/m_score of n buyers, each value higher = better (recent: minus the recency). F is
+    1 exactly for one purchase day, and at least 2 for more."""
+    f = (
+        pl.when(frequency == 1)
+        .then(1)
+        .otherwise(pl.max_horizontal(2, _quintile(frequency, n)))
+        .cast(pl.Int64)
+    )
+    return [
+        _quintile(recent, n).alias("r_score"),
+        f.alias("f_score"),
+        _quintile(monetary, n).alias("m_score"),
+    ]
+
+
 def rfm_segments(events: pl.DataFrame) -> pl.DataFrame:
     end_of_data: datetime = events["event_time"].max()
     purchases = events.filter(pl.col("event_type") == "purchase")
@@ -352,20 +371,13 @@ def rfm_segments(events: pl.DataFrame) -> pl.DataFrame:
         pl.len().alias("purchases"),
         pl.col("price").sum().alias("monetary"),
     )
-    n = buyers.height
-
-    def score(worse_rank: pl.Expr) -> pl.Expr:
-        # worse_rank: 1 + the number of buyers with a strictly worse value
-        return (1 + (5 * (worse_rank - 1)) // n).cast(pl.Int64)
-
     scored = buyers.with_columns(
         (pl.lit(end_of_data.date()) - pl.col("last_purchase").dt.date())
         .dt.total_days()
         .alias("recency_days")
-    ).with_columns(
-        score(pl.col("recency_days").rank("min", descending=True)).alias("r_score"),
-        score(pl.col("frequency").rank("min")).alias("f_score"),
-        score(pl.col("monetary").rank("min")).alias("m_score"),
+    )
+    scored = scored.with_columns(
+        _rfm_scores(-pl.col("recency_days"), pl.col("frequency"), pl.col("monetary"), scored.height)
     )
     return scored.with_columns(
         pl.struct("r_score", "f_score", "m_score")

@@ -39,6 +39,23 @@ def rfm_rules() -> str:
     return sql.statement("analytics", "rfm_rules")
 
 
+def rfm_scored(valued: str) -> str:
+    """The rows of the relation `valued` (r/f/m_value, each higher = better) with their R, F
+    and M scores: one definition for the segments and the propensity features' rfm_score."""
+    return sql.statement("analytics", "rfm_scored", valued=valued)
+
+
+def rfm_segments_query(events: str) -> str:
+    """One row per buyer of the relation `events`, scored and segmented (rfm_segments)."""
+    return sql.statement(
+        "analytics",
+        "rfm_segments",
+        events=events,
+        rules=rfm_rules(),
+        rfm_scored=rfm_scored("valued"),
+    )
+
+
 @dg.asset(
     key=DATA_PROFILE,
     ins={
@@ -211,8 +228,9 @@ def funnel_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCheckResult]
     pool=WAREHOUSE_POOL,
     automation_condition=ON_ANY_MONTH_CHANGE,
     description="Weekly cohorts by first-seen week x weeks since: cohort users, active users, "
-    "retention rate and whether the week lies wholly in the data; the same for buyers by "
-    "first-purchase week (repeat purchase). Week-1 headlines count only wholly observed weeks.",
+    "retention rate and whether the week is complete (each of its seven days has data: not a "
+    "partial first or last week, nor one of a month not loaded); the same for buyers by "
+    "first-purchase week (repeat purchase). Week-1 headlines count only complete weeks.",
 )
 def cohort_retention(user_days: SqlTable) -> SqlQuery:
     return SqlQuery(
@@ -265,11 +283,11 @@ def cohort_retention_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCh
     pool=WAREHOUSE_POOL,
     automation_condition=ON_ANY_MONTH_CHANGE,
     description="One row per buyer: recency in days to the end of the data, frequency "
-    "(distinct purchase days), monetary; R, F, M quintile scores 1..5 and the segment of the "
-    "documented rule table.",
+    "(distinct purchase days), monetary; R, F, M tie-aware quintile scores 1..5 (the best "
+    "value 5, F 1 exactly for one purchase day) and the segment of the documented rule table.",
 )
 def rfm_segments(events: SqlTable) -> SqlQuery:
-    query = sql.statement("analytics", "rfm_segments", events=events.select(), rules=rfm_rules())
+    query = rfm_segments_query(events.select())
     return SqlQuery(query, headline=sql.statement("analytics", "rfm_headline"))
 
 

@@ -15,6 +15,7 @@ import sklearn
 from pydantic import Field
 
 from cip_pipeline import sql
+from cip_pipeline.assets.analytics import rfm_scored
 from cip_pipeline.assets.common import SKIPPED, recorded, skipped
 from cip_pipeline.assets.core import (
     DIM_USERS,
@@ -68,16 +69,20 @@ def _plan(warehouse: WarehouseResource, config: PropensityConfig) -> prop.Snapsh
     kinds={"duckdb"},
     io_manager_key="sql_io_manager",
     pool=WAREHOUSE_POOL,
+    output_required=False,
     description="Per user and weekly snapshot cutoff: behaviour strictly before the cutoff, "
     "and the label 'purchases in the next H days'. The last snapshot (end of the "
     "data) is unlabelled and is what the scores use.",
 )
 def propensity_features(
     context: dg.AssetExecutionContext, config: PropensityConfig, warehouse: WarehouseResource
-) -> SqlQuery:
+) -> Iterator[dg.Output[SqlQuery] | dg.AssetObservation]:
     plan = _plan(warehouse, config)
     if plan is None:
-        raise dg.Failure("core.events is empty")
+        reason = "core.events is empty: no snapshot to build"
+        context.log.info(f"skipped: {reason}")
+        yield skipped(FEATURES_KEY, reason)
+        return
     with warehouse.connect(read_only=True) as con:
         inputs = con.execute(
             sql.statement(
@@ -86,19 +91,67 @@ def propensity_features(
                 user_days_content=sql.statement("core", "user_days_content"),
             )
         ).fetchall()
+        inputs += straddling_inputs(con, plan)
+        split = (
+            "possible"
+            if plan.usable
+            else f"not possible: {history_shortfall(plan.horizon_days, _data_days(con))}"
+        )
     unusable = dim_users_unusable(context.instance, plan, inputs)
     chunks = snapshot_chunks(plan, inputs, users_current=unusable is None)
-    context.add_output_metadata(
-        {
+    yield dg.Output(
+        SqlQuery.chunked(chunks),
+        metadata={
             "windows": dg.MetadataValue.json(plan.describe()),
+            "out_of_time_split": split,
             "score_snapshot_all_time_from": "core.dim_users"
             if unusable is None
             else f"core.fact_user_days ({unusable})",
             # in the order of the IO manager's chunks
             "snapshots": dg.MetadataValue.json([c.label for c in chunks]),
-        }
+        },
     )
-    return SqlQuery.chunked(chunks)
+
+
+def _data_days(con: duckdb.DuckDBPyConnection) -> int:
+    """The whole days core.events spans, its first and last included (0 when empty)."""
+    first, last = con.execute(sql.statement("ml", "data_range")).fetchall()[0]
+    return 0 if first is None else (last.date() - first.date()).days + 1
+
+
+def history_shortfall(horizon_days: int, days: int) -> str:
+    """Why the data holds no out-of-time split, from the plan's rules."""
+    return (
+        "a training snapshot whose label window ends by a later validation cutoff needs "
+        f"{prop.min_days_of_data(horizon_days)} days of data with a {horizon_days}-day "
+        f"horizon ({prop.WARMUP_DAYS} days before the first cutoff, cutoffs every "
+        f"{prop.STEP_DAYS} days); core.events spans {days}"
+    )
+
+
+def straddling_inputs(
+    con: duckdb.DuckDBPyConnection, plan: prop.SnapshotPlan
+) -> list[tuple[str, datetime, int, int]]:
+    """Per cutoff, what its snapshot reads of core.events: the events before the cutoff of
+    the sessions going on past it (`straddling_input`), as rows for `snapshot_chunks`."""
+    rows = []
+    for cutoff, _, _ in plan.cutoffs():
+        query = sql.statement("ml", "straddling_input", **_straddling(plan, cutoff))
+        n, h = con.execute(query).fetchall()[0]
+        rows.append(("straddling", cutoff, int(n), int(h)))
+    return rows
+
+
+def _straddling(plan: prop.SnapshotPlan, cutoff: datetime) -> dict[str, str]:
+    """The sessions going on past `cutoff` and their events before it, as identifiers of
+    the statements that read them."""
+    at = f"{cutoff:%Y-%m-%d %H:%M:%S}"
+    return {
+        "straddling_sessions": sql.statement(
+            "ml", "straddling_sessions", cutoff=at, window_days=str(plan.window_days)
+        ),
+        "straddling_events": sql.statement("ml", "straddling_events", cutoff=at),
+    }
 
 
 def dim_users_unusable(
@@ -131,10 +184,11 @@ def snapshot_chunks(
 ) -> list[Chunk]:
     """The snapshots as chunks of one build, each fingerprinted by its SQL and by the rows it
     reads (`snapshot_input_days`: user-days before the cutoff, or before the end of the label
-    window, and sessions started before the cutoff). Late rows for the last days of the data
-    leave the earlier snapshots' stored rows in place. The score snapshot's cutoff follows
-    every user-day: with `users_current` (see `dim_users_unusable`) its all-time figures are
-    read from core.dim_users, and its fingerprint holds the SQL that adds them up there."""
+    window, sessions started before the cutoff; `straddling_inputs`: the events before the
+    cutoff of the sessions going on past it). Late rows for the last days of the data leave
+    the earlier snapshots' stored rows in place. The score snapshot's cutoff follows every
+    user-day: with `users_current` (see `dim_users_unusable`) its all-time figures are read
+    from core.dim_users, and its fingerprint holds the SQL that adds them up there."""
     horizon = timedelta(days=plan.horizon_days)
     chunks = []
     for cutoff, role, labelled in plan.cutoffs():
@@ -154,9 +208,15 @@ def snapshot_chunks(
             labelled=str(labelled).lower(),
             window_days=str(plan.window_days),
             horizon_days=str(plan.horizon_days),
+            rfm_scored=rfm_scored("rfm_valued"),
+            **_straddling(plan, cutoff),
         )
         reads_until = {"user_days": cutoff + horizon if labelled else cutoff, "sessions": cutoff}
-        read = [(n, h) for source, day, n, h in inputs if day < reads_until[source]]
+        read = [
+            (n, h)
+            for source, day, n, h in inputs
+            if (day == cutoff if source == "straddling" else day < reads_until[source])
+        ]
         code = select + (sql.statement("core", "dim_users") if of_users else "")
         chunks.append(
             Chunk(
@@ -230,8 +290,10 @@ def _skipped_model(
         )
     ],
     description="LightGBM purchase propensity, validated out of time on the latest labelled "
-    "snapshot against simple rules and a logistic regression, then refit on all "
-    "labelled snapshots and registered in ml.model_registry.",
+    "snapshot against simple rules and a logistic regression, then refit on the training and "
+    "validation snapshots together and registered in ml.model_registry. Labelled cutoffs "
+    "between the last training one and the validation one (their label windows run past the "
+    "validation cutoff) are in neither and not built: the metadata's windows list them.",
 )
 def propensity_model(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
@@ -243,15 +305,26 @@ def propensity_model(
         roles = dict(zip(sizes["snapshot"].to_list(), sizes["role"].to_list(), strict=True))
         train_snaps = [s for s, r in roles.items() if r == "train"]
         val_snaps = [s for s, r in roles.items() if r == "validation"]
-        positives = int(sizes.filter(pl.col("role") != "score")["positives"].sum())
-        if not train_snaps or not val_snaps or positives == 0:
-            reason = (
-                "not enough history for an out-of-time split: needs a training snapshot "
-                "whose label window ends before a later validation snapshot (about "
-                "five weeks of data with the default 14-day horizon)"
+        labelled = sizes.filter(pl.col("role") != "score")
+        positives = int(labelled["positives"].sum())
+        reason = None
+        if sizes.is_empty():
+            reason = "ml.propensity_features holds no snapshot"
+        elif not train_snaps or not val_snaps:
+            horizon = int(sizes["horizon_days"].min())
+            reason = "not enough history for an out-of-time split: " + history_shortfall(
+                horizon, _data_days(con)
             )
+        elif positives == 0:
+            reason = (
+                f"no buyer in any labelled snapshot ({int(labelled['users'].sum())} users "
+                "in the training and validation snapshots): nothing to learn from or to "
+                "validate on"
+            )
+        if reason is not None:
             yield from _skipped_model(context, reason)
             return
+        plan = stored_plan(sizes)
         users = dict(zip(sizes["snapshot"].to_list(), sizes["users"].to_list(), strict=True))
         # training and scored users differ: none is idle in an early training window
         idle = {
@@ -305,7 +378,8 @@ def propensity_model(
     beats = metrics["lightgbm"]["pr_auc"] > max(
         m["pr_auc"] for k, m in metrics.items() if k != "lightgbm"
     )
-    # Refit on every labelled snapshot (validation included) for the registered model.
+    # Refit on the training and validation snapshots together for the registered model (the
+    # labelled cutoffs between them are not built: `windows` lists them).
     final = prop.train_booster(
         np.vstack([x_train, x_val]), np.concatenate([y_train, y_val]), threads
     )
@@ -314,7 +388,9 @@ def propensity_model(
         params={**prop.LGB_PARAMS, "num_threads": threads, "num_boost_round": prop.NUM_ROUNDS},
         features=prop.FEATURES,
         windows={
+            **plan.describe(),
             "snapshots": {f"{s:%Y-%m-%d}": r for s, r in roles.items()},
+            "refit_on": list(samples),
             "rows_train": len(y_train),
             "rows_validation": len(y_val),
         },
@@ -322,12 +398,27 @@ def propensity_model(
         encodings={
             "preferred_brand": brand_codes,
             "no_brand": len(brand_codes) + 1,
-            "primary_category": list(prop.CATEGORY_NAMES),
+            # in the order of their codes (encode numbers them alphabetically)
+            "primary_category": sorted(prop.CATEGORY_NAMES),
         },
         validated=bool(beats),
         inputs=inputs,
     )
     yield from _model_outputs(trained, idle, time.perf_counter() - t0)
+
+
+def stored_plan(sizes: pl.DataFrame) -> prop.SnapshotPlan:
+    """The plan the stored snapshots were built by (`snapshot_sizes`: their cutoffs by role,
+    and the horizon and window each records), for the windows the model registers."""
+    rows = sizes.select("snapshot", "role").rows()
+    validation = max((s for s, r in rows if r == "validation"), default=None)
+    return prop.SnapshotPlan(
+        train=sorted(s for s, r in rows if r == "train"),
+        validation=validation,
+        score=max((s for s, r in rows if r == "score"), default=max(s for s, _ in rows)),
+        horizon_days=int(sizes["horizon_days"].min()),
+        window_days=int(sizes["window_days"].min()),
+    )
 
 
 def _model_outputs(
@@ -403,6 +494,15 @@ def propensity_scores(
             f"{model.features}, but the features asset now builds {prop.FEATURES}: "
             "materialize ml/propensity_model again before scoring"
         )
+    trained_categories = model.encodings.get("primary_category")
+    if trained_categories is None or sorted(trained_categories) != sorted(prop.CATEGORY_NAMES):
+        # encode numbers the categories alphabetically from the current list: codes of
+        # another list would mean other categories to the booster.
+        raise dg.Failure(
+            f"{model.name} version {model.version} was trained with primary categories "
+            f"{trained_categories}, but scoring now encodes {sorted(prop.CATEGORY_NAMES)}: "
+            "materialize ml/propensity_model again before scoring"
+        )
     brand_codes = {k: int(v) for k, v in model.encodings["preferred_brand"].items()}
     no_brand = prop.no_brand_code(brand_codes, model.encodings)
     users = 0
@@ -469,8 +569,18 @@ def recommendations_sql(config: AffinityConfig, rules: str, cutoff: str = NO_CUT
     )
 
 
+# AffinityConfig's settings that make the rules (the others are the recommendations' own),
+# recorded by ml/product_affinity under this metadata key.
+RULE_SETTINGS = ("min_pair_support", "min_lift", "max_basket", "horizon_days")
+RULE_SETTINGS_KEY = "rule_settings"
+# ml/recommendations metadata: where the settings of the rules it evaluated came from
+RULE_SETTINGS_FROM = "rule_settings_from"
+AFFINITY_KEY = dg.AssetKey(["ml", "product_affinity"])
+RECOMMENDATIONS_KEY = dg.AssetKey(["ml", "recommendations"])
+
+
 @dg.asset(
-    key=["ml", "product_affinity"],
+    key=AFFINITY_KEY,
     deps=[dg.AssetKey(["core", "events"])],
     group_name="ml",
     kinds={"duckdb"},
@@ -480,56 +590,83 @@ def recommendations_sql(config: AffinityConfig, rules: str, cutoff: str = NO_CUT
     "in one fixed horizon-long bucket of time counted from the epoch): support, confidence "
     "and lift.",
 )
-def product_affinity(config: AffinityConfig) -> SqlQuery:
-    return SqlQuery(rules_sql(config))
+def product_affinity(config: AffinityConfig) -> dg.Output[SqlQuery]:
+    # the settings, so that ml/recommendations evaluates rules made as these were
+    settings = {k: getattr(config, k) for k in RULE_SETTINGS}
+    return dg.Output(
+        SqlQuery(rules_sql(config)), metadata={RULE_SETTINGS_KEY: dg.MetadataValue.json(settings)}
+    )
+
+
+def published_rule_settings(
+    instance: dg.DagsterInstance, config: AffinityConfig
+) -> tuple[AffinityConfig, str]:
+    """`config` with the rule settings ml.product_affinity was last built with, and where
+    they come from: this asset's own when none are recorded."""
+    published = recorded(instance, AFFINITY_KEY).get(RULE_SETTINGS_KEY)
+    if isinstance(published, dict) and set(RULE_SETTINGS) <= published.keys():
+        update = {k: published[k] for k in RULE_SETTINGS}
+        return config.model_copy(update=update), "ml/product_affinity's last materialization"
+    return config, "ml/recommendations' own config (ml/product_affinity recorded none)"
 
 
 @dg.asset(
-    key=["ml", "recommendations"],
-    deps=[dg.AssetKey(["ml", "product_affinity"]), FACT_SESSIONS],
+    key=RECOMMENDATIONS_KEY,
+    deps=[AFFINITY_KEY, FACT_SESSIONS],
     group_name="ml",
     kinds={"duckdb"},
     io_manager_key="sql_io_manager",
     pool=WAREHOUSE_POOL,
-    description="Top 10 per product: from the rules, topped up from co-views, then for "
-    "cold-start products from the same category and brand by popularity. "
-    "Evaluated out of time against global popularity, on the next window's purchases other "
-    "than the product each user last touched.",
+    output_required=False,
+    description="Top 10 per product: from the rules, topped up from co-views, then topped up "
+    "to 10 from the same category and brand by popularity, then the same category: that "
+    "fallback is all a cold-start product (no rule, no co-view) gets, and it fills the rest "
+    "of any product short of 10. Evaluated out of time against global popularity, on the "
+    "next window's purchases other than the product each user last touched, with the rules "
+    "made as ml/product_affinity's were.",
 )
 def recommendations(
     context: dg.AssetExecutionContext, config: AffinityConfig, warehouse: WarehouseResource
-) -> SqlQuery:
+) -> Iterator[dg.Output[SqlQuery] | dg.AssetObservation]:
+    metadata: dict[str, dg.MetadataValue] = {}
     with warehouse.connect(read_only=True) as con:
         first, last = con.execute(sql.statement("ml", "data_range")).fetchall()[0]
+        if first is None:
+            reason = "core.events is empty: nothing to recommend from"
+            context.log.info(f"skipped: {reason}")
+            yield skipped(RECOMMENDATIONS_KEY, reason)
+            return
         plan = prop.plan_snapshots(first, last, config.horizon_days)
         if plan.validation is not None:
-            evaluation, inputs = _offline_evaluation(context, con, config, plan.validation)
-            context.add_output_metadata(
-                {
-                    EVALUATION: dg.MetadataValue.json(evaluation),
-                    EVALUATION_FINGERPRINT: dg.MetadataValue.text(inputs),
-                }
+            rules_config, source = published_rule_settings(context.instance, config)
+            evaluation, inputs = _offline_evaluation(
+                context, con, config, rules_config, plan.validation
             )
+            metadata[EVALUATION] = dg.MetadataValue.json(evaluation)
+            metadata[RULE_SETTINGS_FROM] = dg.MetadataValue.text(source)
+            metadata[EVALUATION_FINGERPRINT] = dg.MetadataValue.text(inputs)
         else:
-            context.add_output_metadata({EVALUATION: "skipped: no labelled window"})
-    return SqlQuery(recommendations_sql(config, "ml.product_affinity"))
+            metadata[EVALUATION] = dg.MetadataValue.text("skipped: no labelled window")
+    yield dg.Output(SqlQuery(recommendations_sql(config, "ml.product_affinity")), metadata=metadata)
 
 
 def _offline_evaluation(
     context: dg.AssetExecutionContext,
     con: duckdb.DuckDBPyConnection,
     config: AffinityConfig,
+    rules_config: AffinityConfig,
     validation: datetime,
 ) -> tuple[dict[str, object], str]:
     """Hit rate and recall at 10 of the recommendations made at the validation cutoff, against
     popularity, on the next window's purchases other than each user's anchor (with how many
     purchases, users who bought only their anchor and buyers with no anchor that leaves out),
-    with the fingerprint of
-    what they were computed from: the evaluation query (code, settings, cutoff) and every event
-    it reads. The last build's figures are reused when that fingerprint is unchanged (the
-    nightly refresh adds late rows after the window)."""
+    with the fingerprint of what they were computed from: the evaluation query (code,
+    settings, cutoff) and every event it reads. The rules are made with `rules_config` (the
+    published ones' settings). With no user to evaluate, the rates are None. The last build's
+    figures are reused when that fingerprint is unchanged (the nightly refresh adds late rows
+    after the window)."""
     cutoff = f"{validation:%Y-%m-%d %H:%M:%S}"
-    recs = recommendations_sql(config, f"({rules_sql(config, cutoff)})", cutoff)
+    recs = recommendations_sql(config, f"({rules_sql(rules_config, cutoff)})", cutoff)
     query = sql.statement(
         "ml",
         "recommendation_eval",
@@ -557,10 +694,18 @@ def _offline_evaluation(
         "users_only_anchor_excluded",
         "users_without_anchor_excluded",
     )
+    # A rate over no user is undefined (NULL in SQL), not 0: it stays None.
     evaluation: dict[str, object] = {
-        k: int(v or 0) if k in counts else float(v or 0) for k, v in zip(names, row, strict=True)
+        k: int(v or 0) if k in counts else None if v is None else float(v)
+        for k, v in zip(names, row, strict=True)
     }
+    if evaluation["users"] == 0:
+        evaluation["undefined"] = (
+            "no user to evaluate: none of the next window's buyers both had an event before "
+            "the cutoff and bought a product other than the last one they touched"
+        )
     evaluation["cutoff"] = cutoff
+    evaluation["rule_settings"] = {k: getattr(rules_config, k) for k in RULE_SETTINGS}
     return evaluation, inputs
 
 

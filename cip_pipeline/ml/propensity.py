@@ -43,7 +43,7 @@ NUMERIC_FEATURES = [
 ]
 # What a missing numeric feature means, for the baseline that needs a number (LightGBM keeps it
 # missing and learns where it goes); no other feature is ever missing. An average over no
-# finished session is 0. No cart before the cutoff (days_since_cart counts from the last cart
+# session in the window is 0. No cart before the cutoff (days_since_cart counts from the last cart
 # ever, not within the window) is longer ago than any cart seen when fitting.
 ZERO_WHEN_MISSING = ("avg_session_seconds",)
 BEYOND_MAX_WHEN_MISSING = ("days_since_cart",)
@@ -70,21 +70,59 @@ LGB_PARAMS = {
 NUM_ROUNDS = 60
 
 
+STEP_DAYS = 7  # one snapshot a week
+WARMUP_DAYS = 14  # history before the first cutoff
+
+
+def min_days_of_data(
+    horizon_days: int, step_days: int = STEP_DAYS, warmup_days: int = WARMUP_DAYS
+) -> int:
+    """Whole days of data, from the first one, that `plan_snapshots` needs for an
+    out-of-time split: the first cutoff after the warm-up, a validation cutoff on the weekly
+    grid at least a horizon after it (the training label window ends by then), and the
+    validation label window inside the data."""
+    return warmup_days + -(-horizon_days // step_days) * step_days + horizon_days
+
+
 @dataclass(frozen=True)
 class SnapshotPlan:
     """Weekly cutoffs (midnights). Training snapshots' label windows end on or before the
     validation cutoff; the validation snapshot is the latest labelled one; the scoring
-    snapshot is the end of the data."""
+    snapshot is the end of the data. Labelled cutoffs between the last training one and the
+    validation one (Nov 5 with two months) are neither: their label windows run past the
+    validation cutoff. They are not built (`not_built`)."""
 
     train: list[datetime]
     validation: datetime | None
     score: datetime
     horizon_days: int
     window_days: int
+    step_days: int = STEP_DAYS
+    warmup_days: int = WARMUP_DAYS
+    # The first labelled cutoff; only needed to list `not_built` when no cutoff trains.
+    first_cutoff: datetime | None = None
 
     @property
     def usable(self) -> bool:
         return self.validation is not None and len(self.train) >= 1
+
+    @property
+    def min_days(self) -> int:
+        return min_days_of_data(self.horizon_days, self.step_days, self.warmup_days)
+
+    @property
+    def not_built(self) -> list[datetime]:
+        """Labelled cutoffs in no snapshot: those after the last training cutoff (or from the
+        first cutoff, when none trains) and before the validation one."""
+        if self.validation is None:
+            return []
+        step = timedelta(days=self.step_days)
+        cutoff = self.train[-1] + step if self.train else self.first_cutoff
+        left_out = []
+        while cutoff is not None and cutoff < self.validation:
+            left_out.append(cutoff)
+            cutoff += step
+        return left_out
 
     def cutoffs(self) -> list[tuple[datetime, str, bool]]:
         """(cutoff, role, labelled) of every snapshot, oldest first."""
@@ -95,20 +133,34 @@ class SnapshotPlan:
         return rows
 
     def describe(self) -> dict[str, object]:
-        h = timedelta(days=self.horizon_days)
+        """What each snapshot reads, as days (midnights; a `_before` day is left out): the
+        windowed features from `window_from`, the all-time ones (tenure, recency, prior
+        purchase, purchases, revenue, RFM) from the first day of the data, all before the
+        cutoff; the label from the cutoff to `label_before`."""
+        h, w = timedelta(days=self.horizon_days), timedelta(days=self.window_days)
         return {
-            "feature_window_days": self.window_days,
-            "label_horizon_days": self.horizon_days,
-            "train": [
-                {"cutoff": f"{c:%Y-%m-%d}", "label_until": f"{c + h:%Y-%m-%d}"} for c in self.train
+            "horizon_days": self.horizon_days,
+            "window_days": self.window_days,
+            "step_days": self.step_days,
+            "ranges": [
+                {
+                    "cutoff": f"{c:%Y-%m-%d}",
+                    "role": role,
+                    "window_from": f"{c - w:%Y-%m-%d}",
+                    "features_before": f"{c:%Y-%m-%d}",
+                    "label_from": f"{c:%Y-%m-%d}" if labelled else None,
+                    "label_before": f"{c + h:%Y-%m-%d}" if labelled else None,
+                }
+                for c, role, labelled in self.cutoffs()
             ],
-            "validation": None
-            if self.validation is None
-            else {
-                "cutoff": f"{self.validation:%Y-%m-%d}",
-                "label_until": f"{self.validation + h:%Y-%m-%d}",
-            },
-            "score": f"{self.score:%Y-%m-%d}",
+            "labelled_not_built": [
+                {
+                    "cutoff": f"{c:%Y-%m-%d}",
+                    "label_before": f"{c + h:%Y-%m-%d}",
+                    "why": "its label window runs past the validation cutoff",
+                }
+                for c in self.not_built
+            ],
         }
 
 
@@ -117,8 +169,8 @@ def plan_snapshots(
     last: datetime,
     horizon_days: int = 14,
     window_days: int = 28,
-    step_days: int = 7,
-    warmup_days: int = 14,
+    step_days: int = STEP_DAYS,
+    warmup_days: int = WARMUP_DAYS,
 ) -> SnapshotPlan:
     """Cutoffs every `step_days` from `warmup_days` after the first event; a cutoff is
     labelled when its whole horizon lies inside the data."""
@@ -132,7 +184,16 @@ def plan_snapshots(
         cutoff += timedelta(days=step_days)
     validation = labelled[-1] if labelled else None
     train = [c for c in labelled[:-1] if validation and c + horizon <= validation]
-    return SnapshotPlan(train, validation, end, horizon_days, window_days)
+    return SnapshotPlan(
+        train,
+        validation,
+        end,
+        horizon_days,
+        window_days,
+        step_days,
+        warmup_days,
+        labelled[0] if labelled else None,
+    )
 
 
 def no_brand_code(brand_codes: dict[str, int], encodings: dict[str, Any]) -> int:

@@ -235,20 +235,25 @@ FROM core.fact_sessions
 --   purchase  cohort = week of the user's first purchase; active_users = buyers of the cohort
 --             who purchased in that week (repeat purchase from week 1 on)
 -- One row per cohort and week since, from 0 to the last week of the data (zeros included);
--- retention_rate = active_users / cohort_users. week_complete: all seven days of that week
--- lie within the data (its first to last day); the last week is usually seen in part.
+-- retention_rate = active_users / cohort_users. week_complete: each of that week's seven days
+-- has data (a user-day): the first and last weeks are usually seen in part, and a week of a
+-- month not loaded (or without events) has no data at all, not zero activity.
 WITH user_weeks AS MATERIALIZED (
     SELECT user_id,
            date_trunc('week', day)::DATE AS week,
-           bool_or(purchases > 0) AS purchased,
-           min(day) AS first_day,
-           max(day) AS last_day
+           bool_or(purchases > 0) AS purchased
     FROM {user_days}
     GROUP BY user_id, week
 ),
+complete_weeks AS (
+    -- weeks whose seven days all have a user-day (the distinct days: a few hundred rows)
+    SELECT date_trunc('week', day)::DATE AS week
+    FROM (SELECT DISTINCT day FROM {user_days})
+    GROUP BY week
+    HAVING count(*) = 7
+),
 bounds AS (
-    SELECT max(week) AS last_week, min(first_day) AS first_day, max(last_day) AS last_day
-    FROM user_weeks
+    SELECT max(week) AS last_week FROM user_weeks
 ),
 firsts AS (
     SELECT user_id,
@@ -275,7 +280,7 @@ cohorts AS (
     WHERE weeks_since = 0
 ),
 grid AS (
-    SELECT c.cohort_kind, c.cohort_week, c.cohort_users, b.first_day, b.last_day,
+    SELECT c.cohort_kind, c.cohort_week, c.cohort_users,
            unnest(range(0, (b.last_week - c.cohort_week) // 7 + 1))::INTEGER AS weeks_since
     FROM cohorts AS c, bounds AS b
 )
@@ -285,16 +290,17 @@ SELECT g.cohort_kind,
        g.cohort_users,
        coalesce(a.active_users, 0) AS active_users,
        coalesce(a.active_users, 0) / g.cohort_users AS retention_rate,
-       g.cohort_week + 7 * g.weeks_since >= g.first_day
-           AND g.cohort_week + 7 * g.weeks_since + 6 <= g.last_day AS week_complete
+       w.week IS NOT NULL AS week_complete
 FROM grid AS g
 LEFT JOIN active AS a USING (cohort_kind, cohort_week, weeks_since)
+LEFT JOIN complete_weeks AS w ON w.week = g.cohort_week + 7 * g.weeks_since
 ORDER BY g.cohort_kind, g.cohort_week, g.weeks_since
 
 -- name: cohort_headline
 -- Over the table just written (the view `written`, see SqlQuery.headline): the share of the
 -- cohorts' users active (bought again) one week after their first, over cohorts whose week 1
--- is wholly in the data (a week seen in part would bias it low); NULL when none is.
+-- is complete, each of its days with data (a week seen in part, or not at all, would bias it
+-- low); NULL when none is.
 SELECT min(cohort_week) AS first_week,
        max(cohort_week) AS last_week,
        sum(active_users) FILTER (WHERE cohort_kind = 'activity' AND observed_week_1)
@@ -308,14 +314,15 @@ FROM (SELECT *, weeks_since = 1 AND week_complete AS observed_week_1 FROM writte
 -- name: rfm_rules
 -- The RFM segment rule table: a buyer gets the segment of the first rule (lowest priority)
 -- whose ranges hold its R, F and M scores (5 = best: most recent, most frequent, biggest
--- spender). The last rule matches every score, so every buyer has exactly one segment.
+-- spender; see rfm_segments). The last rule matches every score, so every buyer has exactly
+-- one segment.
 --   Champions        recent, frequent, top spenders
 --   Loyal Customers  frequent, still buying (not quite top on recency or spend)
 --   Cant Lose Them   frequent top spenders who have not bought for a long time
 --   At Risk          frequent or big spenders who have not bought for a long time
 --   Lost             longest since a purchase, infrequent, low spend
 --   Hibernating      not bought for a long time, infrequent, average spend
---   New Customers    bought recently, for the first time (one purchase day)
+--   New Customers    bought recently, on one day only (F = 1 is exactly one purchase day)
 --   Regular          everyone else: middle recency, not (yet) frequent
 SELECT * FROM (VALUES
     (1, 'Champions',       4, 5, 4, 5, 4, 5),
@@ -329,16 +336,40 @@ SELECT * FROM (VALUES
     (9, 'Regular',         1, 5, 1, 5, 1, 5)
 ) AS rules(priority, segment, r_min, r_max, f_min, f_max, m_min, m_max)
 
+-- name: rfm_scored
+-- The rows of {valued} (r_value, f_value, m_value: each higher = better) with their R, F and
+-- M scores as rfm_segments documents them. One definition for the segments and for the
+-- propensity features' rfm_score.
+SELECT *,
+       CASE WHEN r_value = max(r_value) OVER () THEN 5
+            ELSE 1 + 5 * (rank() OVER (ORDER BY r_value) - 1) // count(*) OVER ()
+       END AS r_score,
+       CASE WHEN f_value = 1 THEN 1
+            WHEN f_value = max(f_value) OVER () THEN 5
+            ELSE greatest(2, 1 + 5 * (rank() OVER (ORDER BY f_value) - 1) // count(*) OVER ())
+       END AS f_score,
+       CASE WHEN m_value = max(m_value) OVER () THEN 5
+            ELSE 1 + 5 * (rank() OVER (ORDER BY m_value) - 1) // count(*) OVER ()
+       END AS m_score
+FROM {valued}
+
 -- name: rfm_segments
 -- One row per buyer (a user with a purchase event in any month):
 --   recency_days  calendar days from the last purchase to the end of the data (the last
 --                 event_time of core.events, not today)
 --   frequency     distinct days with a purchase
 --   monetary      sum of purchase prices
---   r/f/m_score   tie-aware quintiles 1..5: 1 + floor(5 * share of buyers with a strictly
---                 worse value), so equal values share a score; worse = longer ago, fewer
---                 days, less spent
+--   r/f/m_score   tie-aware quintiles 1..5, 5 = best (most recent, most purchase days, most
+--                 spent); equal values always share a score. The best value among buyers
+--                 scores 5 however many tie on it (more than a fifth would fall short by the
+--                 rule below), any other 1 + floor(5 x the share of buyers with a strictly
+--                 worse value), so the worst scores 1. F is 1 for exactly one purchase day
+--                 (also when every buyer bought on one day) and at least 2 for more: F = 1
+--                 means "bought on one day only" whatever their share. One buyer, or all
+--                 tied: R and M 5; F 1 for one purchase day, else 5.
 --   segment       from the rule table (rfm_rules)
+-- The scores are rfm_scored's, which ml.sql's propensity_snapshot shares (rfm_score = R + F + M
+-- as of its cutoff).
 WITH purchase_days AS (
     SELECT user_id,
            event_time::DATE AS day,
@@ -362,14 +393,11 @@ measured AS (
     SELECT b.*, date_diff('day', b.last_purchase::DATE, e.end_of_data::DATE) AS recency_days
     FROM buyers AS b, (SELECT max(event_time) AS end_of_data FROM {events}) AS e
 ),
-scored AS (
-    SELECT *,
-           1 + (5 * (rank() OVER (ORDER BY recency_days DESC) - 1)) // count(*) OVER ()
-               AS r_score,
-           1 + (5 * (rank() OVER (ORDER BY frequency) - 1)) // count(*) OVER () AS f_score,
-           1 + (5 * (rank() OVER (ORDER BY monetary) - 1)) // count(*) OVER () AS m_score
+valued AS (
+    SELECT *, -recency_days AS r_value, frequency AS f_value, monetary AS m_value
     FROM measured
 ),
+scored AS ({rfm_scored}),
 segment_of AS (
     SELECT r.r, f.f, m.m, arg_min(rules.segment, rules.priority) AS segment
     FROM range(1, 6) AS r(r)

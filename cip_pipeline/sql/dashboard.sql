@@ -268,7 +268,7 @@ ORDER BY recommendations DESC
 
 -- name: recommended_products
 -- The most bought products whose best recommendation comes from `source` (rule, co-view or
--- fallback, i.e. cold start), for the product picker.
+-- fallback: popular in the category, all a cold-start product gets), for the product picker.
 SELECT p.product_id, p.category_code, p.brand, p.purchases, p.views
 FROM core.dim_products AS p
 SEMI JOIN (
@@ -311,7 +311,7 @@ SELECT r.rank,
        rules.confidence,
        rules.lift,
        d.category_id = a.category_id AS same_category,
-       d.brand IS NOT DISTINCT FROM a.brand AS same_brand
+       d.brand = a.brand AS same_brand  -- two products without a brand share none
 FROM ml.recommendations AS r
 LEFT JOIN core.dim_products AS d ON d.product_id = r.recommended_product_id
 LEFT JOIN rules ON rules.consequent = r.recommended_product_id

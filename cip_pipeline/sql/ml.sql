@@ -12,11 +12,12 @@ SELECT min(event_time), max(event_time) FROM core.events
 -- Every feature reads only days strictly before the cutoff (a midnight); the label reads only
 -- [cutoff, cutoff + horizon). Everything but the sessions comes from core.fact_user_days
 -- (all_time: snapshot_all_time; for the score snapshot, the same figures mostly from
--- core.dim_users). One snapshot at a time keeps memory to one snapshot's users. The window's
--- sums run over the window's days alone, apart from the all-time figures: one aggregate over
--- every day with per-row window filters took twice as long (16.0 against 8.5 s for the 110 M
--- score snapshot). The 7-day features lie inside the window (PropensityConfig keeps
--- window_days >= 14).
+-- core.dim_users); sessions from core.fact_sessions, and the part before the cutoff of those
+-- going on past it from core.events (straddling_events). One snapshot at a time keeps memory
+-- to one snapshot's users. The window's sums run over the window's days alone, apart from the
+-- all-time figures: one aggregate over every day with per-row window filters took twice as
+-- long (16.0 against 8.5 s for the 110 M score snapshot). The 7-day features lie inside the
+-- window (PropensityConfig keeps window_days >= 14).
 WITH all_time AS ({all_time}),
 in_window AS (
     SELECT user_id,
@@ -43,20 +44,34 @@ in_window AS (
       AND day >= TIMESTAMP '{cutoff}' - INTERVAL {window_days} DAY
     GROUP BY user_id
 ),
+straddling AS ({straddling_sessions}),
+straddling_before AS (
+    -- Each session going on past the cutoff as far as it went before it: its end, length and
+    -- products there depend on later events (a purchase just after midnight).
+    SELECT min(user_id) AS user_id,
+           date_diff('second', min(event_time), max(event_time)) AS duration_seconds,
+           count(DISTINCT product_id) AS distinct_products
+    FROM ({straddling_events})
+    GROUP BY user_session
+),
 sessions AS (
-    -- Sessions started in the window; durations and distinct products only of sessions over
-    -- before the cutoff. Breadth as products per session, summed: it ranks users as the
-    -- per-day distinct count did (Spearman 0.9998 at 110 M, same validation PR-AUC), and
-    -- fact_sessions holds it already, where the per-day count was a third of the user-days.
+    -- Sessions started in the window, each as far as it went before the cutoff. Breadth as
+    -- products per session, summed: it ranks users as the per-day distinct count did
+    -- (Spearman 0.9998 at 110 M, same validation PR-AUC), and fact_sessions holds it
+    -- already, where the per-day count was a third of the user-days.
     SELECT user_id,
            count(*) AS sessions_w,
-           avg(duration_seconds) FILTER (WHERE end_time < TIMESTAMP '{cutoff}')
-               AS avg_session_seconds,
-           sum(distinct_products) FILTER (WHERE end_time < TIMESTAMP '{cutoff}')
-               AS session_products_w
-    FROM core.fact_sessions
-    WHERE start_time < TIMESTAMP '{cutoff}'
-      AND start_time >= TIMESTAMP '{cutoff}' - INTERVAL {window_days} DAY
+           avg(duration_seconds) AS avg_session_seconds,
+           sum(distinct_products) AS session_products_w
+    FROM (
+        SELECT user_id, duration_seconds, distinct_products
+        FROM core.fact_sessions
+        WHERE end_time < TIMESTAMP '{cutoff}'
+          AND start_time >= TIMESTAMP '{cutoff}' - INTERVAL {window_days} DAY
+        UNION ALL
+        SELECT user_id, duration_seconds, distinct_products
+        FROM straddling_before
+    )
     GROUP BY ALL
 ),
 labels AS (
@@ -66,18 +81,24 @@ labels AS (
       AND day >= TIMESTAMP '{cutoff}'
       AND day < TIMESTAMP '{cutoff}' + INTERVAL {horizon_days} DAY
 ),
-rfm AS (
-    -- RFM as of the cutoff, among users who bought before it.
-    -- Tie-aware quintiles (equal values share a score), as in analytics.rfm_segments.
+rfm_valued AS (
+    -- RFM as of the cutoff, among users who bought before it: each value higher = better
     SELECT user_id,
-           3 + (5 * (rank() OVER (ORDER BY last_purchase_day) - 1)) // count(*) OVER ()
-           + (5 * (rank() OVER (ORDER BY purchase_days_all) - 1)) // count(*) OVER ()
-           + (5 * (rank() OVER (ORDER BY revenue_all) - 1)) // count(*) OVER () AS rfm_score
+           last_purchase_day AS r_value,
+           purchase_days_all AS f_value,
+           revenue_all AS m_value
     FROM all_time
     WHERE purchases_all > 0
+),
+rfm_scored AS ({rfm_scored}),
+rfm AS (
+    SELECT user_id, r_score + f_score + m_score AS rfm_score FROM rfm_scored
 )
 SELECT TIMESTAMP '{cutoff}' AS snapshot,
        '{role}' AS role,
+       -- the plan, so that the model can record the windows it was trained on
+       {horizon_days} AS horizon_days,
+       {window_days} AS window_days,
        h.user_id,
        coalesce(w.events_w, 0) AS events_w,
        coalesce(w.views_w, 0) AS views_w,
@@ -106,6 +127,33 @@ LEFT JOIN in_window AS w USING (user_id)
 LEFT JOIN sessions AS s USING (user_id)
 LEFT JOIN rfm AS r USING (user_id)
 LEFT JOIN labels AS l USING (user_id)
+
+-- name: straddling_sessions
+-- Sessions started in a snapshot's window that go on at or after its cutoff (a few: those
+-- around its midnight).
+SELECT user_session, start_time
+FROM core.fact_sessions
+WHERE start_time < TIMESTAMP '{cutoff}'
+  AND start_time >= TIMESTAMP '{cutoff}' - INTERVAL {window_days} DAY
+  AND end_time >= TIMESTAMP '{cutoff}'
+
+-- name: straddling_events
+-- Their events before the cutoff (straddling: a CTE of straddling_sessions). DuckDB pushes the
+-- earliest start into the scan of core.events as a filter, and the few sessions as a list:
+-- it reads the row groups of the last hours before the cutoff (2 of 18 on the sample).
+SELECT e.user_session, e.user_id, e.event_time, e.product_id
+FROM core.events AS e
+JOIN straddling AS s USING (user_session)
+WHERE e.event_time < TIMESTAMP '{cutoff}'
+  AND e.event_time >= s.start_time
+  AND e.event_time >= (SELECT min(start_time) FROM straddling)
+
+-- name: straddling_input
+-- What a snapshot reads of core.events (straddling_events), as an order-free hash sum.
+WITH straddling AS ({straddling_sessions})
+SELECT count(*) AS n,
+       coalesce(sum(hash(user_session, user_id, event_time, product_id)), 0) AS content
+FROM ({straddling_events})
 
 -- name: snapshot_all_time
 -- A snapshot's all-time figures per user: every user-day before the cutoff.
@@ -173,7 +221,8 @@ ORDER BY user_id
 -- name: snapshot_sizes
 -- idle: users with no event in the feature window
 SELECT snapshot, role, count(*) AS users, count(*) FILTER (WHERE label) AS positives,
-       count(*) FILTER (WHERE events_w = 0) AS idle
+       count(*) FILTER (WHERE events_w = 0) AS idle,
+       min(horizon_days) AS horizon_days, min(window_days) AS window_days
 FROM ml.propensity_features
 GROUP BY ALL
 ORDER BY snapshot
@@ -256,9 +305,10 @@ JOIN items AS ic ON ic.basket_kind = d.basket_kind AND ic.product_id = d.consequ
 WHERE d.n_pair * n.baskets / (ia.n_item * ic.n_item) >= {min_lift}
 
 -- name: recommendations
--- Top 10 per product before cutoff: rules first, topped up from co-views, then, for
--- products with too little history (cold start), the same category and brand by popularity,
--- then the same category. rules is a relation of rules computed with the same cutoff.
+-- Top 10 per product before cutoff: rules first, topped up from co-views, then topped up to
+-- 10 from the same category and brand by popularity, then the same category (fallback). A
+-- cold-start product (no rule, no co-view) gets the fallback alone; any product short of 10
+-- gets it after its own. rules is a relation of rules computed with the same cutoff.
 WITH products AS (
     SELECT product_id,
            any_value(category_id) AS category_id,
@@ -339,13 +389,14 @@ popular AS (
     FROM products
 ),
 fallback AS (
+    -- Same brand only when both have one: products without a brand share no brand (they go
+    -- by category alone).
     SELECT p.product_id, q.product_id AS recommended_product_id, q.popularity AS score,
-           'fallback' AS source, CASE WHEN q.brand IS NOT DISTINCT FROM p.brand THEN 3 ELSE 4 END
-               AS tier
+           'fallback' AS source, CASE WHEN q.brand = p.brand THEN 3 ELSE 4 END AS tier
     FROM products AS p
     JOIN popular AS q
       ON q.category_id = p.category_id AND q.product_id <> p.product_id
-     AND ((q.brand IS NOT DISTINCT FROM p.brand AND q.brand_rank <= 11) OR q.category_rank <= 11)
+     AND ((q.brand = p.brand AND q.brand_rank <= 11) OR q.category_rank <= 11)
 ),
 candidates AS (
     SELECT * FROM from_rules

@@ -15,7 +15,7 @@ MODEL = "lightgbm"  # the registered model's own entry in its metrics; the rest 
 SOURCES = {
     "rule": "association rules (bought together)",
     "co-view": "co-views (viewed in the same sessions)",
-    "fallback": "cold-start fallback (popular in the category)",
+    "fallback": "fallback (popular in the category; all a cold-start product gets)",
 }
 # ml.product_affinity's basket kinds: one session's purchases, or one user's purchases within a
 # fixed span of days (AffinityConfig.horizon_days).
@@ -195,8 +195,8 @@ def _why(r: dict[str, Any]) -> str:
     if r["source"] == "co-view":
         return f"viewed in the same session {ui.integer(r['score'])} times (last four weeks)"
     if r["same_category"] and r["same_brand"]:
-        return "cold start: popular in the same category and brand"
-    return "cold start: popular in the same category"
+        return "fallback: popular in the same category and brand"
+    return "fallback: popular in the same category"
 
 
 def recommendations() -> None:

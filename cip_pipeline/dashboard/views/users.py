@@ -165,7 +165,8 @@ def retention() -> None:
     partial = cohorts.filter((pl.col("weeks_since") > 0) & ~pl.col("week_complete")).height
     st.caption(
         "Week 0 is 100% by definition; the colour scale spans the later weeks. Blank: weeks "
-        "the data covers only in part (the last week, usually), where retention would read low"
+        "the data covers only in part or not at all (the last week, usually, or a month not "
+        "loaded), where retention would read low"
         + (f" ({ui.integer(partial)} cells)." if partial else ".")
     )
 
