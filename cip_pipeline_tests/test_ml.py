@@ -1210,6 +1210,12 @@ def test_the_model_says_whether_history_or_buyers_are_missing(tmp_path: Path) ->
     assert _model_skip_reason(no_buyers).startswith(
         "no buyer in any labelled snapshot (20000 users in the training and validation"
     )
+    # the features never built (their run skipped on empty events): a reason, not a crash
+    never_built = tmp_path / "never_built.duckdb"
+    _hand_warehouse([("2019-10-01 10:00:00", "view", 1, 1, None, 1, "a")], never_built).close()
+    assert _model_skip_reason(never_built) == (
+        "ml.propensity_features does not exist: materialize it first"
+    )
 
 
 def _recommendations_metadata(db: Path, instance: dg.DagsterInstance) -> dict[str, Any]:

@@ -301,6 +301,12 @@ def propensity_model(
     t0 = time.perf_counter()
     threads = Budget.from_env().threads_per_run
     with warehouse.connect(read_only=True) as con:
+        if not con.execute(sql.statement("ml", "features_exist")).fetchall()[0][0]:
+            # never built: its last run skipped (no events) or never ran
+            yield from _skipped_model(
+                context, "ml.propensity_features does not exist: materialize it first"
+            )
+            return
         sizes = con.sql(sql.statement("ml", "snapshot_sizes")).pl()
         roles = dict(zip(sizes["snapshot"].to_list(), sizes["role"].to_list(), strict=True))
         train_snaps = [s for s, r in roles.items() if r == "train"]

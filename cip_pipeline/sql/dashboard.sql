@@ -311,7 +311,7 @@ SELECT r.rank,
        rules.confidence,
        rules.lift,
        d.category_id = a.category_id AS same_category,
-       d.brand = a.brand AS same_brand  -- two products without a brand share none
+       coalesce(d.brand = a.brand, false) AS same_brand  -- two without a brand share none
 FROM ml.recommendations AS r
 LEFT JOIN core.dim_products AS d ON d.product_id = r.recommended_product_id
 LEFT JOIN rules ON rules.consequent = r.recommended_product_id
