@@ -189,10 +189,8 @@ def _rows(
     arms take to enrol from `enrol` (none for a standard baseline: no traffic)."""
 
     def days(per_arm: int) -> dict[str, object]:
-        e = enrol(2 * per_arm) if enrol else None
-        if e is None or e.days is None:
-            return {"days_needed": None, "days_extrapolated": None}
-        return {"days_needed": e.days, "days_extrapolated": e.extrapolated}
+        e = enrol(2 * per_arm) if enrol else stats.Enrolment(None, False)
+        return {"days_needed": e.days, "days_extrapolated": e.extrapolated if e.days else None}
 
     rows: list[dict[str, object]] = []
     for lift, alpha, power, alt in itertools.product(LIFTS, ALPHAS, POWERS, ALTERNATIVES):
@@ -347,12 +345,12 @@ def segment_test_plans(
         for lift in (0.2, 0.5):
             ok = p is not None and p > 0 and p * (1 + lift) < 1
             n = stats.sample_size_two_proportions(p, lift).n_control if ok else None
-            days = segments.enrolment(r["segment"], 2 * n) if n else None
+            e = segments.enrolment(r["segment"], 2 * n) if n else stats.Enrolment(None, False)
             tag = int(lift * 100)
             plan[f"n_per_arm_lift_{tag}"] = n
-            plan[f"days_lift_{tag}"] = days and days.days
-            plan[f"extrapolated_lift_{tag}"] = days.extrapolated if days and days.days else None
-            plan[f"feasible_lift_{tag}"] = bool(days and days.days and days.days <= MAX_PLAN_DAYS)
+            plan[f"days_lift_{tag}"] = e.days
+            plan[f"extrapolated_lift_{tag}"] = e.extrapolated if e.days else None
+            plan[f"feasible_lift_{tag}"] = e.days is not None and e.days <= MAX_PLAN_DAYS
         rows.append(plan)
     table = pl.DataFrame(
         rows,

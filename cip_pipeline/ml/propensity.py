@@ -98,17 +98,12 @@ class SnapshotPlan:
     horizon_days: int
     window_days: int
     step_days: int = STEP_DAYS
-    warmup_days: int = WARMUP_DAYS
     # The first labelled cutoff; only needed to list `not_built` when no cutoff trains.
     first_cutoff: datetime | None = None
 
     @property
     def usable(self) -> bool:
         return self.validation is not None and len(self.train) >= 1
-
-    @property
-    def min_days(self) -> int:
-        return min_days_of_data(self.horizon_days, self.step_days, self.warmup_days)
 
     @property
     def not_built(self) -> list[datetime]:
@@ -191,8 +186,7 @@ def plan_snapshots(
         horizon_days,
         window_days,
         step_days,
-        warmup_days,
-        labelled[0] if labelled else None,
+        first_cutoff=labelled[0] if labelled else None,
     )
 
 
