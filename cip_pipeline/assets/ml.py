@@ -531,7 +531,10 @@ def propensity_scores(
             con.unregister("_scored")
             users += frame.height
     context.add_output_metadata({"model_version": model.version, "users_scored": users})
-    return SqlQuery(sql.statement("ml", "scores_from_staging", version=str(model.version)))
+    return SqlQuery(
+        sql.statement("ml", "scores_from_staging", version=str(model.version)),
+        staging=("ml.scoring_staging",),
+    )
 
 
 class AffinityConfig(dg.Config):

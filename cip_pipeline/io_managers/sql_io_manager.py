@@ -28,12 +28,14 @@ class SqlQuery:
     its columns become materialization metadata, so figures of the table cost no second
     computation of it. `chunks`, when given, replace `sql`: SELECTs whose rows are stored
     together in one transaction, for a build too big for the memory budget in one query, and
-    each kept from the last build when unchanged (see `Chunk`).
+    each kept from the last build when unchanged (see `Chunk`). `staging` names tables the
+    query reads that the asset filled for it alone: they are dropped once the rows are stored.
     """
 
     sql: str = ""
     headline: str | None = None
     chunks: tuple[Chunk, ...] = ()
+    staging: tuple[str, ...] = ()
 
     @classmethod
     def chunked(cls, chunks: Sequence[Chunk | str]) -> "SqlQuery":
@@ -97,6 +99,8 @@ class DuckDBSqlIOManager(dg.ConfigurableIOManager):
 
         with self.warehouse.connect() as con:
             metadata = replace_rows(con, name, parts, part, previous, summary)
+            for table in obj.staging:
+                con.execute(f"DROP TABLE IF EXISTS {table}")
         warn_of_schema_changes(context, name, metadata)
         context.add_output_metadata(metadata)
 
