@@ -199,6 +199,14 @@ def cohort_cells(root: Path, kind: str) -> dict[tuple[date, int], tuple[float, b
     return cells
 
 
+def rfm_segment_names(root: Path) -> list[str]:
+    """The RFM segments in the order of their rules."""
+    frame = read_warehouse(
+        root, "SELECT segment FROM analytics.rfm_segment_summary ORDER BY rule_order"
+    )
+    return frame["segment"].to_list()
+
+
 def zero_spend_buyers(root: Path) -> set[int]:
     """Buyers whose purchases add up to 0 (items priced 0)."""
     frame = read_warehouse(

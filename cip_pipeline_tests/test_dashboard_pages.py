@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -31,7 +32,7 @@ from cip_pipeline.dashboard.views import PAGES as VIEWS
 from cip_pipeline.dashboard.views import experiments as lab
 from cip_pipeline_tests import dashboard_expected as expected
 from cip_pipeline_tests.dashboard_expected import number
-from cip_pipeline_tests.warehouse_sample import WarehouseSample
+from cip_pipeline_tests.warehouse_sample import WarehouseSample, run_sample
 
 pytestmark = pytest.mark.slow
 PAGES = [f"views/{file}" for file, *_ in VIEWS]
@@ -40,6 +41,26 @@ PAGES = [f"views/{file}" for file, *_ in VIEWS]
 @pytest.fixture
 def at(dashboard_sample: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
     monkeypatch.setenv("CIP_DATA_DIR", str(dashboard_sample))
+    data.clear_caches()
+    yield app_test(timeout=60).run()
+    data.clear_caches()
+
+
+@pytest.fixture(scope="module")
+def no_buyers(real_head: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real sample's head without its purchases, through core and analytics as `cip run`
+    builds them: sessions, none converted, no buyer. Returns the folder for CIP_DATA_DIR."""
+    root = tmp_path_factory.mktemp("no_buyers")
+    (root / "raw").mkdir()
+    lines = real_head.read_text().splitlines(keepends=True)
+    (root / "raw" / "2019-Oct.csv").write_text("".join(x for x in lines if ",purchase," not in x))
+    run_sample(root, ["2019-10"])
+    return root
+
+
+@pytest.fixture
+def no_buyers_at(no_buyers: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
+    monkeypatch.setenv("CIP_DATA_DIR", str(no_buyers))
     data.clear_caches()
     yield app_test(timeout=60).run()
     data.clear_caches()
@@ -297,6 +318,79 @@ def test_experiment_lab_uses_the_project_statistics(at: AppTest, dashboard_sampl
     assert len(at.dataframe) == 2
 
 
+def test_users_page_without_buyers(no_buyers_at: AppTest, no_buyers: Path) -> None:
+    """No purchase yet: the page says so instead of naming a top segment or plotting an
+    empty landscape, and still shows the segments (all empty) and the activity cohorts."""
+    at = no_buyers_at
+    at.switch_page("views/users.py").run()
+    assert_clean(at)
+    assert expected.headline(no_buyers)["buyers"] == 0
+    shown = metrics(at)
+    assert shown["Buyers"] == "0"
+    assert shown["Top segment by revenue"] == "–"
+    assert shown["Average spend per buyer"] == "–"
+    assert any("No buyers yet" in i.value for i in at.info)
+    assert [c.key for c in at.get("plotly_chart") if c.key == "rfm_landscape"] == []
+    table = next(d.value for d in at.dataframe if "segment" in d.value.columns)
+    segments = expected.rfm_segment_names(no_buyers)
+    assert list(table["segment"]) == segments and len(segments) > 1
+    assert list(table["users"]) == [0] * len(segments)
+    # The activity cohorts are there; of purchase cohorts there are none.
+    cells = expected.cohort_cells(no_buyers, "activity")
+    heatmap = figure(at, "retention")["data"][0]
+    cohorts = [date.fromisoformat(label[:10]) for label in values(heatmap["y"])]
+    assert cohorts == sorted({cohort for cohort, _k in cells})
+    assert values(heatmap["z"])[0][0] == pytest.approx(cells[(cohorts[0], 0)][0])
+    at.radio(key="cohort_kind").set_value("purchase").run()
+    assert_clean(at)
+    assert any(i.value == "No cohort of this kind yet." for i in at.info)
+
+
+def test_lab_without_a_converted_session(no_buyers_at: AppTest, no_buyers: Path) -> None:
+    """Sessions but none converted: a 0% baseline is no baseline to plan on, and the page
+    says that (not that there are no sessions), then still shows the pipeline's sections
+    (not built here: no buyer before a cutoff)."""
+    at = no_buyers_at
+    at.switch_page("views/experiments.py").run()
+    assert_clean(at)
+    want = expected.headline(no_buyers)
+    assert want["sessions"] > 0 and want["conversion"] == 0
+    infos = [i.value for i in at.info]
+    assert any(
+        f"None of the {want['sessions']:,} sessions has converted yet" in i for i in infos
+    ), infos
+    assert not any("has no sessions" in i for i in infos)
+    assert not at.metric  # no baseline at all: nothing planned
+    assert any(i.startswith("Segment test plans: not in the warehouse yet") for i in infos)
+    assert any(i.startswith("Simulated reactivation test: not in the warehouse yet") for i in infos)
+
+
+def test_lab_with_segments_but_no_converted_session(
+    dashboard_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The segments' baselines still plan a test when no session converted; the page says
+    why the sessions' own is not offered."""
+    root = tmp_path / "data"
+    (root / "warehouse").mkdir(parents=True)
+    db = root / "warehouse" / "cip.duckdb"
+    shutil.copy(dashboard_sample / "warehouse" / "cip.duckdb", db)
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE core.fact_daily_kpis SET converting_sessions = 0")
+    sessions = expected.headline(dashboard_sample)["sessions"]
+    monkeypatch.setenv("CIP_DATA_DIR", str(root))
+    data.clear_caches()
+    at = app_test(timeout=60).run()
+    at.switch_page("views/experiments.py").run()
+    assert_clean(at)
+    assert any(f"None of the {sessions:,} sessions has converted yet" in i.value for i in at.info)
+    options = at.selectbox(key="lab_source").options
+    assert options and all(o.startswith("RFM segment: ") for o in options)
+    assert "Sample size per arm" in metrics(at)
+    assert any("Simulated" in w.value for w in at.warning)
+    assert len(at.dataframe) == 2  # the segment plans and the simulation
+    data.clear_caches()
+
+
 def test_lab_reads_days_off_first_visits() -> None:
     """A segment of 5,000 whose members first visit 300 on day 1, 60 a day on days 2-7, 10 a
     day on days 8-14 (730): 600 are reached on day 6 (a steady 730 / 14 a day would say 12);
@@ -533,6 +627,57 @@ def test_pipeline_holding_the_file(
         assert_clean(at)
         assert not at.metric
         assert any("being refreshed" in w.value for w in at.warning)
+    at.run()
+    assert_clean(at)
+    assert metrics(at) == before and not at.warning
+    data.clear_caches()
+
+
+def test_a_damaged_or_deleted_warehouse_is_said_so(
+    dashboard_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the pipeline holding the file brings back the last good data: a damaged file is
+    an error and a deleted one is missing, neither shown as a refresh of data that is gone."""
+    root = tmp_path / "data"
+    (root / "warehouse").mkdir(parents=True)
+    good = dashboard_sample / "warehouse" / "cip.duckdb"
+    db = root / "warehouse" / "cip.duckdb"
+    shutil.copy(good, db)
+    monkeypatch.setenv("CIP_DATA_DIR", str(root))
+    data.clear_caches()
+    at = app_test(timeout=60).run()
+    before = metrics(at)
+    assert before["Events"] and not at.warning
+
+    db.write_bytes(b"not a database" * 1000)
+    at.run()
+    assert not at.exception and not at.metric and not at.warning
+    assert [e.value for e in at.error] == [
+        f'**The warehouse cannot be read.** IO Error: The file "{db}" exists, but it is not a '
+        "valid DuckDB database file!"
+    ]
+
+    shutil.copy(good, db)
+    at.run()
+    assert_clean(at)
+    assert metrics(at) == before and not at.warning
+    db.unlink()
+    at.run()
+    assert_clean(at)
+    assert not at.metric and not at.warning
+    assert [i.value for i in at.info] == [
+        f"**The warehouse is not built yet.** {db} does not exist yet: run `cip run` to build it."
+    ]
+
+    # Built again, its writer still holding it: what the deleted file held is not shown.
+    shutil.copy(good, db)
+    with writer_holding(db):
+        at.run()
+        assert_clean(at)
+        assert not at.metric
+        warnings = [w.value for w in at.warning]
+        assert any("being refreshed" in w for w in warnings), warnings
+        assert not any("Refreshing" in w for w in warnings)
     at.run()
     assert_clean(at)
     assert metrics(at) == before and not at.warning

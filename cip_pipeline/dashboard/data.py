@@ -7,7 +7,9 @@ open between reruns would keep DuckDB's file lock and block the pipeline's write
 cached (`st.cache_data`) per version of the warehouse file (its and its WAL's size and mtime),
 so a finished pipeline write shows on the next rerun. The last good result of every query is
 also kept: while a pipeline run holds the file, pages show it and say so (`stale_since`)
-instead of failing, and only when nothing was ever read do they say the warehouse is busy.
+instead of failing, and only when nothing was ever read do they say the warehouse is busy. A
+file that is missing or cannot be read otherwise (damaged) is said so, its last results
+dropped: they would show data that is gone as if a run were refreshing it.
 """
 
 from __future__ import annotations
@@ -98,6 +100,12 @@ class _LastGood:
             while len(self.results) > self.limit:
                 self.results.popitem(last=False)
 
+    def forget(self, db: str) -> None:
+        """Drop every result of the database file `db`."""
+        with self.lock:
+            for key in [k for k in self.results if k[0] == db]:
+                del self.results[key]
+
     def clear(self) -> None:
         with self.lock:
             self.results.clear()
@@ -156,6 +164,10 @@ def reset_stale() -> None:
     st.session_state.pop(STALE_KEY, None)
 
 
+def _missing(db: Path) -> WarehouseMissing:
+    return WarehouseMissing(f"{db} does not exist yet: run `cip run` to build it.")
+
+
 def query(statement: str, /, **params: Any) -> pl.DataFrame:
     """The rows of the named statement of `sql/dashboard.sql`, with `params` bound."""
     db = warehouse_path()
@@ -164,26 +176,30 @@ def query(statement: str, /, **params: Any) -> pl.DataFrame:
     store = _LAST_GOOD
     try:
         if not db.exists():
-            raise WarehouseMissing(f"{db} does not exist yet: run `cip run` to build it.")
+            raise _missing(db)
         snapshot = _cached_read(str(db), file_version(db), statement, bound)
     except duckdb.CatalogException as exc:
         raise NotBuilt(str(exc).splitlines()[0]) from exc
-    except (duckdb.IOException, WarehouseMissing) as exc:
-        # The file is locked by a writer, missing or unreadable for now: what was read last.
-        # Other errors (a query that no longer fits the schema) are not hidden behind it.
-        last = store.get(key)
-        if last is not None:
-            _note_stale(last.read_at)
-            return last.frame
-        if isinstance(exc, WarehouseMissing):
-            raise
+    except duckdb.IOException as exc:
         if is_lock_conflict(exc):
+            # A pipeline run is writing the file: what was read last, until it ends.
+            last = store.get(key)
+            if last is not None:
+                _note_stale(last.read_at)
+                return last.frame
             raise WarehouseBusy(
                 "A pipeline run is writing the warehouse and nothing has been read from it "
                 "yet: this page fills in once the write ends (reload in a moment). If no run "
                 "has built it yet, run `cip run`."
             ) from exc
+        # Damaged, or deleted since the check: its last results are of a file that is gone.
+        store.forget(str(db))
+        if not db.exists():
+            raise _missing(db) from exc
         raise Unavailable(str(exc).splitlines()[0]) from exc
+    except WarehouseMissing:
+        store.forget(str(db))
+        raise
     store.put(key, snapshot)
     return snapshot.frame
 

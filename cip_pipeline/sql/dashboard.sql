@@ -214,7 +214,8 @@ ORDER BY cohort_week, weeks_since
 -- name: overall_baseline
 -- Session conversion and sessions per day: the lab's default baseline and traffic.
 SELECT sum(converting_sessions) / nullif(sum(sessions), 0) AS baseline,
-       avg(sessions)::DOUBLE AS daily_units
+       avg(sessions)::DOUBLE AS daily_units,
+       sum(sessions)::BIGINT AS sessions
 FROM core.fact_daily_kpis
 
 -- name: segment_test_plans

@@ -36,11 +36,21 @@ class Baseline:
     reached: tuple[int, ...] | None = None
 
 
-def baselines() -> list[Baseline]:
-    """The overall session conversion, then each RFM segment's next-window purchase rate."""
+def baselines() -> tuple[list[Baseline], str | None]:
+    """The overall session conversion, then each RFM segment's next-window purchase rate; and
+    why the overall one is not among them, if it is not."""
     found: list[Baseline] = []
+    missing: str | None = None
     overall = data.row("overall_baseline")
-    if overall.get("baseline"):
+    if overall.get("baseline") is None:
+        missing = "core.fact_daily_kpis has no sessions yet: `cip run` loads them."
+    elif overall["baseline"] == 0:
+        # A 0% rate gives no sample size: no lift of nothing is ever detectable.
+        missing = (
+            f"None of the {ui.integer(overall['sessions'])} sessions has converted yet: there "
+            "is no session conversion to plan a test from (a 0% baseline cannot be planned on)."
+        )
+    else:
         found.append(
             Baseline(
                 "All sessions: session conversion",
@@ -66,7 +76,7 @@ def baselines() -> list[Baseline]:
                     tuple(reached),
                 )
             )
-    return found
+    return found, missing
 
 
 @dataclass(frozen=True)
@@ -405,12 +415,13 @@ def _intervals(rows: pl.DataFrame, title: str, tickformat: str) -> go.Figure:
 
 def render() -> None:
     st.title("Experiment lab")
-    options = baselines()
-    if not options:
-        raise data.NotBuilt("core.fact_daily_kpis has no sessions yet")
+    options, missing = baselines()
     st.subheader("Plan a test")
-    base, x = inputs(options)
-    plan(base, x)
+    if missing is not None:
+        st.info(missing)
+    if options:
+        base, x = inputs(options)
+        plan(base, x)
     with ui.section("Segment test plans"):
         segment_plans()
     with ui.section("Simulated reactivation test"):

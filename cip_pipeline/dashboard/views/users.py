@@ -18,23 +18,33 @@ COHORT_KINDS = {
 def segments() -> pl.DataFrame:
     summary = data.query("rfm_summary")
     buyers = int(summary["users"].sum())
-    top = summary.sort("revenue_share", descending=True).row(0, named=True)
+    # No share of revenue without buyers (or when they all spent 0): no top segment then.
+    shared = summary.filter(pl.col("revenue_share").is_not_null())
     cols = st.columns(4)
     cols[0].metric("Buyers", ui.integer(buyers), border=True)
     cols[1].metric("Buyer revenue", ui.money(summary["revenue"].sum()), border=True)
-    cols[2].metric(
-        "Top segment by revenue",
-        top["segment"],
-        delta=f"{ui.percent(top['revenue_share'], 1)} of revenue",
-        delta_color="off",
-        delta_arrow="off",
-        border=True,
-    )
+    if shared.height:
+        top = shared.sort("revenue_share", descending=True).row(0, named=True)
+        cols[2].metric(
+            "Top segment by revenue",
+            top["segment"],
+            delta=f"{ui.percent(top['revenue_share'], 1)} of revenue",
+            delta_color="off",
+            delta_arrow="off",
+            border=True,
+        )
+    else:
+        cols[2].metric("Top segment by revenue", ui.MISSING, border=True)
     cols[3].metric(
         "Average spend per buyer",
         ui.money(summary["revenue"].sum() / buyers if buyers else None),
         border=True,
     )
+    if not buyers:
+        st.info(
+            "No buyers yet: no purchase is in the warehouse, so there is no RFM landscape and "
+            "no share of buyers or revenue to show."
+        )
     return summary
 
 
@@ -79,17 +89,20 @@ def landscape(summary: pl.DataFrame) -> None:
 
 def shares(summary: pl.DataFrame) -> None:
     st.subheader("Segment shares and value")
-    long = summary.select(
-        "segment",
-        pl.col("user_share").alias("share of buyers"),
-        pl.col("revenue_share").alias("share of revenue"),
-    ).unpivot(index="segment", variable_name="share", value_name="value")
-    left, right = st.columns([1, 1])
-    with left:
-        fig = px.bar(long, x="segment", y="value", color="share", barmode="group")
-        fig.update_layout(yaxis_tickformat=".0%", xaxis_title=None, yaxis_title=None)
-        ui.chart(fig, key="segment_shares")
-    with right:
+    if summary["users"].sum():  # without buyers every share is empty: the table alone
+        long = summary.select(
+            "segment",
+            pl.col("user_share").alias("share of buyers"),
+            pl.col("revenue_share").alias("share of revenue"),
+        ).unpivot(index="segment", variable_name="share", value_name="value")
+        left, table = st.columns([1, 1])
+        with left:
+            fig = px.bar(long, x="segment", y="value", color="share", barmode="group")
+            fig.update_layout(yaxis_tickformat=".0%", xaxis_title=None, yaxis_title=None)
+            ui.chart(fig, key="segment_shares")
+    else:
+        table = st.container()
+    with table:
         st.dataframe(
             summary.select(
                 "segment",
@@ -175,7 +188,8 @@ def render() -> None:
     st.title("User intelligence")
     with ui.section("RFM segments"):
         summary = segments()
-        landscape(summary)
+        if summary["users"].sum():  # an empty scatter fails in Plotly (no point to size)
+            landscape(summary)
         shares(summary)
     with ui.section("Cohort retention"):
         retention()
