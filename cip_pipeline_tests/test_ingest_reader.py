@@ -73,6 +73,21 @@ CORPUS = [
         "2019-10-31 23:59:59 UTC,view,5,6,a.b,brand,1.50,7,00000000-0000-4000-8000-000000000000",
         None,
     ),
+    # Text Polars would read, normalised: only the one way REES46 writes a value is read.
+    ("2019-10-01 00:00:04UTC" + GOOD[23:], "unparsable_timestamp"),
+    ("2019-10-1 0:0:4 UTC" + GOOD[23:], "unparsable_timestamp"),
+    (" 2019-10-01 00:00:04 UTC" + GOOD[23:], "unparsable_timestamp"),
+    ("2019-10-01 00:00:04  UTC" + GOOD[23:], "unparsable_timestamp"),
+    ("2019-10-1  00:00:04 UTC" + GOOD[23:], "unparsable_timestamp"),  # 23 bytes
+    ("2019-10-01 00:00: 4 UTC" + GOOD[23:], "unparsable_timestamp"),  # 23 bytes
+    ("2019-10-01\t00:00:04 UTC" + GOOD[23:], "unparsable_timestamp"),
+    (GOOD.replace(",1004237,", ",+1004237,"), "non_numeric_id"),
+    (GOOD.replace(",2053013555631882655,", ",+2053013555631882655,"), "non_numeric_id"),
+    (GOOD.replace(",535871217,", ",-0,"), "non_numeric_id"),
+    (GOOD.replace(",1081.98,", ",-0.00,"), "negative_price"),
+    (GOOD.replace(",1081.98,", ",+1081.98,"), "invalid_price"),
+    (GOOD.replace(GOOD[-36:], "c6bd741927484c5695b48cec9ff8b80d----"), "malformed_session"),
+    (GOOD.replace(GOOD[-36:], "c6bd7419-2748-4c56-95b48-cec9ff8b80d"), "malformed_session"),
 ]
 
 
@@ -165,6 +180,47 @@ def test_good_rows_are_typed_exactly(tmp_path: Path) -> None:
     assert (empty["category_code"], empty["brand"], empty["user_session"]) == (None, None, None)
     assert str(empty["price"]) == "0.00"
     assert events["event_type"].to_list().count("remove_from_cart") == 1
+
+
+def test_only_canonical_text_is_read_and_stored_as_written(tmp_path: Path) -> None:
+    """What Polars would read by normalising it (a sign on an id or a zero price, dashes
+    elsewhere than a UUID's, a timestamp not spelled `YYYY-MM-DD HH:MM:SS UTC`) is
+    quarantined, not stored as another value; leading zeros in an id say one number, and are
+    read as it, and so are upper-case hex digits in a session (a UUID's text allows both)."""
+    session = "c6bd7419-2748-4c56-95b4-8cec9ff8b80d"
+    lines = [
+        GOOD.replace(session, "c6bd741927484c5695b48cec9ff8b80d----"),  # same hex digits
+        GOOD.replace(",535871217,", ",-0,").replace("00:00:04", "00:00:05"),
+        GOOD.replace(",1004237,", ",+7,").replace("00:00:04", "00:00:06"),
+        GOOD.replace(",1081.98,", ",-0.00,").replace("00:00:04", "00:00:07"),
+        "2019-10-01 00:00:08UTC" + GOOD[23:],
+        GOOD.replace(",1004237,", ",007,").replace("00:00:04", "00:00:09"),
+        GOOD.replace(",535871217,", ",00,").replace("00:00:04", "00:00:10"),
+        GOOD.replace(session, session.upper()).replace("00:00:04", "00:00:11"),
+    ]
+    result, events, quarantine = _ingest(_write(tmp_path / "m.csv", lines), tmp_path)
+    assert list(quarantine.select("line", "reason").iter_rows()) == [
+        (2, "malformed_session"),
+        (3, "non_numeric_id"),
+        (4, "non_numeric_id"),
+        (5, "negative_price"),
+        (6, "unparsable_timestamp"),
+    ]
+    assert result.quarantined == {
+        "malformed_session": 1,
+        "non_numeric_id": 2,
+        "negative_price": 1,
+        "unparsable_timestamp": 1,
+    }
+    stored = events.sort("event_time").select(
+        pl.col("event_time").dt.second(), "product_id", "user_id", "user_session"
+    )
+    uuid = bytes.fromhex(session.replace("-", ""))
+    assert list(stored.iter_rows()) == [
+        (9, 7, 535871217, uuid),
+        (10, 1004237, 0, uuid),
+        (11, 1004237, 535871217, uuid),
+    ]
 
 
 def test_row_groups_in_file_order_and_by_product_within(
@@ -596,6 +652,33 @@ def test_a_0x1f_byte_is_a_clear_error_on_any_line(
     _write(raw, [GOOD, *later] if appended else later)
     with pytest.raises(reader.RawFileError, match=r"^m\.csv: cannot be read as lines of text"):
         _ingest(raw, tmp_path, first.state if appended else None)
+    assert _lake_files(tmp_path) == before
+
+
+def test_a_0x1f_byte_in_bytes_appended_is_named_while_the_writer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The appended lines are read from a copy: a writer appending meanwhile changes nothing
+    that was read, so a bad byte among them is the error named, not a changed file (which
+    every retry, the writer still going, would report again)."""
+    raw = _write(tmp_path / "m.csv", [GOOD])
+    first, _, _ = _ingest(raw, tmp_path)
+    before = _lake_files(tmp_path)
+    _write(raw, [GOOD, GOOD.replace("apple", "ap\x1fple").replace("00:00:04", "00:00:05")])
+    copy_appended = reader._copy_appended
+
+    def copy_then_the_writer_appends(*args: Path) -> reader.RawScan:
+        copied = copy_appended(*args)  # type: ignore[arg-type]
+        with raw.open("a") as f:
+            f.write(GOOD.replace("00:00:04", "00:00:06") + "\n")
+        return copied
+
+    monkeypatch.setattr(reader, "_copy_appended", copy_then_the_writer_appends)
+    with pytest.raises(
+        reader.RawFileError,
+        match=r"^m\.csv: cannot be read as lines of text \(a line holds a 0x1F byte",
+    ):
+        _ingest(raw, tmp_path, first.state)
     assert _lake_files(tmp_path) == before
 
 
