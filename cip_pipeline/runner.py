@@ -143,12 +143,33 @@ def _summarize(
         if event.event_type == dg.DagsterEventType.STEP_SKIPPED:
             summary.skipped.append(f"{event.step_key}: nothing upstream to build on")
         if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error is not None and error.cause is not None:  # the user code's own error
-                error = error.cause
-            message = error.message.strip().splitlines()[0] if error else "unknown error"
-            summary.failures.append(f"{event.step_key}: {message}")
+            summary.failures.append(f"{event.step_key}: {failure_message(event)}")
     return summary
+
+
+def _subclasses(cls: type) -> set[type]:
+    return {s for sub in cls.__subclasses__() for s in (sub, *_subclasses(sub))}
+
+
+# Dagster's wrappers of an error raised by user code (in a step, an IO manager, a resource):
+# what they wrap is the user code's own error. Recorded errors keep only the class name.
+DAGSTER_WRAPPERS = frozenset(
+    c.__name__
+    for c in _subclasses(dg.DagsterUserCodeExecutionError) | {dg.DagsterUserCodeExecutionError}
+)
+
+
+def failure_message(event: dg.DagsterEvent) -> str:
+    """The first line of what a failed step raised: a `dg.Failure`'s description, or the user
+    code's own error under Dagster's wrappers (not the errors it was raised from: the
+    project's errors name the file or month, those under them seldom do)."""
+    data = event.step_failure_data
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description.strip().splitlines()[0]
+    error = data.error
+    while error is not None and error.cls_name in DAGSTER_WRAPPERS and error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[0] if error else "unknown error"
 
 
 def print_summary(summary: RunSummary, out: TextIO = sys.stdout) -> None:
@@ -182,17 +203,27 @@ def execute(
     label: str,
     partition: str | None = None,
     assets: Sequence[dg.AssetsDefinition] | None = None,
+    checks: dg.AssetSelection | None = None,
 ) -> RunSummary:
-    """Run one of the project's jobs (or only `assets` of it, with their checks) in this
-    process and summarize it."""
+    """Run one of the project's jobs (or only `assets` of it, with their checks or those of
+    `checks`) in this process and summarize it."""
     step_peaks.clear()
     reset_peak_rss()
     t0 = time.perf_counter()
-    result = defs.resolve_job_def(job_name).execute_in_process(
+    job = defs.resolve_job_def(job_name)
+    keys = [k for a in assets for k in a.keys] if assets is not None else None
+    if checks is not None:
+        # execute_in_process selects assets only, each with every check of it: subset the job.
+        check_keys = checks.resolve_checks(defs.resolve_asset_graph())
+        if not keys and not check_keys:
+            raise ValueError(f"{label}: nothing to run")  # get_subset would keep the whole job
+        job = job.get_subset(asset_selection=set(keys or ()), asset_check_selection=check_keys)
+        keys = None  # selected again, the assets would bring all their checks back
+    result = job.execute_in_process(
         partition_key=partition,
         instance=instance,
         raise_on_error=False,
-        asset_selection=[k for a in assets for k in a.keys] if assets is not None else None,
+        asset_selection=keys,
         tags={"cip/trigger": "cip run"},
         run_config=QUIET,
     )
@@ -227,35 +258,65 @@ def run_months(
 ) -> list[RunSummary]:
     """The month job for `months`, in two stages: load every month, then derive every month
     once the months around it are in the warehouse, and derive again in the neighbours loaded
-    before what reads across the month boundary."""
+    before what reads across the month boundary (all they derive, if not derived since their
+    load). A month's checks across months run once the month after it is rebuilt too."""
     previously_loaded = {
         key[:7] for key in instance.get_materialized_partitions(ingest.core_events.key)
     }
     summaries: list[RunSummary] = []
 
-    def run(label: str, month: str, assets: Sequence[dg.AssetsDefinition]) -> RunSummary:
-        summary = execute(defs, MONTHLY_JOB, instance, label, partition_key(month), assets)
+    def run(
+        label: str,
+        month: str,
+        assets: Sequence[dg.AssetsDefinition],
+        checks: dg.AssetSelection | None = None,
+    ) -> RunSummary:
+        summary = execute(defs, MONTHLY_JOB, instance, label, partition_key(month), assets, checks)
         if out is not None:
             print_summary(summary, out)
         summaries.append(summary)
         return summary
 
     loaded = [m for m in months if run(m, m, definitions.LOAD_ASSETS).success]
-    if definitions.DERIVED_ASSETS:
-        warehouse = cast(WarehouseResource, defs.resources["warehouse"])
-        for month in months_to_derive(loaded, previously_loaded):
-            if month in loaded:
-                run(f"{month} derived", month, definitions.DERIVED_ASSETS)
-            elif core.neighbours_unchanged(instance, warehouse, partition_key(month)):
-                if out is not None:
-                    print(
-                        f"{month} derived  [skipped: what its sessions read from the months "
-                        "around it is unchanged]",
-                        file=out,
-                    )
-            else:
-                # a neighbour loaded before needs only what reads across the boundary
-                run(f"{month} derived", month, definitions.NEIGHBOUR_ASSETS)
+    if not definitions.DERIVED_ASSETS:
+        return summaries
+    warehouse = cast(WarehouseResource, defs.resources["warehouse"])
+    derived = [k for a in definitions.DERIVED_ASSETS for k in a.keys]
+    # (month, what it needs: None when it is skipped); deriving one month changes nothing
+    # the others are judged by.
+    plan: list[tuple[str, Sequence[dg.AssetsDefinition] | None]] = []
+    for month in months_to_derive(loaded, previously_loaded):
+        if month in loaded or not core.derived_since_load(instance, partition_key(month), derived):
+            plan.append((month, definitions.DERIVED_ASSETS))
+        elif core.neighbours_unchanged(instance, warehouse, partition_key(month)):
+            plan.append((month, None))
+        else:
+            # a neighbour derived since its load needs only what reads across the boundary
+            plan.append((month, definitions.NEIGHBOUR_ASSETS))
+    rebuilt = {month for month, assets in plan if assets is not None}
+    across = dg.AssetSelection.checks(*definitions.CROSS_MONTH_CHECKS)
+    across_assets = {k.asset_key for c in definitions.CROSS_MONTH_CHECKS for k in c.check_keys}
+    deferred: list[str] = []
+    for month, assets in plan:
+        if assets is None:
+            if out is not None:
+                print(
+                    f"{month} derived  [skipped: what its sessions read from the months "
+                    "around it is unchanged]",
+                    file=out,
+                )
+            continue
+        if next_month(month) not in rebuilt:
+            run(f"{month} derived", month, assets)
+            continue
+        # Until the next month is rebuilt, the checks across months would judge its old
+        # rows (a session that moved would be in both): they run once it is.
+        checks = dg.AssetSelection.checks_for_assets(*assets) - across
+        summary = run(f"{month} derived", month, assets, checks)
+        if across_assets <= {dg.AssetKey.from_user_string(step.asset) for step in summary.steps}:
+            deferred.append(month)  # not when what they check was not built
+    for month in deferred:
+        run(f"{month} checks across months", month, [], across)
     return summaries
 
 

@@ -194,7 +194,7 @@ def test_data_profile_counts_quarantined_rows_by_reason(tmp_path: Path) -> None:
     reaches core.ingest_audit and the profile, beside the loaded rows the oracle counts, and
     every check still passes (the bad share is under the 0.1% warning line)."""
     raw = tmp_path / "raw" / "2019-Oct.csv"
-    generate(30_000, seed=9, months=["2019-10"], out=raw.parent)
+    generate(50_000, seed=9, months=["2019-10"], out=raw.parent)
     bad = [(line, reason) for line, reason in CORPUS if reason not in (None, "duplicate")]
     with raw.open("a") as f:
         f.writelines(line + "\n" for line, _ in bad)

@@ -40,6 +40,7 @@ def test_every_run_succeeds_and_every_check_passes(warehouse_sample: WarehouseSa
         "2019-11",
         "2019-10 derived",
         "2019-11 derived",
+        "2019-10 checks across months",
         "all months",
     ]
     assert all(s.success for s in warehouse_sample.summaries)

@@ -27,7 +27,9 @@ after it. Dagster shows the partition as having a newer upstream (it depends on
 `core/events[M+1]`); its automation condition (`ON_NEIGHBOUR_CHANGE`) has the automation
 sensor rebuild it, and `cip run` does it by itself: it loads every month before deriving
 any, and re-derives the already loaded neighbours of the months it loads, unless what a
-neighbour's sessions read from the months around it is unchanged (`neighbours_unchanged`).
+neighbour's sessions read from the months around it is unchanged (`neighbours_unchanged`);
+a neighbour not derived since its load is derived whole. The checks that read other months'
+sessions (`CROSS_MONTH_CHECKS`) judge a month once the months around it are rebuilt.
 
 Inside the month the same holds at the boundaries of its spans of three days
 (`month_spans`): each span's sessions are built apart, with the rest of those that go on into
@@ -36,7 +38,7 @@ they were loaded (`session_chunks`).
 """
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -191,11 +193,18 @@ def neighbour_fingerprint(
 def neighbours_unchanged(
     instance: dg.DagsterInstance, warehouse: WarehouseResource, partition_key: str
 ) -> bool:
-    """Whether `fact_sessions[partition_key]` would come out as it is: the warehouse holds what
-    it read from the months around it when last built (its recorded fingerprint). Its own
-    month is not compared: this is for a month whose neighbour alone was loaded again."""
+    """Whether `fact_sessions[partition_key]` would come out as it is: the month was derived
+    since it was loaded (`derived_since_load`) and the warehouse holds what its sessions read
+    from the months around it when last built (their recorded fingerprint). Its own month is
+    not compared: this is for a month whose neighbour alone was loaded again."""
     fingerprint = recorded(instance, FACT_SESSIONS, partition_key).get(FINGERPRINT)
-    if fingerprint is None or not _kpis_follow_sessions(instance, partition_key):
+    if (
+        fingerprint is None
+        or not derived_since_load(
+            instance, partition_key, [FACT_USER_DAYS, FACT_SESSIONS, FACT_DAILY_KPIS]
+        )
+        or not _kpis_follow_sessions(instance, partition_key)
+    ):
         return False
     start, end = month_window(partition_key)
     around = TimeSlice("event_time", month_before(start), month_after(end))
@@ -204,6 +213,22 @@ def neighbours_unchanged(
         boundary = boundary_once(con, events, start, end)
         until, _ = session_reach(con, events, boundary, end)
         return neighbour_fingerprint(con, events, boundary, end, until) == fingerprint
+
+
+def derived_since_load(
+    instance: dg.DagsterInstance, partition_key: str, keys: Iterable[dg.AssetKey]
+) -> bool:
+    """Every partition `keys[partition_key]` was materialized after the month's core.events:
+    a month loaded and not derived since (a `cip run` cut short after its loads) has none or
+    older ones, which only a whole derive makes right."""
+    events = latest_materialization(instance, EVENTS, partition_key)
+    if events is None:
+        return False
+    for key in keys:
+        built = latest_materialization(instance, key, partition_key)
+        if built is None or built.storage_id < events.storage_id:
+            return False
+    return True
 
 
 def _kpis_follow_sessions(instance: dg.DagsterInstance, partition_key: str) -> bool:
@@ -759,5 +784,8 @@ PARTITIONED_ASSETS = [fact_user_days, fact_sessions, fact_daily_kpis]
 # again when a neighbour is loaded after it.
 NEIGHBOUR_ASSETS = [fact_sessions, fact_daily_kpis]
 PARTITIONED_CHECKS = [fact_user_days_checks, fact_sessions_checks, fact_daily_kpis_checks]
+# What reads a derived asset's rows of other months: it judges a month rightly only once the
+# months around it are rebuilt too.
+CROSS_MONTH_CHECKS = [fact_sessions_checks]
 UNPARTITIONED_ASSETS = [dim_products, dim_users]
 UNPARTITIONED_CHECKS = [dim_products_checks, dim_users_checks]

@@ -1,0 +1,60 @@
+"""What `cip run` says about a step that failed: the project's own message, not what lies
+under it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from cip_pipeline import definitions
+from cip_pipeline.runner import execute, print_summary, run_months
+from cip_pipeline_tests.test_core_session_boundary import HEADER
+
+
+def test_a_failure_is_reported_with_its_own_message(tmp_path: Path) -> None:
+    """events_parquet raises a `dg.Failure` naming the file, from the reader's error, from
+    Polars' error about the schema (the 0x1F byte splits the line in two)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "2019-Nov.csv").write_bytes(
+        f"{HEADER}\n2019-11-01 00:00:00 UTC,view,1,2,,,1.00,3,"
+        "72d76fde-8bb3-4e00-8c23-a032dfed738c\x1f\n".encode()
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIP_DATA_DIR", str(tmp_path))
+        defs = definitions.build_definitions()
+    out = io.StringIO()
+    (summary,) = run_months(defs, dg.DagsterInstance.ephemeral(), ["2019-11"], out)
+    message = (
+        "events_parquet: 2019-Nov.csv: cannot be read as lines of text (a line holds a 0x1F "
+        "byte, which no REES46 row has)"
+    )
+    assert not summary.success
+    assert summary.failures == [message]
+    assert f"  FAILED {message}\n" in out.getvalue()
+
+
+class Broken(Exception):
+    pass
+
+
+@dg.asset
+def breaks() -> None:
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        raise Broken("the asset's own words") from exc
+
+
+def test_an_error_of_user_code_is_reported_as_raised_not_as_its_cause() -> None:
+    """Dagster wraps the asset's error in its own; the summary unwraps that, and no more."""
+    defs = dg.Definitions(assets=[breaks], jobs=[dg.define_asset_job("j", [breaks])])
+    summary = execute(defs, "j", dg.DagsterInstance.ephemeral(), "broken")
+    assert not summary.success
+    assert summary.failures == [f"breaks: {__name__}.Broken: the asset's own words"]
+    out = io.StringIO()
+    print_summary(summary, out)
+    assert f"  FAILED breaks: {__name__}.Broken: the asset's own words\n" in out.getvalue()
