@@ -840,3 +840,21 @@ def test_the_asset_reports_the_bytes_it_read(tmp_path: Path, name: str, tail: st
     assert meta.get("raw_gzip_bytes") == (raw.stat().st_size if name.endswith(".gz") else None)
     assert meta["raw_bytes_pending"] == len(tail)
     assert (meta["raw_rows"], meta["rows_loaded"]) == (2000, 2000)
+
+
+def test_only_the_extra_field_error_is_read_as_a_0x1f_byte(tmp_path: Path) -> None:
+    """The line reader's one schema error (a second field: a 0x1F byte) is said in words;
+    any other schema error, a dtype mismatch in the code say, keeps its own."""
+    raw = tmp_path / "2019-Oct.csv"
+    extra = pl.exceptions.SchemaError(
+        "CSV file contained column names not specified in schema (n_extra = 1)."
+    )
+    assert reader._unreadable(raw, extra) == (
+        "2019-Oct.csv: cannot be read as lines of text (a line holds a 0x1F byte, which no "
+        "REES46 row has)"
+    )
+    other = pl.exceptions.SchemaError("could not evaluate '<' comparison between series")
+    assert reader._unreadable(raw, other) == (
+        "2019-Oct.csv: cannot be read as lines of text (could not evaluate '<' comparison "
+        "between series)"
+    )

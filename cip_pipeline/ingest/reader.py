@@ -553,7 +553,9 @@ def _unreadable(raw: Path, error: BaseException | None) -> str:
             )
         return f"{raw.name}: cannot be read ({reason})"
     # The line reader splits at 0x1F (see `_lines`): only a line holding one has two fields.
-    if isinstance(error, pl.exceptions.SchemaError) or "more fields" in reason:
+    # (Other schema errors, a dtype mismatch say, are the code's and keep their own words.)
+    extra_field = isinstance(error, pl.exceptions.SchemaError) and "not specified in" in reason
+    if extra_field or "more fields" in reason:
         reason = "a line holds a 0x1F byte, which no REES46 row has"
     return f"{raw.name}: cannot be read as lines of text ({reason})"
 
