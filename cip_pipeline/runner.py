@@ -169,7 +169,14 @@ def failure_message(event: dg.DagsterEvent) -> str:
     error = data.error
     while error is not None and error.cls_name in DAGSTER_WRAPPERS and error.cause is not None:
         error = error.cause
-    return error.message.strip().splitlines()[0] if error else "unknown error"
+    return "unknown error" if error is None else message_head(error.message, error.cls_name)
+
+
+def message_head(message: str, fallback: str) -> str:
+    """An error message's first line, with the next one when it ends in a colon ("1 blocking
+    asset check failed with ERROR severity:" names the check on its next line)."""
+    lines = [line.strip() for line in message.strip().splitlines()] or [fallback]
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and lines[1:] else lines[0]
 
 
 def print_summary(summary: RunSummary, out: TextIO = sys.stdout) -> None:

@@ -219,6 +219,32 @@ def test_a_failed_refresh_is_reported_with_the_full_run(
         assert cmd_bench(args) == code
 
 
+def test_a_failed_full_run_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full run with a failed step is no time of the pipeline and no base for a refresh: the
+    report names the failure (no traceback), is written, and `cip bench` exits 1."""
+    monkeypatch.setenv("CIP_DATA_DIR", str(tmp_path))
+    calls: list[list[str]] = []
+
+    def run_months(
+        defs: dg.Definitions, instance: dg.DagsterInstance, months: Sequence[str]
+    ) -> list[RunSummary]:
+        calls.append(list(months))
+        return [RunSummary("2019-11", "r1", False, 0.0, failures=["core/events: out of memory"])]
+
+    monkeypatch.setattr(bench, "run_months", run_months)
+    report = run_bench(20_000, seed=5, repeat=2, refresh=True)
+    assert calls == [["2019-10", "2019-11"], ["2019-10", "2019-11"]]  # no refresh after either
+    assert report.totals == [] and report.refresh_totals == []
+    assert report.sizes_after == "the full run (failed)"
+    assert report.failures == [f"run {i}, 2019-11: core/events: out of memory" for i in (1, 2)]
+    _, md_path = write_report(report)
+    assert "- FAILED: run 2, 2019-11: core/events: out of memory" in md_path.read_text()
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: report)
+    assert cmd_bench(argparse.Namespace(events=20_000, seed=5, repeat=2, refresh=True)) == 1
+
+
 def test_the_refresh_receives_the_newest_month_late_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from cip_pipeline import definitions
-from cip_pipeline.runner import execute, print_summary, run_months
+from cip_pipeline.runner import execute, message_head, print_summary, run_months
 from cip_pipeline_tests.test_core_session_boundary import HEADER
 
 
@@ -58,3 +58,21 @@ def test_an_error_of_user_code_is_reported_as_raised_not_as_its_cause() -> None:
     out = io.StringIO()
     print_summary(summary, out)
     assert f"  FAILED breaks: {__name__}.Broken: the asset's own words\n" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("message", "head"),
+    [
+        (
+            "dagster._core.errors.DagsterAssetCheckFailedError: 1 blocking asset check failed "
+            "with ERROR severity:\nml/propensity_model: beats_best_baseline\n\nStack Trace:",
+            "dagster._core.errors.DagsterAssetCheckFailedError: 1 blocking asset check failed "
+            "with ERROR severity: ml/propensity_model: beats_best_baseline",
+        ),
+        ("KeyError: 'x'\n  more", "KeyError: 'x'"),
+        ("ends with a colon:", "ends with a colon:"),
+        ("  \n", "Broken"),
+    ],
+)
+def test_a_message_head_names_what_a_colon_announces(message: str, head: str) -> None:
+    assert message_head(message, "Broken") == head
