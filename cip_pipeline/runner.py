@@ -165,7 +165,7 @@ def failure_message(event: dg.DagsterEvent) -> str:
     project's errors name the file or month, those under them seldom do)."""
     data = event.step_failure_data
     if data.user_failure_data is not None and data.user_failure_data.description:
-        return data.user_failure_data.description.strip().splitlines()[0]
+        return message_head(data.user_failure_data.description, "Failure")
     error = data.error
     while error is not None and error.cls_name in DAGSTER_WRAPPERS and error.cause is not None:
         error = error.cause
