@@ -560,8 +560,9 @@ def fact_user_days_checks(
     pool=WAREHOUSE_POOL,
     automation_condition=ON_NEIGHBOUR_CHANGE,
     metadata={PARTITION_EXPR: "day"},
-    description="One row per day: events, DAU, sessions, views, carts, purchases, buyers, "
-    "revenue, average order value, view->cart and cart->purchase rates, session conversion.",
+    description="One row per day with events: events, DAU, sessions, views, carts, purchases, "
+    "buyers, revenue, average order value, view->cart and cart->purchase rates, session "
+    "conversion.",
 )
 def fact_daily_kpis(user_days: SqlTable, sessions: SqlTable) -> SqlQuery:
     query = sql.statement(
