@@ -38,12 +38,32 @@ pytestmark = pytest.mark.slow
 PAGES = [f"views/{file}" for file, *_ in VIEWS]
 
 
+@contextmanager
+def dashboard_on(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
+    """The dashboard run once over the data folder `root`, every cache empty before and
+    after."""
+    monkeypatch.setenv("CIP_DATA_DIR", str(root))
+    data.clear_caches()
+    try:
+        yield app_test(timeout=60).run()
+    finally:
+        data.clear_caches()
+
+
+def warehouse_copy(dashboard_sample: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A data folder under `tmp_path` holding a copy of the sample's warehouse alone, and
+    that copy."""
+    root = tmp_path / "data"
+    (root / "warehouse").mkdir(parents=True)
+    db = root / "warehouse" / "cip.duckdb"
+    shutil.copy(dashboard_sample / "warehouse" / "cip.duckdb", db)
+    return root, db
+
+
 @pytest.fixture
 def at(dashboard_sample: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
-    monkeypatch.setenv("CIP_DATA_DIR", str(dashboard_sample))
-    data.clear_caches()
-    yield app_test(timeout=60).run()
-    data.clear_caches()
+    with dashboard_on(dashboard_sample, monkeypatch) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +80,8 @@ def no_buyers(real_head: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture
 def no_buyers_at(no_buyers: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
-    monkeypatch.setenv("CIP_DATA_DIR", str(no_buyers))
-    data.clear_caches()
-    yield app_test(timeout=60).run()
-    data.clear_caches()
+    with dashboard_on(no_buyers, monkeypatch) as app:
+        yield app
 
 
 def metrics(at: AppTest) -> dict[str, str]:
@@ -370,25 +388,21 @@ def test_lab_with_segments_but_no_converted_session(
 ) -> None:
     """The segments' baselines still plan a test when no session converted; the page says
     why the sessions' own is not offered."""
-    root = tmp_path / "data"
-    (root / "warehouse").mkdir(parents=True)
-    db = root / "warehouse" / "cip.duckdb"
-    shutil.copy(dashboard_sample / "warehouse" / "cip.duckdb", db)
+    root, db = warehouse_copy(dashboard_sample, tmp_path)
     with duckdb.connect(str(db)) as con:
         con.execute("UPDATE core.fact_daily_kpis SET converting_sessions = 0")
     sessions = expected.headline(dashboard_sample)["sessions"]
-    monkeypatch.setenv("CIP_DATA_DIR", str(root))
-    data.clear_caches()
-    at = app_test(timeout=60).run()
-    at.switch_page("views/experiments.py").run()
-    assert_clean(at)
-    assert any(f"None of the {sessions:,} sessions has converted yet" in i.value for i in at.info)
-    options = at.selectbox(key="lab_source").options
-    assert options and all(o.startswith("RFM segment: ") for o in options)
-    assert "Sample size per arm" in metrics(at)
-    assert any("Simulated" in w.value for w in at.warning)
-    assert len(at.dataframe) == 2  # the segment plans and the simulation
-    data.clear_caches()
+    with dashboard_on(root, monkeypatch) as at:
+        at.switch_page("views/experiments.py").run()
+        assert_clean(at)
+        assert any(
+            f"None of the {sessions:,} sessions has converted yet" in i.value for i in at.info
+        )
+        options = at.selectbox(key="lab_source").options
+        assert options and all(o.startswith("RFM segment: ") for o in options)
+        assert "Sample size per arm" in metrics(at)
+        assert any("Simulated" in w.value for w in at.warning)
+        assert len(at.dataframe) == 2  # the segment plans and the simulation
 
 
 def test_lab_reads_days_off_first_visits() -> None:
@@ -604,33 +618,27 @@ def writer_holding(db: Path) -> Iterator[None]:
 def test_pipeline_holding_the_file(
     dashboard_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "data"
-    (root / "warehouse").mkdir(parents=True)
-    db = root / "warehouse" / "cip.duckdb"
-    shutil.copy(dashboard_sample / "warehouse" / "cip.duckdb", db)
-    monkeypatch.setenv("CIP_DATA_DIR", str(root))
-    data.clear_caches()
-    at = app_test(timeout=60).run()
-    before = metrics(at)
-    assert before["Events"] and not at.warning
+    root, db = warehouse_copy(dashboard_sample, tmp_path)
+    with dashboard_on(root, monkeypatch) as at:
+        before = metrics(at)
+        assert before["Events"] and not at.warning
 
-    with writer_holding(db):
-        # The cache expired while the writer holds the file: the last good data, and a notice.
-        data.expire_cache()
+        with writer_holding(db):
+            # The cache expired while the writer holds the file: the last good data, and a notice.
+            data.expire_cache()
+            at.run()
+            assert_clean(at)
+            assert metrics(at) == before
+            assert any("Refreshing" in w.value for w in at.warning)
+            # Nothing read before: a clear message, no figures.
+            data.clear_caches()
+            at.run()
+            assert_clean(at)
+            assert not at.metric
+            assert any("being refreshed" in w.value for w in at.warning)
         at.run()
         assert_clean(at)
-        assert metrics(at) == before
-        assert any("Refreshing" in w.value for w in at.warning)
-        # Nothing read before: a clear message, no figures.
-        data.clear_caches()
-        at.run()
-        assert_clean(at)
-        assert not at.metric
-        assert any("being refreshed" in w.value for w in at.warning)
-    at.run()
-    assert_clean(at)
-    assert metrics(at) == before and not at.warning
-    data.clear_caches()
+        assert metrics(at) == before and not at.warning
 
 
 def test_a_damaged_or_deleted_warehouse_is_said_so(
@@ -638,50 +646,45 @@ def test_a_damaged_or_deleted_warehouse_is_said_so(
 ) -> None:
     """Only the pipeline holding the file brings back the last good data: a damaged file is
     an error and a deleted one is missing, neither shown as a refresh of data that is gone."""
-    root = tmp_path / "data"
-    (root / "warehouse").mkdir(parents=True)
     good = dashboard_sample / "warehouse" / "cip.duckdb"
-    db = root / "warehouse" / "cip.duckdb"
-    shutil.copy(good, db)
-    monkeypatch.setenv("CIP_DATA_DIR", str(root))
-    data.clear_caches()
-    at = app_test(timeout=60).run()
-    before = metrics(at)
-    assert before["Events"] and not at.warning
+    root, db = warehouse_copy(dashboard_sample, tmp_path)
+    with dashboard_on(root, monkeypatch) as at:
+        before = metrics(at)
+        assert before["Events"] and not at.warning
 
-    db.write_bytes(b"not a database" * 1000)
-    at.run()
-    assert not at.exception and not at.metric and not at.warning
-    assert [e.value for e in at.error] == [
-        f'**The warehouse cannot be read.** IO Error: The file "{db}" exists, but it is not a '
-        "valid DuckDB database file!"
-    ]
+        db.write_bytes(b"not a database" * 1000)
+        at.run()
+        assert not at.exception and not at.metric and not at.warning
+        assert [e.value for e in at.error] == [
+            f'**The warehouse cannot be read.** IO Error: The file "{db}" exists, but it is not a '
+            "valid DuckDB database file!"
+        ]
 
-    shutil.copy(good, db)
-    at.run()
-    assert_clean(at)
-    assert metrics(at) == before and not at.warning
-    db.unlink()
-    at.run()
-    assert_clean(at)
-    assert not at.metric and not at.warning
-    assert [i.value for i in at.info] == [
-        f"**The warehouse is not built yet.** {db} does not exist yet: run `cip run` to build it."
-    ]
-
-    # Built again, its writer still holding it: what the deleted file held is not shown.
-    shutil.copy(good, db)
-    with writer_holding(db):
+        shutil.copy(good, db)
         at.run()
         assert_clean(at)
-        assert not at.metric
-        warnings = [w.value for w in at.warning]
-        assert any("being refreshed" in w for w in warnings), warnings
-        assert not any("Refreshing" in w for w in warnings)
-    at.run()
-    assert_clean(at)
-    assert metrics(at) == before and not at.warning
-    data.clear_caches()
+        assert metrics(at) == before and not at.warning
+        db.unlink()
+        at.run()
+        assert_clean(at)
+        assert not at.metric and not at.warning
+        assert [i.value for i in at.info] == [
+            f"**The warehouse is not built yet.** {db} does not exist yet: run `cip run` to "
+            "build it."
+        ]
+
+        # Built again, its writer still holding it: what the deleted file held is not shown.
+        shutil.copy(good, db)
+        with writer_holding(db):
+            at.run()
+            assert_clean(at)
+            assert not at.metric
+            warnings = [w.value for w in at.warning]
+            assert any("being refreshed" in w for w in warnings), warnings
+            assert not any("Refreshing" in w for w in warnings)
+        at.run()
+        assert_clean(at)
+        assert metrics(at) == before and not at.warning
 
 
 def test_measure_pages_reports_every_page(

@@ -25,7 +25,7 @@ from cip_pipeline.assets.core import (
     user_days_digest,
 )
 from cip_pipeline.budget import Budget
-from cip_pipeline.io_managers import Chunk, SqlQuery, fingerprint
+from cip_pipeline.io_managers import Chunk, SqlQuery, TableName, fingerprint
 from cip_pipeline.io_managers.model_io_manager import (
     RegisteredModel,
     TrainedModel,
@@ -301,7 +301,7 @@ def propensity_model(
     t0 = time.perf_counter()
     threads = Budget.from_env().threads_per_run
     with warehouse.connect(read_only=True) as con:
-        if not con.execute(sql.statement("ml", "features_exist")).fetchall()[0][0]:
+        if not TableName.of(FEATURES_KEY).exists(con):
             # never built: its last run skipped (no events) or never ran
             yield from _skipped_model(
                 context, "ml.propensity_features does not exist: materialize it first"

@@ -2,7 +2,7 @@
 
 from cip_pipeline.io_managers.polars_io_manager import DuckDBPolarsIOManager
 from cip_pipeline.io_managers.sql_io_manager import DuckDBSqlIOManager, SqlQuery, SqlTable
-from cip_pipeline.io_managers.tables import Chunk, fingerprint
+from cip_pipeline.io_managers.tables import Chunk, TableName, fingerprint
 
 __all__ = [
     "Chunk",
@@ -10,5 +10,6 @@ __all__ = [
     "DuckDBSqlIOManager",
     "SqlQuery",
     "SqlTable",
+    "TableName",
     "fingerprint",
 ]

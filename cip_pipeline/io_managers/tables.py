@@ -36,6 +36,14 @@ class TableName:
     def qualified(self) -> str:
         return f'"{self.schema}"."{self.table}"'
 
+    def exists(self, con: duckdb.DuckDBPyConnection) -> bool:
+        found = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? "
+            "AND table_name = ?",
+            [self.schema, self.table],
+        ).fetchall()
+        return found[0][0] > 0
+
 
 @dataclass(frozen=True)
 class TimeSlice:
@@ -111,11 +119,7 @@ def reusable(
         for i, c in enumerate(chunks)
         if c.fingerprint is not None and c.keep is not None and c.fingerprint in recorded_rows
     ]
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [name.schema, name.table],
-    ).fetchone()[0]
-    if not candidates or not exists:
+    if not candidates or not name.exists(con):
         return {}
     scope = f"({part.predicate()}) AND " if part else ""
     counts = ", ".join(f"count(*) FILTER (WHERE {chunks[i].keep}) AS c{i}" for i in candidates)

@@ -218,10 +218,6 @@ WHERE snapshot = TIMESTAMP '{snapshot}'
   AND hash(user_id, snapshot) % 1000000 < {per_million}
 ORDER BY user_id
 
--- name: features_exist
-SELECT count(*) > 0 FROM information_schema.tables
-WHERE table_schema = 'ml' AND table_name = 'propensity_features'
-
 -- name: snapshot_sizes
 -- idle: users with no event in the feature window
 SELECT snapshot, role, count(*) AS users, count(*) FILTER (WHERE label) AS positives,
