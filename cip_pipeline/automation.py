@@ -175,6 +175,10 @@ def _read_cursor(
     "held still for one tick (no half-copied file).",
 )
 def raw_file_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
+    if not Path(lake.raw_dir).is_dir():
+        # An unmounted share or a folder being moved: seen as empty, its files would all look
+        # new when it came back and every month would be rebuilt.
+        return dg.SensorResult(skip_reason=f"raw folder {lake.raw_dir} not found: cursor kept")
     now = month_files(lake)
     seen, requested = _read_cursor(context.cursor, now)
     runs = []
@@ -194,7 +198,8 @@ def raw_file_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> 
             )
         )
         requested[month] = entry
-    requested = {m: e for m, e in requested.items() if m in now}
+    # A month's file gone is no change to request; kept, its entry means that the same file
+    # back (a share remounted empty for a while) is no change either.
     return dg.SensorResult(
         run_requests=runs,
         cursor=json.dumps({"version": CURSOR_VERSION, "seen": now, "requested": requested}),

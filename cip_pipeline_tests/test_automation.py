@@ -219,3 +219,35 @@ def test_nightly_schedule_skips_a_current_month_that_is_not_a_partition(
     with dg.build_schedule_context(resources={"lake": lake}, repository_def=repository) as ctx:
         data = schedule.evaluate_tick(ctx)
     assert [r.partition_key for r in data.run_requests or []] == ["2019-11-01"]
+
+
+def test_a_raw_folder_gone_for_a_while_requests_nothing_when_it_is_back(tmp_path: Path) -> None:
+    """A share unmounted (its folder missing, or left empty) for some ticks: the same files back
+    are no change; a file changed meanwhile still is."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lake = LakeResource(raw_dir=str(raw), lake_dir=str(tmp_path / "lake"))
+    for name in ("2019-Oct.csv", "2019-Nov.csv"):
+        (raw / name).write_text("header\n")
+    started = _stable(lake, None)
+    assert sorted(r.partition_key for r in started.run_requests) == ["2019-10-01", "2019-11-01"]
+
+    away = tmp_path / "away"
+    raw.rename(away)
+    missing = _tick(lake, started.cursor)
+    assert missing.run_requests == [] and missing.cursor is None
+    assert missing.skip_reason is not None and "not found" in str(missing.skip_reason)
+    away.rename(raw)
+    assert _stable(lake, started.cursor).run_requests == []
+
+    raw.rename(away)
+    raw.mkdir()  # the empty mount point
+    empty = _stable(lake, started.cursor)
+    assert empty.run_requests == []
+    raw.rmdir()
+    away.rename(raw)
+    back = _stable(lake, empty.cursor)
+    assert back.run_requests == []
+
+    (raw / "2019-Nov.csv").write_text("header\nlate row\n")
+    assert [r.partition_key for r in _stable(lake, back.cursor).run_requests] == ["2019-11-01"]
