@@ -4,17 +4,20 @@ dashboard's fixed sample of buyers."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import polars as pl
 import pytest
 
 from cip_pipeline import sql
-from cip_pipeline.assets.analytics import rfm_segments_query
+from cip_pipeline.assets.analytics import cohort_retention_checks, rfm_segments_query
 from cip_pipeline.assets.ml import snapshot_selects
 from cip_pipeline.ml import propensity as prop
+from cip_pipeline.resources import WarehouseResource
 from cip_pipeline_tests import warehouse_oracle as oracle
 from cip_pipeline_tests.warehouse_sample import (
     WarehouseSample,
@@ -359,3 +362,37 @@ def test_rfm_landscape_sample_does_not_depend_on_row_order() -> None:
     assert _landscape(users) == expected
     assert _landscape(shuffled) == expected
     assert _landscape(users[:150]) == set(users[:150])  # fewer buyers than the sample: all
+
+
+def test_the_cohort_check_counts_each_cohort_from_the_events(
+    mid_week: WarehouseSample, tmp_path: Path
+) -> None:
+    """A user moved from the cohort of Sep 30 to that of Oct 7 keeps every total and every
+    rate in range: only counting each cohort's first events again finds it."""
+    db = tmp_path / "cip.duckdb"
+    shutil.copy(mid_week.root / "warehouse" / "cip.duckdb", db)
+    warehouse = WarehouseResource(path=str(db))
+
+    def results() -> dict[str, dg.AssetCheckResult]:
+        return {r.check_name: r for r in cohort_retention_checks(warehouse=warehouse)}
+
+    assert results()["consistent"].passed
+    with duckdb.connect(str(db)) as con:
+        # the hand-worked cohorts: Sep 30 has users 1, 2, 3 and Oct 7 users 4..7
+        sizes = con.execute(
+            "SELECT cohort_week, cohort_users FROM analytics.cohort_retention "
+            "WHERE cohort_kind = 'activity' AND weeks_since = 0 ORDER BY 1"
+        ).fetchall()
+        assert sizes == [(date(2019, 9, 30), 3), (date(2019, 10, 7), 4), (date(2019, 10, 14), 1)]
+        con.execute(
+            "UPDATE analytics.cohort_retention SET cohort_users = cohort_users "
+            "+ CASE WHEN cohort_week = DATE '2019-09-30' THEN -1 ELSE 1 END, "
+            "active_users = active_users "
+            "+ CASE WHEN cohort_week = DATE '2019-09-30' THEN -1 ELSE 1 END "
+            "WHERE cohort_kind = 'activity' AND weeks_since = 0 "
+            "AND cohort_week IN (DATE '2019-09-30', DATE '2019-10-07')"
+        )
+    consistent = results()["consistent"]
+    assert not consistent.passed
+    assert consistent.metadata["cohorts_mismatched"].value == 2
+    assert consistent.metadata["rates_out_of_range"].value == 0

@@ -157,3 +157,25 @@ def test_empty_tables_reconcile_with_empty_events() -> None:
             if k.startswith(("day_", "dim_"))
         }
         assert pairs and reconcile(pairs)[0], (name, pairs)
+
+
+def test_a_month_without_events_heads_its_kpis_with_zero_counts() -> None:
+    """The month's figures over no daily rows: counts 0 (as the month has none), rates NULL
+    (no denominator), not NULL counts beside a revenue of 0."""
+    con = duckdb.connect()
+    con.execute(
+        "CREATE VIEW written AS SELECT * FROM (VALUES (0::BIGINT, 0::BIGINT, 0::BIGINT, "
+        "0::BIGINT, 0::DECIMAL(18, 2), 0::BIGINT, 0::BIGINT)) AS t(events, views, carts, "
+        "purchases, revenue, sessions, converting_sessions) WHERE false"
+    )
+    row = fetch_row(con, sql.statement("core", "month_headline"))
+    assert row == {
+        "month_events": 0,
+        "month_purchases": 0,
+        "month_revenue": 0.0,
+        "month_average_order_value": None,
+        "month_view_to_cart_rate": None,
+        "month_cart_to_purchase_rate": None,
+        "month_sessions": 0,
+        "month_session_conversion_rate": None,
+    }

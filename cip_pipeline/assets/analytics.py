@@ -250,8 +250,9 @@ def cohort_retention(user_days: SqlTable) -> SqlQuery:
         check_spec(
             "consistent",
             COHORT_RETENTION,
-            "Retention in [0, 1] and 1 in week 0; cohorts hold every user (activity) and "
-            "every buyer (purchase) of core.events exactly once.",
+            "Retention in [0, 1]; each cohort holds the users of core.events "
+            "whose first event (activity) or first purchase (purchase) falls in its week, so "
+            "that every user and every buyer is in exactly one.",
             monthly_partitions=False,
         ),
     ],
@@ -268,7 +269,7 @@ def cohort_retention_checks(warehouse: WarehouseResource) -> Iterator[dg.AssetCh
             "cohort_buyers": (row["cohort_buyers"], row["buyers"]),
         }
     )
-    in_range, counts = zero_counts(row, ["rates_out_of_range", "incomplete_first_weeks"])
+    in_range, counts = zero_counts(row, ["rates_out_of_range", "cohorts_mismatched"])
     yield dg.AssetCheckResult(
         check_name="consistent", passed=passed and in_range, metadata={**metadata, **counts}
     )

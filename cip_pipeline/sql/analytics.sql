@@ -509,20 +509,37 @@ SELECT (SELECT count(*) - count(DISTINCT (dimension, key, step)) FROM f) AS dupl
            AS category_sessions
 
 -- name: check_cohort_retention
-WITH c AS (SELECT * FROM analytics.cohort_retention)
+-- Each cohort's size against the users whose first event (first purchase) falls in its week,
+-- counted from core.events rather than from the user-days the table was built from.
+WITH c AS (SELECT * FROM analytics.cohort_retention),
+firsts AS (
+    SELECT date_trunc('week', min(event_time))::DATE AS first_week,
+           date_trunc('week', min(event_time) FILTER (WHERE event_type = 'purchase'))::DATE
+               AS first_purchase_week
+    FROM core.events
+    GROUP BY user_id
+),
+expected AS (
+    SELECT 'activity' AS cohort_kind, first_week AS cohort_week, count(*) AS users
+    FROM firsts GROUP BY ALL
+    UNION ALL
+    SELECT 'purchase', first_purchase_week, count(*)
+    FROM firsts WHERE first_purchase_week IS NOT NULL GROUP BY ALL
+)
 SELECT (SELECT count(*) - count(DISTINCT (cohort_kind, cohort_week, weeks_since)) FROM c)
            AS duplicated_keys,
        (SELECT count(*) FROM c WHERE NOT (retention_rate BETWEEN 0 AND 1)
            OR active_users > cohort_users) AS rates_out_of_range,
-       (SELECT count(*) FROM c WHERE weeks_since = 0 AND active_users <> cohort_users)
-           AS incomplete_first_weeks,
+       (SELECT count(*)
+        FROM (SELECT * FROM c WHERE weeks_since = 0) AS w
+        FULL JOIN expected AS e USING (cohort_kind, cohort_week)
+        WHERE w.cohort_users IS DISTINCT FROM e.users) AS cohorts_mismatched,
        (SELECT coalesce(sum(cohort_users), 0) FROM c
         WHERE cohort_kind = 'activity' AND weeks_since = 0) AS cohort_users,
-       (SELECT count(DISTINCT user_id) FROM core.events) AS users,
+       (SELECT coalesce(sum(users), 0) FROM expected WHERE cohort_kind = 'activity') AS users,
        (SELECT coalesce(sum(cohort_users), 0) FROM c
         WHERE cohort_kind = 'purchase' AND weeks_since = 0) AS cohort_buyers,
-       (SELECT count(DISTINCT user_id) FROM core.events WHERE event_type = 'purchase')
-           AS buyers
+       (SELECT coalesce(sum(users), 0) FROM expected WHERE cohort_kind = 'purchase') AS buyers
 
 -- name: check_rfm_segments
 WITH r AS (SELECT * FROM analytics.rfm_segments)

@@ -351,11 +351,13 @@ ORDER BY d.day
 
 -- name: month_headline
 -- Over the daily KPIs just written (the view `written`, see SqlQuery.headline): the month's
--- figures, with no second pass over its events and sessions.
+-- figures, with no second pass over its events and sessions. A month without events counts 0
+-- of each (sums over no rows are NULL); its rates stay NULL.
 WITH m AS (
-    SELECT sum(events) AS events, sum(views) AS views, sum(carts) AS carts,
-           sum(purchases) AS purchases, coalesce(sum(revenue), 0)::DOUBLE AS revenue,
-           sum(sessions) AS sessions, sum(converting_sessions) AS converting
+    SELECT coalesce(sum(events), 0) AS events, coalesce(sum(views), 0) AS views,
+           coalesce(sum(carts), 0) AS carts, coalesce(sum(purchases), 0) AS purchases,
+           coalesce(sum(revenue), 0)::DOUBLE AS revenue, coalesce(sum(sessions), 0) AS sessions,
+           coalesce(sum(converting_sessions), 0) AS converting
     FROM written
 )
 SELECT events::BIGINT AS month_events,
