@@ -40,3 +40,9 @@ def raw_file(folder: Path, month: str) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def shadowed_raw_file(folder: Path, month: str) -> Path | None:
+    """The month's `.csv.gz` in `folder` when its `.csv` is there too, and so read instead."""
+    csv, gz = (folder / (raw_file_name(month) + suffix) for suffix in (".csv", ".csv.gz"))
+    return gz if csv.exists() and gz.exists() else None

@@ -327,6 +327,16 @@ def run_months(
     return summaries
 
 
+def notes(lake: LakeResource, months: Iterable[str]) -> list[str]:
+    """What `cip run` says before it runs `months`: a raw file it will not read."""
+    said = []
+    for month in months:
+        read, shadowed = lake.raw_file(month), lake.shadowed_raw_file(month)
+        if read is not None and shadowed is not None:
+            said.append(f"note {month}: {ingest.shadowed_note(read, shadowed)}")
+    return said
+
+
 def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     """Materialize the partitions of `months` (default: every month with a raw file), then
     the assets over all months. Returns the process exit code."""
@@ -358,6 +368,8 @@ def run_pipeline(months: list[str] | None = None, out: TextIO = sys.stdout) -> i
     if not todo:
         print(f"nothing to run: no raw file of a partition month in {lake.raw_dir}", file=out)
         return 1
+    for note in notes(lake, todo):
+        print(note, file=out)
     defs = definitions.build_definitions()
     t_all = time.perf_counter()
     summaries = run_months(defs, instance, todo, out)

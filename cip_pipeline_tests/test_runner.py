@@ -3,6 +3,7 @@ under it."""
 
 from __future__ import annotations
 
+import gzip
 import io
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import dagster as dg
 import pytest
 
 from cip_pipeline import definitions
-from cip_pipeline.runner import execute, message_head, print_summary, run_months
+from cip_pipeline.resources import LakeResource
+from cip_pipeline.runner import execute, message_head, notes, print_summary, run_months
 from cip_pipeline_tests.test_core_session_boundary import HEADER
 
 
@@ -76,3 +78,31 @@ def test_an_error_of_user_code_is_reported_as_raised_not_as_its_cause() -> None:
 )
 def test_a_message_head_names_what_a_colon_announces(message: str, head: str) -> None:
     assert message_head(message, "Broken") == head
+
+
+def test_a_csv_gz_beside_its_csv_is_named_as_not_read(tmp_path: Path) -> None:
+    """Real .csv.gz files dropped beside the sample's .csv: the .csv is what loads, and both
+    `cip run` and the step say which file is not read instead of loading the old one
+    silently."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    row = "2019-10-01 00:00:0{} UTC,view,1,2,,,1.00,3,72d76fde-8bb3-4e00-8c23-a032dfed738c"
+    (raw / "2019-Oct.csv").write_text(f"{HEADER}\n{row.format(1)}\n")
+    with gzip.open(raw / "2019-Oct.csv.gz", "wt") as gz:
+        gz.write(f"{HEADER}\n{row.format(1)}\n{row.format(2)}\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIP_DATA_DIR", str(tmp_path))
+        lake = LakeResource()
+        defs = definitions.build_definitions()
+        assert notes(lake, ["2019-10"]) == [
+            "note 2019-10: 2019-Oct.csv.gz is not read: 2019-Oct.csv is there too, and a "
+            "month's .csv is read before its .csv.gz (remove the one not meant)"
+        ]
+    instance = dg.DagsterInstance.ephemeral()
+    summaries = run_months(defs, instance, ["2019-10"], io.StringIO())
+    assert all(s.success for s in summaries)
+    record = instance.fetch_materializations(dg.AssetKey("events_parquet"), limit=1).records[0]
+    metadata = record.asset_materialization.metadata
+    assert metadata["raw_file"].value == str(raw / "2019-Oct.csv")
+    assert metadata["raw_file_not_read"].value == str(raw / "2019-Oct.csv.gz")
+    assert metadata["rows_loaded"].value == 1  # the .csv's one row, not the .gz's two

@@ -43,6 +43,13 @@ def _raw_file(lake: LakeResource, partition_key: str) -> Path:
     return raw
 
 
+def shadowed_note(read: Path, shadowed: Path) -> str:
+    return (
+        f"{shadowed.name} is not read: {read.name} is there too, and a month's .csv is read "
+        "before its .csv.gz (remove the one not meant)"
+    )
+
+
 def _lake_counts(lake: LakeResource, month: str) -> tuple[int, dict[str, int]]:
     """Rows in the month's events Parquet (from the parts' footers), and quarantined rows by
     reason."""
@@ -107,11 +114,13 @@ def events_parquet(
             "after them and were not read: a line still being written is read by the next run "
             "once it ends; a finished file needs a final newline for its last row to load"
         )
-    gzip_bytes = (
-        {"raw_gzip_bytes": dg.MetadataValue.int(raw.stat().st_size)}
-        if raw.name.endswith(".gz")
-        else {}
-    )
+    raw_extra: dict[str, dg.MetadataValue] = {}
+    if raw.name.endswith(".gz"):
+        raw_extra["raw_gzip_bytes"] = dg.MetadataValue.int(raw.stat().st_size)
+    shadowed = lake.shadowed_raw_file(month)
+    if shadowed is not None:
+        context.log.warning(shadowed_note(raw, shadowed))
+        raw_extra["raw_file_not_read"] = dg.MetadataValue.path(str(shadowed))
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(result.rows_valid),
@@ -132,7 +141,7 @@ def events_parquet(
             ),
             "raw_file": dg.MetadataValue.path(str(raw)),
             "raw_bytes": dg.MetadataValue.int(raw_bytes),
-            **gzip_bytes,
+            **raw_extra,
             "raw_bytes_pending": dg.MetadataValue.int(result.pending_bytes),
             "parquet": dg.MetadataValue.path(str(lake.events_dir(month))),
             "parquet_parts": dg.MetadataValue.int(len(parts)),
