@@ -1187,10 +1187,12 @@ def _model_skip_reason(db: Path) -> str:
 
 def test_the_model_says_whether_history_or_buyers_are_missing(tmp_path: Path) -> None:
     def features(db: Path, last: str, snapshots: list[tuple[str, str]], users: int) -> None:
+        # an event every day from Oct 1 to `last`: a day without one would leave cutoffs out
+        days = (datetime.fromisoformat(last) - datetime(2019, 10, 1)).days + 1
         con = _hand_warehouse(
             [
-                ("2019-10-01 10:00:00", "view", 1, 1, None, 1, "a"),
-                (last, "view", 1, 1, None, 1, "b"),
+                (f"{datetime(2019, 10, 1, 10) + timedelta(days=n)}", "view", 1, 1, None, 1, "a")
+                for n in range(days)
             ],
             db,
         )

@@ -48,18 +48,24 @@ MIN_BUYERS = 200
 
 
 class PropensityConfig(dg.Config):
-    horizon_days: int = 14
+    horizon_days: int = Field(
+        default=14, ge=1, description="label window: purchases in the days from the cutoff"
+    )
     window_days: int = Field(
         default=28, ge=14, description="feature window; holds the 7-day and prior 7-day features"
     )
 
 
-def _plan(warehouse: WarehouseResource, config: PropensityConfig) -> prop.SnapshotPlan | None:
-    with warehouse.connect(read_only=True) as con:
-        first, last = con.execute(sql.statement("ml", "data_range")).fetchall()[0]
+def _plan(
+    con: duckdb.DuckDBPyConnection, horizon_days: int, window_days: int
+) -> prop.SnapshotPlan | None:
+    """The snapshots the data holds now: from its first and last event, leaving out the
+    cutoffs whose windows hold a day without user-days (a missing month); None when empty."""
+    first, last = con.execute(sql.statement("ml", "data_range")).fetchall()[0]
     if first is None:
         return None
-    return prop.plan_snapshots(first, last, config.horizon_days, config.window_days)
+    days = [day for (day,) in con.execute(sql.statement("ml", "event_days")).fetchall()]
+    return prop.plan_snapshots(first, last, horizon_days, window_days, days_with_events=days)
 
 
 @dg.asset(
@@ -77,12 +83,18 @@ def _plan(warehouse: WarehouseResource, config: PropensityConfig) -> prop.Snapsh
 def propensity_features(
     context: dg.AssetExecutionContext, config: PropensityConfig, warehouse: WarehouseResource
 ) -> Iterator[dg.Output[SqlQuery] | dg.AssetObservation]:
-    plan = _plan(warehouse, config)
+    with warehouse.connect(read_only=True) as con:
+        plan = _plan(con, config.horizon_days, config.window_days)
     if plan is None:
         reason = "core.events is empty: no snapshot to build"
         context.log.info(f"skipped: {reason}")
         yield skipped(FEATURES_KEY, reason)
         return
+    if plan.left_out:
+        context.log.warning(
+            f"{len(plan.left_out)} labelled snapshots left out: their windows hold days "
+            f"without events ({prop.describe_runs(plan.missing_days)})"
+        )
     with warehouse.connect(read_only=True) as con:
         inputs = con.execute(
             sql.statement(
@@ -92,11 +104,7 @@ def propensity_features(
             )
         ).fetchall()
         inputs += straddling_inputs(con, plan)
-        split = (
-            "possible"
-            if plan.usable
-            else f"not possible: {history_shortfall(plan.horizon_days, _data_days(con))}"
-        )
+        split = "possible" if plan.usable else f"not possible: {split_shortfall(plan, con)}"
     unusable = dim_users_unusable(context.instance, plan, inputs)
     chunks = snapshot_chunks(plan, inputs, users_current=unusable is None)
     yield dg.Output(
@@ -117,6 +125,20 @@ def _data_days(con: duckdb.DuckDBPyConnection) -> int:
     """The whole days core.events spans, its first and last included (0 when empty)."""
     first, last = con.execute(sql.statement("ml", "data_range")).fetchall()[0]
     return 0 if first is None else (last.date() - first.date()).days + 1
+
+
+def split_shortfall(plan: prop.SnapshotPlan, con: duckdb.DuckDBPyConnection) -> str:
+    """Why the plan holds no out-of-time split: the cutoffs that days without events left
+    out, or else too short a history."""
+    if not plan.left_out:
+        return history_shortfall(plan.horizon_days, _data_days(con))
+    return (
+        f"{len(plan.left_out)} labelled cutoffs ({plan.left_out[0]:%Y-%m-%d} to "
+        f"{plan.left_out[-1]:%Y-%m-%d}) are left out, their feature or label windows holding "
+        f"days without events in core.fact_user_days ({prop.describe_runs(plan.missing_days)});"
+        " the cutoffs left give no training snapshot whose label window ends by a later "
+        "validation cutoff"
+    )
 
 
 def history_shortfall(horizon_days: int, days: int) -> str:
@@ -318,9 +340,13 @@ def propensity_model(
             reason = "ml.propensity_features holds no snapshot"
         elif not train_snaps or not val_snaps:
             horizon = int(sizes["horizon_days"].min())
-            reason = "not enough history for an out-of-time split: " + history_shortfall(
-                horizon, _data_days(con)
-            )
+            current = _plan(con, horizon, int(sizes["window_days"].min()))
+            if current is not None and current.left_out:
+                reason = "no out-of-time split: " + split_shortfall(current, con)
+            else:
+                reason = "not enough history for an out-of-time split: " + history_shortfall(
+                    horizon, _data_days(con)
+                )
         elif positives == 0:
             reason = (
                 f"no buyer in any labelled snapshot ({int(labelled['users'].sum())} users "
@@ -330,7 +356,10 @@ def propensity_model(
         if reason is not None:
             yield from _skipped_model(context, reason)
             return
-        plan = stored_plan(sizes)
+        # what the data holds now: which cutoffs its days without events leave out
+        plan = stored_plan(
+            sizes, _plan(con, int(sizes["horizon_days"].min()), int(sizes["window_days"].min()))
+        )
         users = dict(zip(sizes["snapshot"].to_list(), sizes["users"].to_list(), strict=True))
         # training and scored users differ: none is idle in an early training window
         idle = {
@@ -413,17 +442,21 @@ def propensity_model(
     yield from _model_outputs(trained, idle, time.perf_counter() - t0)
 
 
-def stored_plan(sizes: pl.DataFrame) -> prop.SnapshotPlan:
+def stored_plan(sizes: pl.DataFrame, current: prop.SnapshotPlan | None = None) -> prop.SnapshotPlan:
     """The plan the stored snapshots were built by (`snapshot_sizes`: their cutoffs by role,
-    and the horizon and window each records), for the windows the model registers."""
+    and the horizon and window each records), for the windows the model registers, with the
+    days without events of the `current` plan and the cutoffs they leave out (none stored)."""
     rows = sizes.select("snapshot", "role").rows()
     validation = max((s for s, r in rows if r == "validation"), default=None)
+    stored = {s for s, _ in rows}
     return prop.SnapshotPlan(
         train=sorted(s for s, r in rows if r == "train"),
         validation=validation,
         score=max((s for s, r in rows if r == "score"), default=max(s for s, _ in rows)),
         horizon_days=int(sizes["horizon_days"].min()),
         window_days=int(sizes["window_days"].min()),
+        missing_days=current.missing_days if current else (),
+        left_out=tuple(c for c in current.left_out if c not in stored) if current else (),
     )
 
 
@@ -538,14 +571,20 @@ def propensity_scores(
 
 
 class AffinityConfig(dg.Config):
-    min_pair_support: int = 5  # baskets holding both products (the seed's default)
+    # 5: the seed's default
+    min_pair_support: int = Field(default=5, ge=1, description="baskets holding both products")
     min_lift: float = 1.2
-    max_basket: int = 50
-    horizon_days: int = 14
+    # a pair needs two products in a basket
+    max_basket: int = Field(default=50, ge=2, description="larger baskets are left out")
+    horizon_days: int = Field(
+        default=14, ge=1, description="user baskets' bucket and the evaluation's label window"
+    )
     # Co-views come from sessions viewing 2 to this many products. Long sessions add pairs
     # quadratically: at 110 M events, 10 made the offline evaluation 39.6 -> 24.1 s but hit
     # rate at 10 fell 0.0664 -> 0.0641 (14: 30.1 s, 0.0654).
-    max_session_views: int = 20
+    max_session_views: int = Field(
+        default=20, ge=2, description="co-views come from sessions viewing 2 to this many"
+    )
 
 
 NO_CUTOFF = "9999-12-31 00:00:00"
@@ -632,7 +671,8 @@ def published_rule_settings(
     "fallback is all a cold-start product (no rule, no co-view) gets, and it fills the rest "
     "of any product short of 10. Evaluated out of time against global popularity, on the "
     "next window's purchases other than the product each user last touched, with the rules "
-    "made as ml/product_affinity's were.",
+    "made as ml/product_affinity's were. The metadata counts the products, those with no "
+    "recommendation (alone in their category, with no rule or co-view) and those with 1 to 9.",
 )
 def recommendations(
     context: dg.AssetExecutionContext, config: AffinityConfig, warehouse: WarehouseResource
@@ -656,7 +696,13 @@ def recommendations(
             metadata[EVALUATION_FINGERPRINT] = dg.MetadataValue.text(inputs)
         else:
             metadata[EVALUATION] = dg.MetadataValue.text("skipped: no labelled window")
-    yield dg.Output(SqlQuery(recommendations_sql(config, "ml.product_affinity")), metadata=metadata)
+    # products, products_without_recommendations, products_short_of_10: counted on the rows
+    # written (recommendations_headline)
+    query = SqlQuery(
+        recommendations_sql(config, "ml.product_affinity"),
+        headline=sql.statement("ml", "recommendations_headline"),
+    )
+    yield dg.Output(query, metadata=metadata)
 
 
 def _offline_evaluation(

@@ -5,8 +5,9 @@ Plain functions on small frames (the sampled feature matrix); no Dagster inside.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import lightgbm as lgb
@@ -84,13 +85,43 @@ def min_days_of_data(
     return warmup_days + -(-horizon_days // step_days) * step_days + horizon_days
 
 
+def day_runs(days: Sequence[date]) -> list[dict[str, object]]:
+    """Sorted days as runs of consecutive ones ({from, to, days}): a missing month is one
+    entry, not thirty."""
+    runs: list[dict[str, object]] = []
+    start = previous = None
+    for day in [*days, None]:
+        if day is not None and previous is not None and day == previous + timedelta(days=1):
+            previous = day
+            continue
+        if start is not None and previous is not None:
+            runs.append(
+                {
+                    "from": f"{start:%Y-%m-%d}",
+                    "to": f"{previous:%Y-%m-%d}",
+                    "days": (previous - start).days + 1,
+                }
+            )
+        start = previous = day
+    return runs
+
+
+def describe_runs(days: Sequence[date]) -> str:
+    """Runs of days in words: "2019-11-01 to 2019-11-30, 2019-12-24"."""
+    return ", ".join(
+        str(r["from"]) if r["days"] == 1 else f"{r['from']} to {r['to']}" for r in day_runs(days)
+    )
+
+
 @dataclass(frozen=True)
 class SnapshotPlan:
     """Weekly cutoffs (midnights). Training snapshots' label windows end on or before the
     validation cutoff; the validation snapshot is the latest labelled one; the scoring
     snapshot is the end of the data. Labelled cutoffs between the last training one and the
     validation one (Nov 5 with two months) are neither: their label windows run past the
-    validation cutoff. They are not built (`not_built`)."""
+    validation cutoff. They are not built (`not_built`). Labelled cutoffs whose feature or
+    label window holds a day without events inside the data (`missing_days`) are not built
+    either (`left_out`): that day would read as no purchase and no activity."""
 
     train: list[datetime]
     validation: datetime | None
@@ -100,6 +131,8 @@ class SnapshotPlan:
     step_days: int = STEP_DAYS
     # The first labelled cutoff; only needed to list `not_built` when no cutoff trains.
     first_cutoff: datetime | None = None
+    missing_days: tuple[date, ...] = ()
+    left_out: tuple[datetime, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -107,17 +140,23 @@ class SnapshotPlan:
 
     @property
     def not_built(self) -> list[datetime]:
-        """Labelled cutoffs in no snapshot: those after the last training cutoff (or from the
-        first cutoff, when none trains) and before the validation one."""
+        """Labelled cutoffs in no snapshot for their label window: those after the last
+        training cutoff (or from the first cutoff, when none trains) and before the validation
+        one, other than those `left_out`."""
         if self.validation is None:
             return []
         step = timedelta(days=self.step_days)
         cutoff = self.train[-1] + step if self.train else self.first_cutoff
-        left_out = []
+        not_built = []
         while cutoff is not None and cutoff < self.validation:
-            left_out.append(cutoff)
+            if cutoff not in self.left_out:
+                not_built.append(cutoff)
             cutoff += step
-        return left_out
+        return not_built
+
+    def missing_between(self, since: datetime, until: datetime) -> list[date]:
+        """The days without events in [since, until)."""
+        return [d for d in self.missing_days if since.date() <= d < until.date()]
 
     def cutoffs(self) -> list[tuple[datetime, str, bool]]:
         """(cutoff, role, labelled) of every snapshot, oldest first."""
@@ -131,7 +170,9 @@ class SnapshotPlan:
         """What each snapshot reads, as days (midnights; a `_before` day is left out): the
         windowed features from `window_from`, the all-time ones (tenure, recency, prior
         purchase, purchases, revenue, RFM) from the first day of the data, all before the
-        cutoff; the label from the cutoff to `label_before`."""
+        cutoff; the label from the cutoff to `label_before`. The cutoffs not built, and why;
+        the days without events inside the data, and those in the score snapshot's window
+        (it is built all the same: the scores are of the end of the data)."""
         h, w = timedelta(days=self.horizon_days), timedelta(days=self.window_days)
         return {
             "horizon_days": self.horizon_days,
@@ -156,6 +197,21 @@ class SnapshotPlan:
                 }
                 for c in self.not_built
             ],
+            "days_without_events": day_runs(self.missing_days),
+            "left_out": [
+                {
+                    "cutoff": f"{c:%Y-%m-%d}",
+                    "window_from": f"{c - w:%Y-%m-%d}",
+                    "label_before": f"{c + h:%Y-%m-%d}",
+                    "days_without_events": day_runs(self.missing_between(c - w, c + h)),
+                    "why": "its feature or label window holds days without events: they "
+                    "would read as no purchase and no activity",
+                }
+                for c in self.left_out
+            ],
+            "score_window_days_without_events": day_runs(
+                self.missing_between(self.score - w, self.score)
+            ),
         }
 
 
@@ -166,16 +222,28 @@ def plan_snapshots(
     window_days: int = 28,
     step_days: int = STEP_DAYS,
     warmup_days: int = WARMUP_DAYS,
+    days_with_events: Collection[date] | None = None,
 ) -> SnapshotPlan:
     """Cutoffs every `step_days` from `warmup_days` after the first event; a cutoff is
-    labelled when its whole horizon lies inside the data."""
+    labelled when its whole horizon lies inside the data. Given `days_with_events`, a labelled
+    cutoff whose feature or label window holds a day from the first to the last without
+    events is left out (without them, every day is taken to have some)."""
     start = datetime(first.year, first.month, first.day) + timedelta(days=warmup_days)
     end = datetime(last.year, last.month, last.day) + timedelta(days=1)  # day after the data
-    horizon = timedelta(days=horizon_days)
-    labelled = []
+    horizon, window = timedelta(days=horizon_days), timedelta(days=window_days)
+    missing: tuple[date, ...] = ()
+    if days_with_events is not None:
+        present = set(days_with_events)
+        span = (last.date() - first.date()).days + 1
+        every = (first.date() + timedelta(days=n) for n in range(span))
+        missing = tuple(d for d in every if d not in present)
+    labelled, left_out = [], []
     cutoff = start
     while cutoff + horizon <= end:
-        labelled.append(cutoff)
+        reads_missing = any(
+            cutoff - window <= datetime(d.year, d.month, d.day) < cutoff + horizon for d in missing
+        )
+        (left_out if reads_missing else labelled).append(cutoff)
         cutoff += timedelta(days=step_days)
     validation = labelled[-1] if labelled else None
     train = [c for c in labelled[:-1] if validation and c + horizon <= validation]
@@ -187,6 +255,8 @@ def plan_snapshots(
         window_days,
         step_days,
         first_cutoff=labelled[0] if labelled else None,
+        missing_days=missing,
+        left_out=tuple(left_out),
     )
 
 

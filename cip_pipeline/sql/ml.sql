@@ -3,6 +3,11 @@
 -- name: data_range
 SELECT min(event_time), max(event_time) FROM core.events
 
+-- name: event_days
+-- The days with user-days (every event has a user), which the snapshots' windows read: a day
+-- inside the data without any would read as no purchase and no activity.
+SELECT DISTINCT day FROM core.fact_user_days ORDER BY day
+
 -- name: propensity_snapshot
 -- One snapshot: a row per user with an event before the cutoff, so that the score snapshot
 -- covers every user (a user idle in the window has zero window counts). A training snapshot
@@ -240,7 +245,9 @@ WHERE role = 'score'
 -- name: scores_from_staging
 -- Deciles by rank, ties sharing the first one's: users the model scores alike get one
 -- decile (the sample had 14% of its users on one score, which ntile split over three by
--- user_id). A decile holds about a tenth of the users, more where a tie crosses its edge.
+-- user_id). Without ties a decile holds a tenth of the users; a tie lies whole in the decile
+-- where it starts, so that one holds more and those it runs into fewer, none when it covers
+-- one whole.
 SELECT user_id,
        snapshot AS scored_as_of,
        score,
@@ -383,13 +390,14 @@ co_views AS (
                                recommended_product_id) <= 10
 ),
 popular AS (
-    SELECT product_id, category_id, brand,
+    -- Candidates chosen by the popularity they are then ranked by: chosen by purchases first,
+    -- a product of many views could rank first and yet not be among them.
+    SELECT product_id, category_id, brand, popularity,
            row_number() OVER (PARTITION BY category_id, brand
-                              ORDER BY purchases DESC, views DESC, product_id) AS brand_rank,
+                              ORDER BY popularity DESC, product_id) AS brand_rank,
            row_number() OVER (PARTITION BY category_id
-                              ORDER BY purchases DESC, views DESC, product_id) AS category_rank,
-           purchases + views / 100.0 AS popularity
-    FROM products
+                              ORDER BY popularity DESC, product_id) AS category_rank
+    FROM (SELECT *, purchases + views / 100.0 AS popularity FROM products)
 ),
 fallback AS (
     -- Same brand only when both have one: products without a brand share no brand (they go
@@ -420,6 +428,17 @@ SELECT product_id, recommended_product_id,
        score, source
 FROM best
 QUALIFY rank <= 10
+
+-- name: recommendations_headline
+-- Over the rows written: the products of core.events (those recommendations are made for),
+-- how many got none (alone in their category, with no rule or co-view) and how many got 1 to
+-- 9. Aggregates without GROUP BY: one row even when nothing was written.
+SELECT p.products,
+       p.products - r.recommended AS products_without_recommendations,
+       r.short AS products_short_of_10
+FROM (SELECT count(DISTINCT product_id) AS products FROM core.events) AS p,
+     (SELECT count(*) AS recommended, count(*) FILTER (WHERE n < 10) AS short
+      FROM (SELECT product_id, count(*) AS n FROM written GROUP BY ALL)) AS r
 
 -- name: evaluation_input_fingerprint
 -- Every event and session the offline evaluation reads (all before the cutoff plus the
