@@ -492,3 +492,197 @@ def test_the_outcomes_window_is_labelled_by_its_last_day(tmp_path: Path) -> None
     assert got["user_id"].to_list() == [1, 2, 3]
     assert got["first_active_day"].to_list() == [want.get(u) for u in (1, 2, 3)]
     assert got["first_active_day"].to_list()[0] is not None
+
+
+def _varied(name: str, users: int, buyers: int, first_id: int) -> pl.DataFrame:
+    """All `users` visit; the first `buyers` buy, spending 20 + (id x 37) % 200 (varied)."""
+    return _segment(name, users, buyers, first_id).with_columns(
+        revenue=pl.when(pl.col("bought")).then(20.0 + (pl.col("user_id") * 37) % 200).otherwise(0.0)
+    )
+
+
+def test_every_segment_left_out_of_the_power_tables_is_named(tmp_path: Path) -> None:
+    """Lost: no member visited (no rate, no revenue). Hibernating: visitors, none bought (a
+    lift on 0% is nothing; revenue 0 without variance). Champions: every visitor bought,
+    each 100 (no room for a lift; revenue without variance). Potential: 90% bought, so +20%
+    and +50% pass 100% (0.9 x 1.2 = 1.08) while +5% and +10% do not. Loyal: 999 of 1,000
+    bought: every lift in the grid passes 100% (0.999 x 1.05 > 1), and some MDE rows are
+    empty. Every left-out grid row and empty MDE row is in `not_planned` with its reason;
+    nothing else is."""
+    frame = pl.concat(
+        [
+            _segment("Lost", 40, 0, 1).with_columns(active=pl.lit(False)),
+            _segment("Hibernating", 50, 0, 101),
+            _segment("Champions", 30, 30, 201, revenue=100.0),
+            _varied("Potential", 100, 90, 301),
+            _varied("Loyal", 1_000, 999, 1_001),
+            _varied("Regular", 500, 50, 3_001),
+        ]
+    )
+    warehouse, outcomes = _outcomes(tmp_path, frame)
+    output = _output(list(ex.ab_power_tables(dg.build_asset_context(), warehouse, outcomes)))
+    table = output.value
+    assert output.metadata["segments"].value == 6
+    entries = output.metadata["not_planned"].value
+    got = {
+        (e["baseline_source"], e["metric"], e["relative_lift"], e["sample_size"]): e["reason"]
+        for e in entries
+    }
+    assert len(got) == len(entries)  # one entry per thing left out
+    whole = {k: v for k, v in got.items() if k[2] is None and k[3] is None}
+    assert set(whole) == {
+        ("segment: Lost", "conversion", None, None),
+        ("segment: Lost", "revenue", None, None),
+        ("segment: Hibernating", "conversion", None, None),
+        ("segment: Hibernating", "revenue", None, None),
+        ("segment: Champions", "conversion", None, None),
+        ("segment: Champions", "revenue", None, None),
+    }
+    assert "no member visited" in whole[("segment: Lost", "conversion", None, None)]
+    assert "no visitor bought" in whole[("segment: Hibernating", "conversion", None, None)]
+    assert "every visitor bought" in whole[("segment: Champions", "conversion", None, None)]
+    assert "no variance" in whole[("segment: Champions", "revenue", None, None)]
+    for name in ("Lost", "Hibernating", "Champions"):
+        assert f"segment: {name}" not in set(table["baseline_source"])
+    # a lift is left out of the grid exactly when it takes the rate to 100% or past it
+    lifts = {(k[0], k[2]): v for k, v in got.items() if k[2] is not None}
+    want = {
+        (f"segment: {name}", lift)
+        for name, p in (("Potential", 0.9), ("Loyal", 0.999), ("Regular", 0.1))
+        for lift in ex.LIFTS
+        if p * (1 + lift) >= 1
+    }
+    assert want == {
+        ("segment: Potential", 0.2),
+        ("segment: Potential", 0.5),
+        *(("segment: Loyal", lift) for lift in ex.LIFTS),
+    }
+    assert set(lifts) == want
+    assert "would pass 100%" in lifts[("segment: Potential", 0.5)]
+    sizes = table.filter(pl.col("table") == "conversion_sample_size")
+    for source, lift in want:
+        assert sizes.filter(
+            pl.col("baseline_source") == source, pl.col("relative_lift") == lift
+        ).is_empty()
+    # every empty MDE row is named, with the sample size it is for
+    empty = table.filter(pl.col("table").str.ends_with("_mde"), pl.col("relative_lift").is_null())
+    assert empty.height > 0
+    named = {(k[0], k[1], k[3]) for k in got if k[3] is not None}
+    assert named == {
+        (r["baseline_source"], r["table"].removesuffix("_mde"), r["sample_size"])
+        for r in empty.iter_rows(named=True)
+    }
+    # the segments with figures have their rows: conversion and revenue both
+    for name in ("Potential", "Loyal", "Regular"):
+        rows = table.filter(pl.col("baseline_source") == f"segment: {name}")
+        assert set(rows["table"]) >= {"conversion_mde", "revenue_sample_size", "revenue_mde"}
+
+
+def test_plans_say_why_a_lift_has_no_plan(tmp_path: Path) -> None:
+    """Each lift's plan says why it has no sample size or is not feasible, and nothing when it
+    is: no visitor, 0%, 100%, a lift past 100% (0.7 x 1.5 = 1.05), a segment of 1,000 for
+    2 x 681 members, and a plan past MAX_PLAN_DAYS. Regular, 9,000 visitors at 10%, plans
+    both lifts within the window: no reason."""
+    frame = pl.concat(
+        [
+            _segment("Lost", 40, 0, 1).with_columns(active=pl.lit(False)),
+            _segment("Hibernating", 50, 0, 101),
+            _segment("Champions", 30, 30, 201, revenue=100.0),
+            _segment("Potential", 2_000, 1_400, 1_001),
+            _segment("Loyal", 1_000, 100, 5_001),
+            _segment("At Risk", 20_000, 100, 10_001).with_columns(
+                active=pl.col("user_id") < 11_001
+            ),
+            _segment("Regular", 9_000, 900, 40_001),
+        ]
+    )
+    warehouse, outcomes = _outcomes(tmp_path, frame)
+    plans = _output(list(ex.segment_test_plans(warehouse, outcomes))).value
+    rows = {r["segment"]: r for r in plans.iter_rows(named=True)}
+    for name, phrase in (
+        ("Lost", "no member visited"),
+        ("Hibernating", "no visitor bought"),
+        ("Champions", "every visitor bought"),
+    ):
+        for tag in (20, 50):
+            assert rows[name][f"n_per_arm_lift_{tag}"] is None
+            assert phrase in rows[name][f"reason_lift_{tag}"], (name, tag)
+    potential = rows["Potential"]
+    assert potential["n_per_arm_lift_20"] is not None and potential["feasible_lift_20"]
+    assert potential["reason_lift_20"] is None
+    assert potential["n_per_arm_lift_50"] is None
+    assert "would pass 100%" in potential["reason_lift_50"]
+    n50 = stats.sample_size_two_proportions(0.1, 0.5).n_control
+    loyal = rows["Loyal"]
+    assert loyal["days_lift_50"] is None and not loyal["feasible_lift_50"]
+    assert f"{2 * n50:,} members" in loyal["reason_lift_50"] and "1,000" in loyal["reason_lift_50"]
+    at_risk = rows["At Risk"]
+    assert at_risk["days_lift_20"] > ex.MAX_PLAN_DAYS and not at_risk["feasible_lift_20"]
+    assert f"{at_risk['days_lift_20']} days" in at_risk["reason_lift_20"]
+    assert f"{ex.MAX_PLAN_DAYS}" in at_risk["reason_lift_20"]
+    assert at_risk["feasible_lift_50"] and at_risk["reason_lift_50"] is None
+    assert rows["Regular"]["feasible_lift_20"] and rows["Regular"]["feasible_lift_50"]
+    assert rows["Regular"]["reason_lift_20"] is None and rows["Regular"]["reason_lift_50"] is None
+    # a reason exactly where the plan is not feasible
+    for r in rows.values():
+        for tag in (20, 50):
+            assert (r[f"reason_lift_{tag}"] is None) is r[f"feasible_lift_{tag}"], r
+
+
+def test_a_spend_lift_on_no_revenue_records_none_injected(tmp_path: Path) -> None:
+    """No at-risk visitor spent anything: +15% on every treated user's spend multiplies
+    zeros. The table and metadata record 0 spend lift and 0 revenue-per-user lift injected,
+    the requested 15% beside it, and the reason."""
+    warehouse, outcomes = _outcomes(tmp_path, _segment("At Risk", 60, 0, 1))
+    output = _output(list(ex.reactivation_simulation(ex.ExperimentConfig(), warehouse, outcomes)))
+    row = output.value.row(0, named=True)
+    assert row["requested_spend_lift"] == 0.15
+    assert row["injected_spend_lift"] == 0.0
+    assert row["injected_revenue_per_user_lift"] == 0.0
+    assert "no at-risk visitor spent anything" in row["injection_note"]
+    assert output.metadata["injected_spend_lift"].value == 0.0
+    assert output.metadata["injected_revenue_per_user_lift"].value == 0.0
+    assert output.metadata["injection_note"].value == row["injection_note"]
+
+
+@pytest.mark.parametrize("field", ["simulated_conversion_lift", "simulated_spend_lift"])
+@pytest.mark.parametrize("value", [math.inf, math.nan, 1e308])
+def test_non_finite_or_overflowing_lifts_are_refused(field: str, value: float) -> None:
+    """An infinite or NaN lift is refused when the config is read, naming the field, not
+    recorded with a nonsense note; so is a spend lift past MAX_SPEND_LIFT (1e308 overflows
+    revenue to inf and fails deep in the Welch test). A conversion lift of 1e308 is finite
+    and capped at 100% with its note, like any lift that passes it."""
+    if field == "simulated_conversion_lift" and value == 1e308:
+        assert ex.ExperimentConfig(simulated_conversion_lift=value).simulated_conversion_lift
+        return
+    with pytest.raises(pydantic.ValidationError, match=field):
+        ex.ExperimentConfig(**{field: value})
+
+
+def test_a_lift_sized_for_some_tests_only_names_the_others() -> None:
+    """A size that fails only at alpha 0.01 for +5% (say past the cap on a sample) leaves 4
+    of that lift's 12 rows out: each named with its alpha, power and sidedness, not the
+    whole lift; a lift that fails everywhere for one reason is one entry."""
+
+    def size(lift: float, alpha: float, power: float, alt: str) -> int | str:
+        if lift == 0.05 and alpha == 0.01:
+            return "the required sample size is unbounded for this effect"
+        return "past 100%" if lift == 0.5 else 100
+
+    left_out: list[dict[str, object]] = []
+    rows = ex._rows("revenue", "segment: X", 1.0, size, lambda n: 0.1, None, left_out)
+    sizes = [r for r in rows if r["table"] == "revenue_sample_size"]
+    assert len(sizes) == 48 - 4 - 12
+    partial = [e for e in left_out if e["relative_lift"] == 0.05]
+    assert {(e["alpha"], e["power"], e["alternative"]) for e in partial} == set(
+        itertools.product([0.01], ex.POWERS, ex.ALTERNATIVES)
+    )
+    assert all("unbounded" in str(e["reason"]) for e in partial)
+    (whole,) = [e for e in left_out if e["relative_lift"] == 0.5]
+    assert (whole["alpha"], whole["power"], whole["alternative"], whole["reason"]) == (
+        None,
+        None,
+        None,
+        "past 100%",
+    )
+    assert len(left_out) == 4 + 1

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from scipy.special import betaln
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
 from cip_pipeline.stats import (
@@ -205,6 +206,91 @@ def test_bayes_custom_prior_and_validation() -> None:
         beta_binomial_ab(5, 50, 9, 50, prior_alpha=0)
     with pytest.raises(ValueError, match="conversions_treatment \\(60\\) exceeds"):
         beta_binomial_ab(5, 50, 60, 50)
+
+
+def _prob_greater_series(x: tuple[float, float], y: tuple[float, float]) -> float:
+    """P(X > Y) for X ~ Beta(x), Y ~ Beta(y) by Evan Miller's finite sum, which needs only X's
+    first parameter to be a whole number (1 - I_t(a, b) for integer a is a finite sum for any
+    real b), so it covers posteriors from priors below 1 when the other prior parameter is 1."""
+    (a_x, b_x), (a_y, b_y) = x, y
+    assert float(a_x).is_integer()
+    i = np.arange(int(a_x), dtype=np.float64)
+    log_terms = (
+        betaln(a_y + i, b_y + b_x) - np.log(b_x + i) - betaln(1.0 + i, b_x) - betaln(a_y, b_y)
+    )
+    return float(np.exp(log_terms).sum())
+
+
+def _excess_series(x: tuple[float, float], y: tuple[float, float]) -> float:
+    """E[max(X - Y, 0)] = E[X]·P(X' > Y) - E[Y]·P(X > Y') with X' ~ Beta(a_x + 1, b_x),
+    Y' ~ Beta(a_y + 1, b_y) (size-biased identity), each P by the finite sum."""
+    (a_x, b_x), (a_y, b_y) = x, y
+    return a_x / (a_x + b_x) * _prob_greater_series((a_x + 1, b_x), y) - a_y / (
+        a_y + b_y
+    ) * _prob_greater_series(x, (a_y + 1, b_y))
+
+
+PRIOR_BELOW_ONE_CASES = [
+    (0, 5, 5, 5),  # every treated user converted: the treatment density is unbounded at 1
+    (5, 5, 0, 5),
+    (100, 100, 0, 100),
+    (1, 1, 0, 1),
+    (0, 1, 1, 1),
+    (0, 10, 0, 20),
+    (10, 10, 20, 20),
+    (3, 20, 7, 20),
+]
+
+
+@pytest.mark.parametrize("case", PRIOR_BELOW_ONE_CASES)
+@pytest.mark.parametrize("small", [0.1, 0.5])
+@pytest.mark.parametrize("mirrored", [False, True], ids=["beta_prior_small", "alpha_prior_small"])
+def test_bayes_prior_below_one_matches_closed_form(
+    case: tuple[int, int, int, int], small: float, mirrored: bool
+) -> None:
+    x_c, n_c, x_t, n_t = case
+    a0, b0 = (small, 1.0) if mirrored else (1.0, small)
+    res = beta_binomial_ab(x_c, n_c, x_t, n_t, prior_alpha=a0, prior_beta=b0)
+    c = (a0 + x_c, b0 + n_c - x_c)
+    t = (a0 + x_t, b0 + n_t - x_t)
+    if mirrored:  # 1 - p ~ Beta(b, a) has the whole-number first parameter
+        prob = _prob_greater_series(c[::-1], t[::-1])  # P(1 - C > 1 - T)
+        loss_t = _excess_series(t[::-1], c[::-1])  # E[max((1 - T) - (1 - C), 0)]
+        loss_c = _excess_series(c[::-1], t[::-1])
+    else:
+        prob = _prob_greater_series(t, c)
+        loss_t = _excess_series(c, t)
+        loss_c = _excess_series(t, c)
+    assert res.prob_treatment_better == pytest.approx(prob, abs=1e-10)
+    assert res.expected_loss_treatment == pytest.approx(loss_t, abs=1e-10)
+    assert res.expected_loss_control == pytest.approx(loss_c, abs=1e-10)
+
+
+@pytest.mark.parametrize("case", [(0, 5, 5, 5), (100, 100, 0, 100), (0, 0, 0, 0), (1, 1, 0, 1)])
+@pytest.mark.parametrize("prior", [0.1, 0.5])
+def test_bayes_symmetric_prior_below_one_matches_simulation(
+    case: tuple[int, int, int, int], prior: float
+) -> None:
+    x_c, n_c, x_t, n_t = case
+    res = beta_binomial_ab(x_c, n_c, x_t, n_t, prior_alpha=prior, prior_beta=prior)
+    rng = np.random.default_rng(20191117)
+    draws = 2_000_000
+    c = rng.beta(prior + x_c, prior + n_c - x_c, draws)
+    t = rng.beta(prior + x_t, prior + n_t - x_t, draws)
+    p = float((t > c).mean())
+    assert res.prob_treatment_better == pytest.approx(
+        p, abs=5 * math.sqrt(p * (1 - p) / draws) + 1e-9
+    )
+    for ours, sample in (
+        (res.expected_loss_treatment, np.maximum(c - t, 0.0)),
+        (res.expected_loss_control, np.maximum(t - c, 0.0)),
+    ):
+        assert ours == pytest.approx(sample.mean(), abs=5 * sample.std() / math.sqrt(draws) + 1e-12)
+    # a loss is at most the other arm's mean, and the two differ by the difference of means
+    assert 0.0 <= res.expected_loss_treatment <= res.mean_control
+    assert res.expected_loss_control - res.expected_loss_treatment == pytest.approx(
+        res.mean_treatment - res.mean_control, abs=1e-12
+    )
 
 
 # --- CUPED --------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from fractions import Fraction
 
 import pytest
@@ -426,3 +427,29 @@ def test_days_to_enrol_equals_a_day_by_day_count() -> None:
 def test_invalid_inputs_raise_clear_errors(call, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: sample_size_two_proportions(0.1, 1e-9),
+        lambda: sample_size_two_proportions(0.1, 1e-9, method="pooled"),
+        lambda: sample_size_continuous(10.0, 30.0, 1e-9),
+    ],
+)
+def test_a_sample_past_the_cap_is_refused_even_when_the_first_guess_is_past_it(
+    call: Callable[[], object],
+) -> None:
+    """A lift of 1e-9 on 10% needs (z_a + z_b)^2 x 2 / h^2 ~ 1.4e20 per arm (h ~ 3.3e-10 by
+    hand): past the 1e15 cap, so 'unbounded', not a size the normal guess lands on directly."""
+    h = 2 * math.asin(math.sqrt(0.1 * (1 + 1e-9))) - 2 * math.asin(math.sqrt(0.1))
+    z = stats.norm.isf(0.025) + stats.norm.isf(0.2)
+    assert z**2 * 2 / h**2 > 1e15
+    with pytest.raises(ValueError, match="unbounded"):
+        call()
+    # just under the cap it is still solved: one-sided, where (z_a + z_b)^2 x 2 / h^2 is exact
+    lift = 2.9e-6
+    n = sample_size_two_proportions(0.1, lift, alternative="one-sided").n_control
+    h = 2 * math.asin(math.sqrt(0.1 * (1 + lift))) - 2 * math.asin(math.sqrt(0.1))
+    z = stats.norm.isf(0.05) + stats.norm.isf(0.2)
+    assert n == pytest.approx(z**2 * 2 / h**2, rel=1e-9) and n < 1e15

@@ -27,6 +27,8 @@ POWERS = (0.8, 0.9)
 ALTERNATIVES = ("two-sided", "one-sided")
 MDE_SAMPLE_SIZES = (1_000, 5_000, 10_000, 50_000, 100_000, 500_000)
 MAX_PLAN_DAYS = 60  # a plan that needs longer is marked infeasible
+# A stated spend lift past +10,000% is no plausible test; far past it revenue overflows to inf.
+MAX_SPEND_LIFT = 100.0
 # A segment's figures each plan shows (see `_segments`).
 PLAN_FIGURES = (
     "segment",
@@ -54,6 +56,7 @@ class ExperimentConfig(dg.Config):
     simulated_conversion_lift: float = Field(
         default=0.20,
         ge=0.0,
+        allow_inf_nan=False,
         description="relative lift on the treated users' conversion rate, as extra "
         "conversions among non-buyers; no more than takes the rate to 100% (what is injected "
         "is recorded)",
@@ -61,8 +64,11 @@ class ExperimentConfig(dg.Config):
     simulated_spend_lift: float = Field(
         default=0.15,
         gt=-1.0,
+        le=MAX_SPEND_LIFT,
+        allow_inf_nan=False,
         description="multiplies every treated user's spend, the new buyers' included: on top "
-        "of the conversion lift, revenue per user rises by (1 + conversion lift) x (1 + this) - 1",
+        "of the conversion lift, revenue per user rises by (1 + conversion lift) x (1 + this) - 1 "
+        "(none when no at-risk visitor spent anything: what is injected is recorded)",
     )
     seed: int = Field(default=2019, ge=0, description="the simulation's random assignment")
 
@@ -175,31 +181,88 @@ PLANS_KEY = dg.AssetKey(["experiments", "segment_test_plans"])
 SIM_KEY = dg.AssetKey(["experiments", "reactivation_simulation"])
 
 
+NO_VISITOR = "no member visited in the window: no purchase rate or revenue per visitor"
+
+
+def _rate_reason(p: float | None) -> str | None:
+    """Why a purchase rate cannot be planned on at all; None when it can."""
+    if p is None:
+        return NO_VISITOR
+    if p <= 0:
+        return "no visitor bought in the window: a relative lift on a 0% rate is still 0%"
+    if p >= 1:
+        return "every visitor bought in the window: a 100% rate leaves no room for a lift"
+    return None
+
+
+def _revenue_reason(mean: float | None, sd: float | None) -> str | None:
+    """Why revenue per visitor cannot be planned on (a t-test needs a mean and variance)."""
+    if mean is None:
+        return NO_VISITOR
+    if sd is None or math.isnan(sd):
+        return "a single visitor: revenue per visitor has no sample SD"
+    if sd == 0:
+        if mean == 0:
+            return "no visitor spent anything: revenue per visitor is 0, with no variance"
+        return "every visitor spent the same: revenue per visitor has no variance"
+    if mean == 0:
+        return "revenue per visitor is 0: a relative lift on 0 is still 0"
+    return None
+
+
+def _left_out(
+    source: str,
+    metric: str,
+    reason: str,
+    relative_lift: float | None = None,
+    sample_size: int | None = None,
+    test: tuple[float, float, str] | None = None,
+) -> dict[str, object]:
+    """A `not_planned` entry: the whole metric, one lift's grid rows (`relative_lift`; only
+    the (alpha, power, alternative) of `test` when the others have sizes) or one empty MDE
+    row (`sample_size`) of a baseline source, and why."""
+    alpha, power, alternative = test or (None, None, None)
+    return {
+        "baseline_source": source,
+        "metric": metric,
+        "relative_lift": relative_lift,
+        "alpha": alpha,
+        "power": power,
+        "alternative": alternative,
+        "sample_size": sample_size,
+        "reason": reason,
+    }
+
+
 def _rows(
-    table: str,
+    metric: str,
     source: str,
     baseline: float,
-    size: Callable[[float, float, float, str], int | None],
-    mde: Callable[[int], float | None],
+    size: Callable[[float, float, float, str], int | str],
+    mde: Callable[[int], float | str],
     enrol: Callable[[int], stats.Enrolment] | None,
+    left_out: list[dict[str, object]],
 ) -> list[dict[str, object]]:
     """One baseline's rows: the sample per arm over lift x alpha x power x sidedness
-    (`size(lift, alpha, power, alternative)`, None when the lift is impossible), then the MDE
-    at alpha 0.05, power 0.8, two-sided for each of MDE_SAMPLE_SIZES per arm; the days both
-    arms take to enrol from `enrol` (none for a standard baseline: no traffic)."""
+    (`size(lift, alpha, power, alternative)`, or why there is none), then the MDE at alpha
+    0.05, power 0.8, two-sided for each of MDE_SAMPLE_SIZES per arm (or why it is empty); the
+    days both arms take to enrol from `enrol` (none for a standard baseline: no traffic).
+    Each lift without sizes and each empty MDE goes to `left_out` with its reason."""
 
     def days(per_arm: int) -> dict[str, object]:
         e = enrol(2 * per_arm) if enrol else stats.Enrolment(None, False)
         return {"days_needed": e.days, "days_extrapolated": e.extrapolated if e.days else None}
 
     rows: list[dict[str, object]] = []
+    why_not: dict[float, dict[tuple[float, float, str], str]] = {}
     for lift, alpha, power, alt in itertools.product(LIFTS, ALPHAS, POWERS, ALTERNATIVES):
         n = size(lift, alpha, power, alt)
-        if n is None:
+        if isinstance(n, str):
+            why_not.setdefault(lift, {})[(alpha, power, alt)] = n
             continue
         rows.append(
             {
-                "table": f"{table}_sample_size",
+                "table": f"{metric}_sample_size",
                 "baseline_source": source,
                 "baseline": baseline,
                 "relative_lift": lift,
@@ -211,13 +274,26 @@ def _rows(
                 **days(n),
             }
         )
+    every_test = len(ALPHAS) * len(POWERS) * len(ALTERNATIVES)
+    for lift, failed in why_not.items():
+        reasons = set(failed.values())
+        if len(failed) == every_test and len(reasons) == 1:  # the whole lift, one reason
+            left_out.append(_left_out(source, metric, reasons.pop(), relative_lift=lift))
+            continue
+        left_out += [
+            _left_out(source, metric, why, relative_lift=lift, test=test)
+            for test, why in failed.items()
+        ]
     for n_arm in MDE_SAMPLE_SIZES:
+        found = mde(n_arm)
+        if isinstance(found, str):
+            left_out.append(_left_out(source, metric, found, sample_size=n_arm))
         rows.append(
             {
-                "table": f"{table}_mde",
+                "table": f"{metric}_mde",
                 "baseline_source": source,
                 "baseline": baseline,
-                "relative_lift": mde(n_arm),
+                "relative_lift": None if isinstance(found, str) else found,
                 "alpha": 0.05,
                 "power": 0.8,
                 "alternative": "two-sided",
@@ -230,36 +306,52 @@ def _rows(
 
 
 def _conversion_rows(
-    source: str, p: float, enrol: Callable[[int], stats.Enrolment] | None
+    source: str,
+    p: float,
+    enrol: Callable[[int], stats.Enrolment] | None,
+    left_out: list[dict[str, object]],
 ) -> list[dict[str, object]]:
-    def size(lift: float, alpha: float, power: float, alt: str) -> int | None:
+    def size(lift: float, alpha: float, power: float, alt: str) -> int | str:
         if p * (1 + lift) >= 1:
-            return None
-        return stats.sample_size_two_proportions(
-            p, lift, alpha=alpha, power=power, alternative=alt
-        ).n_control
+            return f"+{lift:.0%} on a {p:.2%} rate would pass 100%"
+        try:
+            return stats.sample_size_two_proportions(
+                p, lift, alpha=alpha, power=power, alternative=alt
+            ).n_control
+        except ValueError as e:  # e.g. a sample past any real one: named, not a failed build
+            return str(e)
 
-    def mde(n_arm: int) -> float | None:
+    def mde(n_arm: int) -> float | str:
         try:
             return stats.mde_two_proportions(p, n_arm, alpha=0.05, power=0.8).relative_lift
-        except ValueError:  # a baseline near 1: no lift up to 100% is detectable
-            return None
+        except ValueError:  # a baseline near 1
+            return f"no lift up to 100% reaches power 0.8 with {n_arm:,} per arm on {p:.2%}"
 
-    return _rows("conversion", source, p, size, mde, enrol)
+    return _rows("conversion", source, p, size, mde, enrol, left_out)
 
 
 def _revenue_rows(
-    source: str, mean: float, sd: float, enrol: Callable[[int], stats.Enrolment]
+    source: str,
+    mean: float,
+    sd: float,
+    enrol: Callable[[int], stats.Enrolment],
+    left_out: list[dict[str, object]],
 ) -> list[dict[str, object]]:
-    def size(lift: float, alpha: float, power: float, alt: str) -> int | None:
-        return stats.sample_size_continuous(
-            mean, sd, lift, alpha=alpha, power=power, alternative=alt
-        ).n_control
+    def size(lift: float, alpha: float, power: float, alt: str) -> int | str:
+        try:
+            return stats.sample_size_continuous(
+                mean, sd, lift, alpha=alpha, power=power, alternative=alt
+            ).n_control
+        except ValueError as e:  # e.g. a sample past any real one: named, not a failed build
+            return str(e)
 
-    def mde(n_arm: int) -> float | None:
-        return stats.mde_continuous(mean, sd, n_arm, alpha=0.05, power=0.8).relative_lift
+    def mde(n_arm: int) -> float | str:
+        try:
+            return stats.mde_continuous(mean, sd, n_arm, alpha=0.05, power=0.8).relative_lift
+        except ValueError as e:
+            return str(e)
 
-    return _rows("revenue", source, mean, size, mde, enrol)
+    return _rows("revenue", source, mean, size, mde, enrol, left_out)
 
 
 @dg.asset(
@@ -276,7 +368,9 @@ def _revenue_rows(
     "visiting user from its observed variance. A segment's days needed are read off how many "
     "distinct members had visited by each day of the window, past it extrapolated at the "
     "latest week's new arrivals (days_extrapolated); none when the segment has fewer members "
-    "than the test needs, or none new lately.",
+    "than the test needs, or none new lately. What is not planned (a segment without "
+    "visitors, at 0% or 100%, revenue without variance, a lift past 100%, an empty MDE) is "
+    "listed with its reason in the metadata's not_planned.",
 )
 def ab_power_tables(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, outcomes: SqlTable
@@ -286,17 +380,22 @@ def ab_power_tables(
         yield skipped(POWER_KEY, NO_BUYERS)
         return
     rows: list[dict[str, object]] = []
+    left_out: list[dict[str, object]] = []
     for p in STANDARD_BASELINES:
-        rows += _conversion_rows("standard", p, None)
+        rows += _conversion_rows("standard", p, None, left_out)
     for r in segments.figures.iter_rows(named=True):
         source = f"segment: {r['segment']}"
         enrol = partial(segments.enrolment, r["segment"])
         p = r["baseline_conversion"]
-        if p is not None and 0 < p < 1:
-            rows += _conversion_rows(source, p, enrol)
+        if why := _rate_reason(p):
+            left_out.append(_left_out(source, "conversion", why))
+        else:
+            rows += _conversion_rows(source, p, enrol, left_out)
         mean, sd = r["revenue_per_user"], r["revenue_sd"]
-        if mean and sd and not math.isnan(sd):
-            rows += _revenue_rows(source, mean, sd, enrol)
+        if why := _revenue_reason(mean, sd):
+            left_out.append(_left_out(source, "revenue", why))
+        else:
+            rows += _revenue_rows(source, mean, sd, enrol, left_out)
     table = pl.DataFrame(
         rows,
         schema_overrides={
@@ -313,6 +412,7 @@ def ab_power_tables(
             "segments": segments.figures.height,
             "window": window_label(segments.cutoff, segments.window_end),
             "segment_baselines": dg.MetadataValue.json(segments.figures.to_dicts()),
+            "not_planned": dg.MetadataValue.json(left_out),
         },
     )
 
@@ -329,7 +429,8 @@ def ab_power_tables(
     "rate of its members who visited in the next window, the distinct members reached by each "
     "day of it, the sample needed per arm for +20% and +50%, and the days until that many "
     "members (both arms) have visited: read off those counts, past the window extrapolated at "
-    "the latest week's new arrivals and marked so.",
+    "the latest week's new arrivals and marked so; reason_lift_20/50 say why a plan is not "
+    "feasible.",
 )
 def segment_test_plans(
     warehouse: WarehouseResource, outcomes: SqlTable
@@ -343,14 +444,21 @@ def segment_test_plans(
         p = r["baseline_conversion"]
         plan = {k: r[k] for k in PLAN_FIGURES}
         for lift in (0.2, 0.5):
-            ok = p is not None and p > 0 and p * (1 + lift) < 1
-            n = stats.sample_size_two_proportions(p, lift).n_control if ok else None
+            why = _rate_reason(p)
+            if why is None and p * (1 + lift) >= 1:
+                why = f"+{lift:.0%} on a {p:.2%} rate would pass 100%"
+            n = None if why else stats.sample_size_two_proportions(p, lift).n_control
             e = segments.enrolment(r["segment"], 2 * n) if n else stats.Enrolment(None, False)
+            if why is None:
+                why = e.why_not
+            if why is None and e.days is not None and e.days > MAX_PLAN_DAYS:
+                why = f"takes {e.days} days, past the {MAX_PLAN_DAYS} days a plan may run"
             tag = int(lift * 100)
             plan[f"n_per_arm_lift_{tag}"] = n
             plan[f"days_lift_{tag}"] = e.days
             plan[f"extrapolated_lift_{tag}"] = e.extrapolated if e.days else None
             plan[f"feasible_lift_{tag}"] = e.days is not None and e.days <= MAX_PLAN_DAYS
+            plan[f"reason_lift_{tag}"] = why  # why not feasible; None when it is
         rows.append(plan)
     table = pl.DataFrame(
         rows,
@@ -361,6 +469,7 @@ def segment_test_plans(
                 ("n_per_arm", pl.Int64),
                 ("days", pl.Int64),
                 ("extrapolated", pl.Boolean),
+                ("reason", pl.String),
             )
         },
     ).sort(pl.col("segment") != TARGET_SEGMENT, "segment")
@@ -418,11 +527,16 @@ def reactivation_simulation(
     revenue_sim = revenue.copy()
     if converted.any():
         revenue_sim[converted] = rng.choice(revenue[bought], size=int(converted.sum()))
-    spend_lift = config.simulated_spend_lift
+    # Scaling spend when no at-risk visitor spent anything injects nothing: recorded as 0.
+    spend_lift, spend_note = config.simulated_spend_lift, None
+    if spend_lift != 0 and not revenue.any():
+        spend_lift, spend_note = 0.0, NO_SPEND
     revenue_sim = np.where(treated, revenue_sim * (1 + spend_lift), revenue_sim)
     # New buyers spend like the real ones (revenue per user x (1 + lift) in expectation), and
-    # the spend lift applies on top of that.
-    revenue_lift = (1 + lift) * (1 + spend_lift) - 1
+    # the spend lift applies on top of that; on no revenue at all, neither adds any.
+    revenue_lift = (1 + lift) * (1 + spend_lift) - 1 if revenue.any() else 0.0
+    notes = [n for n in (injection_note, spend_note) if n]
+    injection_note = "; ".join(notes) if notes else None
     c, t = ~treated, treated
     z = stats.two_proportion_ztest(
         int(bought_sim[c].sum()), int(c.sum()), int(bought_sim[t].sum()), int(t.sum())
@@ -485,6 +599,7 @@ def reactivation_simulation(
         pl.lit(users.height).alias("users"),
         pl.lit(config.simulated_conversion_lift).alias("requested_conversion_lift"),
         pl.lit(lift).alias("injected_conversion_lift"),
+        pl.lit(config.simulated_spend_lift).alias("requested_spend_lift"),
         pl.lit(spend_lift).alias("injected_spend_lift"),
         pl.lit(revenue_lift).alias("injected_revenue_per_user_lift"),
         pl.lit(injection_note, dtype=pl.String).alias("injection_note"),
@@ -495,6 +610,7 @@ def reactivation_simulation(
             "SIMULATED": "effects are injected, not observed",
             "users": users.height,
             "injected_conversion_lift": lift,
+            "requested_spend_lift": config.simulated_spend_lift,
             "injected_spend_lift": spend_lift,
             "injected_revenue_per_user_lift": revenue_lift,
             "injection_note": injection_note,
@@ -503,6 +619,9 @@ def reactivation_simulation(
             "not_tested": dg.MetadataValue.json(not_tested),
         },
     )
+
+
+NO_SPEND = "no at-risk visitor spent anything in the window: a spend lift on 0 adds nothing"
 
 
 def injected_conversion_lift(base_rate: float, requested: float) -> tuple[float, str | None]:

@@ -190,14 +190,15 @@ def _proportion_terms(
 def _solve_increasing(
     fn: Callable[[float], float], target: float, lo: float, guess: float, xtol: float = 1e-10
 ) -> float:
-    """Root of fn(x) = target for an increasing fn on [lo, inf); lo if fn(lo) >= target."""
+    """Root of fn(x) = target for an increasing fn on [lo, _MAX_N]; lo if fn(lo) >= target.
+    A root past _MAX_N is refused, also when the first guess already lies past it."""
     if fn(lo) >= target:
         return lo
-    hi = max(guess, 2.0 * lo)
+    hi = min(max(guess, 2.0 * lo), _MAX_N)
     while fn(hi) < target:
-        lo, hi = hi, 2.0 * hi
-        if hi > _MAX_N:
+        if hi >= _MAX_N:
             raise ValueError("the required sample size is unbounded for this effect")
+        lo, hi = hi, min(2.0 * hi, _MAX_N)
     return float(brentq(lambda x: fn(x) - target, lo, hi, xtol=xtol, maxiter=500))
 
 

@@ -304,7 +304,7 @@ def segment_plans() -> None:
             "and the days until that many distinct members have visited, read off the "
             "window's first visits; past the window at the latest week's new arrivals, and "
             "marked extrapolated. No days when the segment holds fewer people than both arms "
-            "need."
+            "need; a plan that is not feasible says why."
         )
     st.dataframe(
         plans,
@@ -323,10 +323,12 @@ def segment_plans() -> None:
             "days_lift_20": st.column_config.NumberColumn("days +20%", format="localized"),
             "extrapolated_lift_20": st.column_config.CheckboxColumn("extrapolated +20%"),
             "feasible_lift_20": st.column_config.CheckboxColumn("feasible +20%"),
+            "reason_lift_20": st.column_config.TextColumn("why not +20%"),
             "n_per_arm_lift_50": st.column_config.NumberColumn("n/arm +50%", format="localized"),
             "days_lift_50": st.column_config.NumberColumn("days +50%", format="localized"),
             "extrapolated_lift_50": st.column_config.CheckboxColumn("extrapolated +50%"),
             "feasible_lift_50": st.column_config.CheckboxColumn("feasible +50%"),
+            "reason_lift_50": st.column_config.TextColumn("why not +50%"),
         },
     )
 
