@@ -368,7 +368,7 @@ def test_the_cohort_check_counts_each_cohort_from_the_events(
     mid_week: WarehouseSample, tmp_path: Path
 ) -> None:
     """A user moved from the cohort of Sep 30 to that of Oct 7 keeps every total and every
-    rate in range: only counting each cohort's first events again finds it."""
+    rate in range: only counting each cohort's first days again finds it."""
     db = tmp_path / "cip.duckdb"
     shutil.copy(mid_week.root / "warehouse" / "cip.duckdb", db)
     warehouse = WarehouseResource(path=str(db))

@@ -250,9 +250,9 @@ def cohort_retention(user_days: SqlTable) -> SqlQuery:
         check_spec(
             "consistent",
             COHORT_RETENTION,
-            "Retention in [0, 1]; each cohort holds the users of core.events "
-            "whose first event (activity) or first purchase (purchase) falls in its week, so "
-            "that every user and every buyer is in exactly one.",
+            "Retention in [0, 1]; each cohort holds the users whose first day with an event "
+            "(activity) or a purchase (purchase) in core.fact_user_days falls in its week, "
+            "counted apart, so that every user and every buyer is in exactly one.",
             monthly_partitions=False,
         ),
     ],

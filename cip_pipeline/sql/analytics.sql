@@ -509,14 +509,15 @@ SELECT (SELECT count(*) - count(DISTINCT (dimension, key, step)) FROM f) AS dupl
            AS category_sessions
 
 -- name: check_cohort_retention
--- Each cohort's size against the users whose first event (first purchase) falls in its week,
--- counted from core.events rather than from the user-days the table was built from.
+-- Each cohort's size against the users whose first day (first purchase day) falls in its
+-- week, counted apart from the table's cohorts, from the user-days (their own checks hold them
+-- to core.events).
 WITH c AS (SELECT * FROM analytics.cohort_retention),
 firsts AS (
-    SELECT date_trunc('week', min(event_time))::DATE AS first_week,
-           date_trunc('week', min(event_time) FILTER (WHERE event_type = 'purchase'))::DATE
+    SELECT date_trunc('week', min(day))::DATE AS first_week,
+           date_trunc('week', min(day) FILTER (WHERE purchases > 0))::DATE
                AS first_purchase_week
-    FROM core.events
+    FROM core.fact_user_days
     GROUP BY user_id
 ),
 expected AS (
