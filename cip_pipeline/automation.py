@@ -180,6 +180,9 @@ def raw_file_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> 
         # new when it came back and every month would be rebuilt.
         return dg.SensorResult(skip_reason=f"raw folder {lake.raw_dir} not found: cursor kept")
     now = month_files(lake)
+    if not now and context.cursor and json.loads(context.cursor).get("version") != CURSOR_VERSION:
+        # a cursor of version 1 is upgraded against the files present: none, it would be lost
+        return dg.SensorResult(skip_reason="no raw file to upgrade the cursor against: kept")
     seen, requested = _read_cursor(context.cursor, now)
     runs = []
     for month, entry in now.items():

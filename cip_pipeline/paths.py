@@ -42,7 +42,7 @@ def raw_file(folder: Path, month: str) -> Path | None:
     return None
 
 
-def shadowed_raw_file(folder: Path, month: str) -> Path | None:
-    """The month's `.csv.gz` in `folder` when its `.csv` is there too, and so read instead."""
-    csv, gz = (folder / (raw_file_name(month) + suffix) for suffix in (".csv", ".csv.gz"))
-    return gz if csv.exists() and gz.exists() else None
+def unread_beside(raw: Path) -> Path | None:
+    """The `.csv.gz` beside `raw`, a month's `.csv` that is read instead of it."""
+    gz = raw.with_name(raw.name + ".gz")
+    return gz if raw.name.endswith(".csv") and gz.exists() else None

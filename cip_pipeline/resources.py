@@ -104,10 +104,6 @@ class LakeResource(dg.ConfigurableResource):
         """The month's raw file; `.csv` wins over `.csv.gz` when both exist."""
         return paths.raw_file(Path(self.raw_dir), month)
 
-    def shadowed_raw_file(self, month: str) -> Path | None:
-        """The month's `.csv.gz` not read because its `.csv` is there too."""
-        return paths.shadowed_raw_file(Path(self.raw_dir), month)
-
     def raw_months(self) -> list[str]:
         root = Path(self.raw_dir)
         if not root.is_dir():

@@ -331,9 +331,10 @@ def notes(lake: LakeResource, months: Iterable[str]) -> list[str]:
     """What `cip run` says before it runs `months`: a raw file it will not read."""
     said = []
     for month in months:
-        read, shadowed = lake.raw_file(month), lake.shadowed_raw_file(month)
-        if read is not None and shadowed is not None:
-            said.append(f"note {month}: {ingest.shadowed_note(read, shadowed)}")
+        read = lake.raw_file(month)
+        unread = paths.unread_beside(read) if read else None
+        if read and unread:
+            said.append(f"note {month}: {ingest.unread_note(read, unread)}")
     return said
 
 

@@ -76,6 +76,23 @@ def test_a_cursor_from_before_the_inode_and_ctime_requests_nothing_again(tmp_pat
     assert [r.partition_key for r in _tick(lake, third.cursor).run_requests] == ["2019-10-01"]
 
 
+def test_an_old_cursor_met_by_an_empty_folder_is_kept_for_the_files_back(tmp_path: Path) -> None:
+    """The first tick of this version reads a cursor of the one before against the files
+    present: an empty mount point then would lose it and rebuild every month."""
+    lake = LakeResource(raw_dir=str(tmp_path), lake_dir=str(tmp_path / "lake"))
+    oct_file = tmp_path / "2019-Oct.csv"
+    oct_file.write_text("header\n")
+    stat = oct_file.stat()
+    old = [stat.st_size, stat.st_mtime_ns]
+    cursor = json.dumps({"seen": {oct_file.name: old}, "requested": {oct_file.name: old}})
+    away = tmp_path.parent / f"{tmp_path.name}-away.csv"
+    oct_file.rename(away)
+    empty = _tick(lake, cursor)
+    assert empty.run_requests == [] and empty.cursor is None  # kept
+    away.rename(oct_file)
+    assert _stable(lake, cursor).run_requests == []
+
+
 def test_an_old_cursor_entry_is_upgraded_and_a_same_size_same_mtime_restore_still_runs(
     tmp_path: Path,
 ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cip_pipeline import definitions
+from cip_pipeline import definitions, paths
 from cip_pipeline.resources import LakeResource
 from cip_pipeline.runner import execute, message_head, notes, print_summary, run_months
 from cip_pipeline_tests.test_core_session_boundary import HEADER
@@ -106,3 +106,6 @@ def test_a_csv_gz_beside_its_csv_is_named_as_not_read(tmp_path: Path) -> None:
     assert metadata["raw_file"].value == str(raw / "2019-Oct.csv")
     assert metadata["raw_file_not_read"].value == str(raw / "2019-Oct.csv.gz")
     assert metadata["rows_loaded"].value == 1  # the .csv's one row, not the .gz's two
+    # What is unread follows the file read, not the folder afterwards: a .csv arriving while
+    # the .csv.gz is read leaves nothing of it unread.
+    assert paths.unread_beside(raw / "2019-Oct.csv.gz") is None

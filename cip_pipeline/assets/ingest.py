@@ -12,7 +12,7 @@ import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
-from cip_pipeline import sql
+from cip_pipeline import paths, sql
 from cip_pipeline.assets.common import fetch_row, recorded
 from cip_pipeline.ingest import reader
 from cip_pipeline.io_managers import SqlQuery, SqlTable
@@ -43,9 +43,9 @@ def _raw_file(lake: LakeResource, partition_key: str) -> Path:
     return raw
 
 
-def shadowed_note(read: Path, shadowed: Path) -> str:
+def unread_note(read: Path, unread: Path) -> str:
     return (
-        f"{shadowed.name} is not read: {read.name} is there too, and a month's .csv is read "
+        f"{unread.name} is not read: {read.name} is there too, and a month's .csv is read "
         "before its .csv.gz (remove the one not meant)"
     )
 
@@ -83,6 +83,7 @@ def events_parquet(
 ) -> dg.MaterializeResult:
     month = month_of_partition(context.partition_key)
     raw = _raw_file(lake, context.partition_key)
+    unread = paths.unread_beside(raw)  # before the read: a .csv arriving during it was not read
     start, end = month_window(context.partition_key)
     previous = reader.LakeState.from_json(
         recorded(context.instance, events_parquet.key, context.partition_key).get(LAKE_STATE)
@@ -117,10 +118,9 @@ def events_parquet(
     raw_extra: dict[str, dg.MetadataValue] = {}
     if raw.name.endswith(".gz"):
         raw_extra["raw_gzip_bytes"] = dg.MetadataValue.int(raw.stat().st_size)
-    shadowed = lake.shadowed_raw_file(month)
-    if shadowed is not None:
-        context.log.warning(shadowed_note(raw, shadowed))
-        raw_extra["raw_file_not_read"] = dg.MetadataValue.path(str(shadowed))
+    if unread is not None:
+        context.log.warning(unread_note(raw, unread))
+        raw_extra["raw_file_not_read"] = dg.MetadataValue.path(str(unread))
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(result.rows_valid),
