@@ -686,3 +686,12 @@ def test_a_lift_sized_for_some_tests_only_names_the_others() -> None:
         "past 100%",
     )
     assert len(left_out) == 4 + 1
+
+
+def test_a_rate_near_100_percent_is_not_printed_as_100() -> None:
+    """A reason about a rate of 0.999999 says so: the 100% case is another reason."""
+    left_out: list[dict[str, object]] = []
+    ex._conversion_rows("t", 0.999999, None, left_out)
+    reasons = {str(r["reason"]) for r in left_out}
+    assert "+5% on a 99.9999% rate would pass 100%" in reasons
+    assert not any("100.00%" in r or "on 100%" in r for r in reasons)

@@ -144,6 +144,19 @@ def test_a_plan_whose_every_labelled_cutoff_holds_missing_days_has_no_validation
     assert list(plan.left_out) == [datetime(2019, 10, 15) + timedelta(weeks=n) for n in range(5)]
 
 
+def test_a_history_too_short_anyway_is_named_before_its_missing_days() -> None:
+    """36 days of data (42 needed with a 14-day horizon) and one missing: filling the day
+    would still give no split, so the reason is the history's, not the day's."""
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA core; CREATE TABLE core.events (event_time TIMESTAMP)")
+    first, last = datetime(2019, 10, 1), datetime(2019, 11, 5, 12)
+    con.execute("INSERT INTO core.events VALUES (?), (?)", [first, last])
+    days = [d for d in _every_day(first.date(), last.date()) if d != date(2019, 10, 10)]
+    plan = prop.plan_snapshots(first, last, 14, days_with_events=days)
+    assert plan.left_out and not plan.usable
+    assert ml.split_shortfall(plan, con) == ml.history_shortfall(14, 36)
+
+
 @pytest.fixture(scope="module")
 def gap_sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dg.DagsterInstance]:
     """About 300 k generated events over October, November and January (no December), through
@@ -351,6 +364,7 @@ def test_fallback_chooses_its_candidates_by_the_popularity_it_ranks_them_by() ->
         (lambda: ml.AffinityConfig(max_basket=1), "max_basket"),
         (lambda: ml.AffinityConfig(max_session_views=1), "max_session_views"),
         (lambda: ml.AffinityConfig(min_pair_support=0), "min_pair_support"),
+        (lambda: ml.AffinityConfig(min_lift=-1.0), "min_lift"),
     ],
 )
 def test_configs_refuse_windows_and_counts_that_mean_nothing(config: Any, field: str) -> None:

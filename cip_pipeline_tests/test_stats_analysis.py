@@ -204,6 +204,9 @@ def test_bayes_custom_prior_and_validation() -> None:
     assert 0.5 < res.prob_treatment_better < 1.0
     with pytest.raises(ValueError, match="prior_alpha must be positive"):
         beta_binomial_ab(5, 50, 9, 50, prior_alpha=0)
+    # below 0.02, x = s^(1/a) underflows over part of the range: refused, not 3e-4 off
+    with pytest.raises(ValueError, match=r"prior_beta must be at least 0\.02"):
+        beta_binomial_ab(0, 10, 0, 20, prior_alpha=1, prior_beta=0.005)
     with pytest.raises(ValueError, match="conversions_treatment \\(60\\) exceeds"):
         beta_binomial_ab(5, 50, 60, 50)
 

@@ -195,6 +195,11 @@ def _rate_reason(p: float | None) -> str | None:
     return None
 
 
+def _past_100(lift: float, p: float) -> str:
+    # six significant digits: a rate of 99.9999% is not printed as 100%
+    return f"+{lift:.0%} on a {p * 100:.6g}% rate would pass 100%"
+
+
 def _revenue_reason(mean: float | None, sd: float | None) -> str | None:
     """Why revenue per visitor cannot be planned on (a t-test needs a mean and variance)."""
     if mean is None:
@@ -313,7 +318,7 @@ def _conversion_rows(
 ) -> list[dict[str, object]]:
     def size(lift: float, alpha: float, power: float, alt: str) -> int | str:
         if p * (1 + lift) >= 1:
-            return f"+{lift:.0%} on a {p:.2%} rate would pass 100%"
+            return _past_100(lift, p)
         try:
             return stats.sample_size_two_proportions(
                 p, lift, alpha=alpha, power=power, alternative=alt
@@ -325,7 +330,7 @@ def _conversion_rows(
         try:
             return stats.mde_two_proportions(p, n_arm, alpha=0.05, power=0.8).relative_lift
         except ValueError:  # a baseline near 1
-            return f"no lift up to 100% reaches power 0.8 with {n_arm:,} per arm on {p:.2%}"
+            return f"no lift up to 100% reaches power 0.8 with {n_arm:,} per arm on {p * 100:.6g}%"
 
     return _rows("conversion", source, p, size, mde, enrol, left_out)
 
@@ -446,7 +451,7 @@ def segment_test_plans(
         for lift in (0.2, 0.5):
             why = _rate_reason(p)
             if why is None and p * (1 + lift) >= 1:
-                why = f"+{lift:.0%} on a {p:.2%} rate would pass 100%"
+                why = _past_100(lift, p)
             n = None if why else stats.sample_size_two_proportions(p, lift).n_control
             e = segments.enrolment(r["segment"], 2 * n) if n else stats.Enrolment(None, False)
             if why is None:

@@ -85,17 +85,16 @@ def propensity_features(
 ) -> Iterator[dg.Output[SqlQuery] | dg.AssetObservation]:
     with warehouse.connect(read_only=True) as con:
         plan = _plan(con, config.horizon_days, config.window_days)
-    if plan is None:
-        reason = "core.events is empty: no snapshot to build"
-        context.log.info(f"skipped: {reason}")
-        yield skipped(FEATURES_KEY, reason)
-        return
-    if plan.left_out:
-        context.log.warning(
-            f"{len(plan.left_out)} labelled snapshots left out: their windows hold days "
-            f"without events ({prop.describe_runs(plan.missing_days)})"
-        )
-    with warehouse.connect(read_only=True) as con:
+        if plan is None:
+            reason = "core.events is empty: no snapshot to build"
+            context.log.info(f"skipped: {reason}")
+            yield skipped(FEATURES_KEY, reason)
+            return
+        if plan.left_out:
+            context.log.warning(
+                f"{len(plan.left_out)} labelled snapshots left out: their windows hold days "
+                f"without events ({prop.describe_runs(plan.missing_days)})"
+            )
         inputs = con.execute(
             sql.statement(
                 "ml",
@@ -128,10 +127,11 @@ def _data_days(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def split_shortfall(plan: prop.SnapshotPlan, con: duckdb.DuckDBPyConnection) -> str:
-    """Why the plan holds no out-of-time split: the cutoffs that days without events left
-    out, or else too short a history."""
-    if not plan.left_out:
-        return history_shortfall(plan.horizon_days, _data_days(con))
+    """Why the plan holds no out-of-time split: too short a history (days without events
+    or not), or else the cutoffs that days without events left out."""
+    days = _data_days(con)
+    if not plan.left_out or days < prop.min_days_of_data(plan.horizon_days):
+        return history_shortfall(plan.horizon_days, days)
     return (
         f"{len(plan.left_out)} labelled cutoffs ({plan.left_out[0]:%Y-%m-%d} to "
         f"{plan.left_out[-1]:%Y-%m-%d}) are left out, their feature or label windows holding "
@@ -336,17 +336,23 @@ def propensity_model(
         labelled = sizes.filter(pl.col("role") != "score")
         positives = int(labelled["positives"].sum())
         reason = None
+        # what the data holds now: which cutoffs its days without events leave out
+        current = (
+            None
+            if sizes.is_empty()
+            else _plan(con, int(sizes["horizon_days"].min()), int(sizes["window_days"].min()))
+        )
         if sizes.is_empty():
             reason = "ml.propensity_features holds no snapshot"
         elif not train_snaps or not val_snaps:
             horizon = int(sizes["horizon_days"].min())
-            current = _plan(con, horizon, int(sizes["window_days"].min()))
-            if current is not None and current.left_out:
-                reason = "no out-of-time split: " + split_shortfall(current, con)
-            else:
-                reason = "not enough history for an out-of-time split: " + history_shortfall(
-                    horizon, _data_days(con)
-                )
+            history = history_shortfall(horizon, _data_days(con))
+            gaps = split_shortfall(current, con) if current is not None else history
+            reason = (
+                f"not enough history for an out-of-time split: {history}"
+                if gaps == history
+                else f"no out-of-time split: {gaps}"
+            )
         elif positives == 0:
             reason = (
                 f"no buyer in any labelled snapshot ({int(labelled['users'].sum())} users "
@@ -356,10 +362,7 @@ def propensity_model(
         if reason is not None:
             yield from _skipped_model(context, reason)
             return
-        # what the data holds now: which cutoffs its days without events leave out
-        plan = stored_plan(
-            sizes, _plan(con, int(sizes["horizon_days"].min()), int(sizes["window_days"].min()))
-        )
+        plan = stored_plan(sizes, current)
         users = dict(zip(sizes["snapshot"].to_list(), sizes["users"].to_list(), strict=True))
         # training and scored users differ: none is idle in an early training window
         idle = {
@@ -573,7 +576,9 @@ def propensity_scores(
 class AffinityConfig(dg.Config):
     # 5: the seed's default
     min_pair_support: int = Field(default=5, ge=1, description="baskets holding both products")
-    min_lift: float = 1.2
+    min_lift: float = Field(
+        default=1.2, ge=0.0, allow_inf_nan=False, description="rules below this lift are dropped"
+    )
     # a pair needs two products in a basket
     max_basket: int = Field(default=50, ge=2, description="larger baskets are left out")
     horizon_days: int = Field(
