@@ -351,6 +351,18 @@ def test_the_model_is_reused_while_its_samples_are_unchanged(
     steps = [ml.propensity_features, ml.propensity_model, ml.propensity_scores]
     registry = "SELECT version, booster, inputs FROM ml.model_registry ORDER BY version"
     scores = "SELECT * FROM ml.propensity_scores"
+    with duckdb.connect(str(rebuilt)) as con:  # as if trained when the data ended earlier
+        trained_windows = json.loads(
+            con.execute(
+                "SELECT windows FROM ml.model_registry ORDER BY version DESC LIMIT 1"
+            ).fetchone()[0]
+        )
+        stale = {**trained_windows, "ranges": trained_windows["ranges"][:-1], "snapshots": {}}
+        con.execute(
+            "UPDATE ml.model_registry SET windows = ? WHERE version = "
+            "(SELECT max(version) FROM ml.model_registry)",
+            [json.dumps(stale)],
+        )
     before = _query(rebuilt, registry)
     with dg.DagsterInstance.ephemeral() as instance:
         summary = execute(defs, ALL_MONTHS_JOB, instance, "again", assets=steps)
@@ -359,6 +371,9 @@ def test_the_model_is_reused_while_its_samples_are_unchanged(
     assert model["trained"] is False and model["registered"] == "no: this version was reused"
     assert model["model_version"] == before["version"][-1]
     assert _query(rebuilt, registry).equals(before)
+    # the windows shown are the features' now (the score snapshot's included), with what the
+    # reused version was refit on
+    assert model["windows"] == trained_windows
     first, second = _query(warehouse, scores), _query(rebuilt, scores)
     assert first.sort("user_id").equals(second.sort("user_id"))
 

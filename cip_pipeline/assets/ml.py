@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -374,6 +375,7 @@ def propensity_model(
             for s in [*train_snaps, val_snaps[0]]
         }
         inputs = _training_inputs(con, samples, threads)
+    windows = {**plan.describe(), "snapshots": {f"{s:%Y-%m-%d}": r for s, r in roles.items()}}
     reused = registered_from(warehouse, MODEL_KEY.to_user_string(), inputs)
     if reused is not None:
         # The nightly refresh adds late rows after the validation window: same fit, same model.
@@ -381,7 +383,9 @@ def propensity_model(
             f"version {reused.version} reused: it was trained on the same samples with the "
             "same code"
         )
-        yield from _model_outputs(reused, idle, time.perf_counter() - t0)
+        # its training windows are these (same samples); the score snapshot is today's
+        now = {**reused.windows, **windows}
+        yield from _model_outputs(reused, idle, time.perf_counter() - t0, now)
         return
     with warehouse.connect(read_only=True) as con:
         train = pl.concat([con.sql(samples[f"{s:%Y-%m-%d} (train)"]).pl() for s in train_snaps])
@@ -426,8 +430,7 @@ def propensity_model(
         params={**prop.LGB_PARAMS, "num_threads": threads, "num_boost_round": prop.NUM_ROUNDS},
         features=prop.FEATURES,
         windows={
-            **plan.describe(),
-            "snapshots": {f"{s:%Y-%m-%d}": r for s, r in roles.items()},
+            **windows,
             "refit_on": list(samples),
             "rows_train": len(y_train),
             "rows_validation": len(y_val),
@@ -442,7 +445,7 @@ def propensity_model(
         validated=bool(beats),
         inputs=inputs,
     )
-    yield from _model_outputs(trained, idle, time.perf_counter() - t0)
+    yield from _model_outputs(trained, idle, time.perf_counter() - t0, trained.windows)
 
 
 def stored_plan(sizes: pl.DataFrame, current: prop.SnapshotPlan | None = None) -> prop.SnapshotPlan:
@@ -464,11 +467,12 @@ def stored_plan(sizes: pl.DataFrame, current: prop.SnapshotPlan | None = None) -
 
 
 def _model_outputs(
-    model: TrainedModel, idle: dict[str, float], seconds: float
+    model: TrainedModel, idle: dict[str, float], seconds: float, windows: dict[str, Any]
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """The model with its metadata, and its check: on the validation snapshot, the LightGBM
-    fit's PR-AUC against the best baseline (as recorded in the model's metrics). `idle`: per
-    snapshot of the features now, the share of users with no event in the window."""
+    fit's PR-AUC against the best baseline (as recorded in the model's metrics). `idle` and
+    `windows`: of the features now (per snapshot, the share of users with no event in the
+    window; the snapshots' windows)."""
     m = model.metrics["lightgbm"]
     baselines = {k: v for k, v in model.metrics.items() if k != "lightgbm"}
     best_name = max(baselines, key=lambda k: baselines[k]["pr_auc"])
@@ -497,7 +501,7 @@ def _model_outputs(
             "feature_importance_gain": dg.MetadataValue.json(
                 dict(zip(model.features, importance, strict=True))
             ),
-            "windows": dg.MetadataValue.json(model.windows),
+            "windows": dg.MetadataValue.json(windows),
             "idle_in_window_share": dg.MetadataValue.json(idle),
             "trained": not isinstance(model, RegisteredModel),
             "seconds": round(seconds, 3),
