@@ -455,11 +455,11 @@ WHERE start_time < TIMESTAMP '{until}'
 
 -- name: recommendation_eval
 -- Out of time: users who bought in [cutoff, cutoff + horizon); the query product is the last
--- product they touched before the cutoff. Hit rate and recall at 10 of recs against the
--- 10 products most bought before the cutoff, both on the same targets: the next window's
--- purchases other than the anchor, which recs never hold for itself. Users who bought only
--- their anchor drop out, as do buyers with no event before the cutoff (no anchor: nothing to
--- recommend from); both are counted.
+-- product they touched before the cutoff. Hit rate and recall at 10 of recs against the 10
+-- products most bought before the cutoff other than the anchor, both on the same targets:
+-- the next window's purchases other than the anchor, which recs never hold for itself. Users
+-- who bought only their anchor drop out, as do buyers with no event before the cutoff (no
+-- anchor: nothing to recommend from); both are counted.
 WITH next_purchases AS (
     SELECT DISTINCT user_id, product_id
     FROM core.events
@@ -477,9 +477,13 @@ anchors AS (
     GROUP BY ALL
 ),
 popular AS (
-    SELECT product_id FROM core.events
+    -- the 11 most bought: a user's 10 are the first 10 other than their anchor, which recs
+    -- never hold either (so both offer 10 products that can be targets)
+    SELECT product_id, row_number() OVER (ORDER BY count(*) DESC, product_id) AS rank
+    FROM core.events
     WHERE event_type = 'purchase' AND event_time < TIMESTAMP '{cutoff}'
-    GROUP BY ALL ORDER BY count(*) DESC, product_id LIMIT 10
+    GROUP BY product_id
+    QUALIFY rank <= 11
 ),
 per_user AS (
     -- recs has one row per (product, recommended product): the joins add no rows
@@ -491,7 +495,9 @@ per_user AS (
     FROM anchors AS a
     JOIN next_purchases AS n USING (user_id)
     LEFT JOIN {recs} AS r ON r.product_id = a.anchor AND r.recommended_product_id = n.product_id
-    LEFT JOIN popular AS p ON p.product_id = n.product_id
+    LEFT JOIN popular AS pa ON pa.product_id = a.anchor
+    LEFT JOIN popular AS p
+      ON p.product_id = n.product_id AND (p.rank <= 10 OR coalesce(pa.rank <= 10, false))
     GROUP BY ALL
 )
 SELECT count(*) FILTER (WHERE bought > 0) AS users,
