@@ -364,7 +364,7 @@ def test_rfm_landscape_sample_does_not_depend_on_row_order() -> None:
     assert _landscape(users[:150]) == set(users[:150])  # fewer buyers than the sample: all
 
 
-def test_the_cohort_check_counts_each_cohort_from_the_events(
+def test_the_cohort_check_counts_each_cohort_apart(
     mid_week: WarehouseSample, tmp_path: Path
 ) -> None:
     """A user moved from the cohort of Sep 30 to that of Oct 7 keeps every total and every
